@@ -1,0 +1,74 @@
+//! The crate's error types: values naming the file (and list line) at fault.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why one image file could not be turned into RGB pixels.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The image file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// The bytes are not a decodable image of a supported format.
+    #[error("cannot decode {path}: {source}")]
+    Decode {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's error.
+        source: image::ImageError,
+    },
+    /// The image has a zero width or height.
+    #[error("{path} is empty ({width}x{height})")]
+    Empty {
+        /// The image file.
+        path: PathBuf,
+        /// Decoded width.
+        width: u32,
+        /// Decoded height.
+        height: u32,
+    },
+}
+
+/// Errors of list parsing and of loading the images a list names.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The list file could not be read.
+    #[error("cannot read list file {list}: {source}")]
+    ListRead {
+        /// The list file.
+        list: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// A line of the list file is malformed or has an out-of-range label.
+    #[error("{list}:{line}: {problem}")]
+    ListLine {
+        /// The list file.
+        list: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        problem: String,
+    },
+    /// The image named on a list line is missing or cannot be decoded.
+    #[error("{list}:{line}: {source}")]
+    Image {
+        /// The list file.
+        list: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The decoding failure (it names the image file).
+        source: DecodeError,
+    },
+    /// The loader's settings cannot work (e.g. a batch size of zero).
+    #[error("invalid loader configuration: {0}")]
+    Config(String),
+    /// The loader's worker threads could not be started.
+    #[error("cannot start loader threads: {0}")]
+    Threads(String),
+}

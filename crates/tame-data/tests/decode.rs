@@ -1,0 +1,98 @@
+//! Every decode path against Pillow's `convert("RGB")`, from fixtures made by
+//! `xtask/fixtures/make_data_fixtures.py`.
+
+use std::path::PathBuf;
+
+use tame_data::{decode_rgb, load_rgb, DecodeError};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+}
+
+/// Largest per-sample difference from Pillow's decoded RGB (and the size must match).
+fn max_diff_from_pillow(name: &str) -> u8 {
+    let image = load_rgb(fixture(name)).unwrap();
+    let expected = std::fs::read(fixture(&format!("{name}.rgb"))).unwrap();
+    assert_eq!(image.dimensions(), (40, 30), "{name}");
+    assert_eq!(image.as_raw().len(), expected.len(), "{name}");
+    image
+        .as_raw()
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
+}
+
+// Lossless formats: exact.
+#[test]
+fn rgba_png_drops_alpha_without_blending() {
+    assert_eq!(max_diff_from_pillow("rgba.png"), 0);
+}
+
+#[test]
+fn gray_alpha_png_is_replicated_and_alpha_dropped() {
+    assert_eq!(max_diff_from_pillow("gray_alpha.png"), 0);
+}
+
+#[test]
+fn palette_png_with_transparency_uses_the_palette_colours() {
+    assert_eq!(max_diff_from_pillow("palette.png"), 0);
+}
+
+#[test]
+fn png_named_jpeg_is_decoded_by_content() {
+    assert_eq!(max_diff_from_pillow("png_named.JPEG"), 0);
+}
+
+#[test]
+fn sixteen_bit_pngs_follow_pillow() {
+    // Pillow keeps the high byte of 16-bit RGB, and saturates 16-bit grey (mode I;16).
+    assert_eq!(max_diff_from_pillow("rgb16.png"), 0);
+    assert_eq!(max_diff_from_pillow("gray16.png"), 0);
+}
+
+// JPEG: a different IDCT from libjpeg-turbo's may move a sample by one level.
+#[test]
+fn gray_jpeg_is_replicated() {
+    let image = load_rgb(fixture("gray.jpg")).unwrap();
+    assert!(image.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
+    assert!(max_diff_from_pillow("gray.jpg") <= 1);
+}
+
+#[test]
+fn adobe_cmyk_jpeg_converts_as_pillow() {
+    assert!(max_diff_from_pillow("cmyk.jpg") <= 1);
+}
+
+#[test]
+fn in_memory_decoding_matches_file_decoding() {
+    let bytes = std::fs::read(fixture("png_named.JPEG")).unwrap();
+    let from_bytes = decode_rgb(&bytes).unwrap();
+    assert_eq!(from_bytes, load_rgb(fixture("png_named.JPEG")).unwrap());
+}
+
+#[test]
+fn missing_file_is_a_read_error_naming_it() {
+    let err = load_rgb(fixture("no-such-image.jpg")).unwrap_err();
+    assert!(matches!(err, DecodeError::Read { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-image.jpg"), "{err}");
+}
+
+#[test]
+fn garbage_and_truncated_files_are_decode_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.JPEG");
+    std::fs::write(&garbage, b"this is not an image at all").unwrap();
+    let err = load_rgb(&garbage).unwrap_err();
+    assert!(matches!(err, DecodeError::Decode { .. }), "{err:?}");
+    assert!(err.to_string().contains("garbage.JPEG"), "{err}");
+
+    let png = std::fs::read(fixture("rgba.png")).unwrap();
+    let truncated = dir.path().join("truncated.png");
+    std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
+    assert!(matches!(
+        load_rgb(&truncated),
+        Err(DecodeError::Decode { .. })
+    ));
+}

@@ -1,0 +1,73 @@
+//! `Resize(256)` + `CenterCrop(224)` against torchvision on Pillow images, on real sample
+//! photos: a downscale (500x469), an upscale (150x138) and a 224x224 image (-> 256).
+//! Fixtures made by `xtask/fixtures/make_data_fixtures.py`: `<name>.pil.png` is Pillow's
+//! decode of the photo, `<name>.eval.png` torchvision's transform of it.
+
+use std::path::PathBuf;
+
+use tame_data::{eval_transform, load_rgb, RgbImage, CROP_SIZE};
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/sample-images"
+    ))
+    .join(name)
+}
+
+fn fixture(name: &str) -> RgbImage {
+    load_rgb(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name))
+        .unwrap()
+}
+
+/// (max, mean) absolute difference in 8-bit levels.
+fn diff(out: &RgbImage, want: &RgbImage) -> (u8, f64) {
+    assert_eq!(out.dimensions(), (CROP_SIZE, CROP_SIZE));
+    assert_eq!(want.dimensions(), (CROP_SIZE, CROP_SIZE));
+    let d: Vec<u8> = out
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .collect();
+    let mean = d.iter().map(|&v| f64::from(v)).sum::<f64>() / d.len() as f64;
+    (d.iter().copied().max().unwrap_or(0), mean)
+}
+
+/// The transform alone, on Pillow's own decode: every sample within 1/255 of torchvision
+/// (fast_image_resize follows Pillow's fixed-point filter; a rounding step may differ).
+fn check_transform(name: &str) {
+    let out = eval_transform(&fixture(&format!("{name}.pil.png")));
+    let (max, mean) = diff(&out, &fixture(&format!("{name}.eval.png")));
+    eprintln!("{name} transform: max |diff| {max}/255, mean {mean:.4}");
+    assert!(max <= 1, "{name}: max |diff| {max}/255 > 1/255");
+}
+
+/// From the JPEG file: the JPEG decoder (zune-jpeg) upsamples chroma and converts YCbCr
+/// with a rounding of its own, a few levels off libjpeg-turbo here and there; bound: at
+/// most 5/255 per sample and 0.5/255 on average.
+fn check_end_to_end(name: &str) {
+    let out = eval_transform(&load_rgb(sample(name)).unwrap());
+    let (max, mean) = diff(&out, &fixture(&format!("{name}.eval.png")));
+    eprintln!("{name} decode+transform: max |diff| {max}/255, mean {mean:.4}");
+    assert!(max <= 5, "{name}: max |diff| {max}/255 > 5/255");
+    assert!(mean <= 0.5, "{name}: mean |diff| {mean}/255 > 0.5/255");
+}
+
+#[test]
+fn downscaled_photo_matches_torchvision() {
+    check_transform("232.JPEG");
+    check_end_to_end("232.JPEG");
+}
+
+#[test]
+fn upscaled_photo_matches_torchvision() {
+    check_transform("885.JPEG");
+    check_end_to_end("885.JPEG");
+}
+
+#[test]
+fn square_224_photo_matches_torchvision() {
+    check_transform("162_166.JPEG");
+    check_end_to_end("162_166.JPEG");
+}
