@@ -175,3 +175,124 @@ pub fn to_chw_f32(image: &RgbImage, out: &mut [f32]) {
         b[i] = f32::from(px[2]) / 255.0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    /// Every pixel distinct: (x, y, x ^ y) modulo 256.
+    fn pattern(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]))
+    }
+
+    #[test]
+    fn resized_size_follows_torchvision() {
+        assert_eq!(resized_size(500, 469, 256), (272, 256)); // int(256*500/469) = 272
+        assert_eq!(resized_size(469, 500, 256), (256, 272));
+        assert_eq!(resized_size(150, 138, 256), (278, 256)); // 278.26 -> 278
+        assert_eq!(resized_size(224, 224, 256), (256, 256));
+        assert_eq!(resized_size(300, 256, 256), (300, 256));
+        assert_eq!(resized_size(1, 1000, 256), (256, 256000));
+    }
+
+    #[test]
+    fn resize_to_the_same_size_is_identity() {
+        let img = pattern(300, 256);
+        assert_eq!(resize_shorter(&img, 256), img);
+    }
+
+    #[test]
+    fn resize_of_a_flat_image_stays_flat() {
+        let img = RgbImage::from_pixel(500, 375, image::Rgb([10, 200, 77]));
+        let out = resize_shorter(&img, 256);
+        assert_eq!(out.dimensions(), (341, 256));
+        assert!(out.pixels().all(|p| p.0 == [10, 200, 77]));
+    }
+
+    #[test]
+    fn center_crop_rounds_half_to_even_like_python() {
+        // (257 - 224) / 2 = 16.5 -> 16; (259 - 224) / 2 = 17.5 -> 18.
+        let img = pattern(259, 257);
+        let out = center_crop(&img, 224);
+        assert_eq!(out.get_pixel(0, 0).0, [18, 16, 18 ^ 16]);
+        assert_eq!(
+            out.get_pixel(223, 223).0,
+            [18 + 223, 16 + 223, (18 + 223) ^ (16 + 223)]
+        );
+    }
+
+    #[test]
+    fn center_crop_pads_small_images_with_black() {
+        // torchvision pads left (224 - 220) // 2 = 2 and top (224 - 221) // 2 = 1.
+        let img = RgbImage::from_pixel(220, 221, image::Rgb([9, 9, 9]));
+        let out = center_crop(&img, 224);
+        assert_eq!(out.get_pixel(1, 1).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(2, 1).0, [9, 9, 9]);
+        assert_eq!(out.get_pixel(2, 0).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(221, 221).0, [9, 9, 9]);
+        assert_eq!(out.get_pixel(222, 222).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn random_crop_is_a_window_of_the_image_and_seeded() {
+        let img = pattern(256, 300);
+        let a = random_crop(&img, 224, &mut StdRng::seed_from_u64(7));
+        let b = random_crop(&img, 224, &mut StdRng::seed_from_u64(7));
+        assert_eq!(a, b);
+        let [x0, y0, _] = a.get_pixel(0, 0).0;
+        let [x1, y1, _] = a.get_pixel(223, 223).0;
+        assert_eq!((x1.wrapping_sub(x0), y1.wrapping_sub(y0)), (223, 223));
+        // Over many seeds, every allowed offset along x (0..=32) shows up, and no other.
+        let mut seen = [false; 33];
+        for seed in 0..2000 {
+            let c = random_crop(&img, 224, &mut StdRng::seed_from_u64(seed));
+            seen[usize::from(c.get_pixel(0, 0).0[0])] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn hflip_mirrors_rows() {
+        let img = pattern(5, 2);
+        let out = hflip(&img);
+        assert_eq!(out.get_pixel(0, 1), img.get_pixel(4, 1));
+        assert_eq!(out.get_pixel(4, 0), img.get_pixel(0, 0));
+    }
+
+    #[test]
+    fn train_transform_flips_about_half_the_time() {
+        let img = pattern(256, 256);
+        let flips = (0..1000)
+            .filter(|&seed| {
+                let out = train_transform(&img, &mut StdRng::seed_from_u64(seed));
+                assert_eq!(out.dimensions(), (224, 224));
+                // x decreases to the right once flipped.
+                out.get_pixel(0, 0).0[0] > out.get_pixel(1, 0).0[0]
+            })
+            .count();
+        assert!((400..600).contains(&flips), "{flips} flips in 1000");
+    }
+
+    #[test]
+    fn explain_transform_keeps_224_images() {
+        let img = pattern(224, 224);
+        assert_eq!(explain_transform(&img), img);
+        // Any other size goes through resize + center crop.
+        let other = pattern(224, 230);
+        assert_eq!(explain_transform(&other), eval_transform(&other));
+        assert_eq!(explain_transform(&other).dimensions(), (224, 224));
+    }
+
+    #[test]
+    fn to_chw_splits_planes_and_scales() {
+        let img = RgbImage::from_raw(2, 1, vec![0, 51, 255, 102, 153, 204]).unwrap();
+        let mut out = [0.0; 6];
+        to_chw_f32(&img, &mut out);
+        let want = [0.0, 0.4, 0.2, 0.6, 1.0, 0.8];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
+}
