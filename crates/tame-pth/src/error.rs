@@ -1,0 +1,106 @@
+//! Error types. Every public error names the file it came from.
+
+use std::path::{Path, PathBuf};
+
+/// An error while reading a PyTorch checkpoint: the file and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
+pub struct PthError {
+    path: PathBuf,
+    kind: ErrorKind,
+}
+
+impl PthError {
+    pub(crate) fn new(path: &Path, kind: ErrorKind) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            kind,
+        }
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+/// What went wrong while reading a checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The file could not be read.
+    #[error("cannot read the file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is neither a zip archive nor a legacy PyTorch pickle.
+    #[error("not a PyTorch checkpoint: {0}")]
+    BadMagic(String),
+    /// The data ends before a structure it declares.
+    #[error("file is truncated: {0} ends early")]
+    Truncated(&'static str),
+    /// The pickle stream holds an opcode this reader does not know.
+    #[error("unknown pickle opcode 0x{opcode:02x} at byte {offset} of the pickle")]
+    UnknownOpcode {
+        /// The opcode byte.
+        opcode: u8,
+        /// Its position in the pickle stream.
+        offset: usize,
+    },
+    /// A storage type this reader cannot convert (e.g. complex or quantized).
+    #[error("unsupported storage type {0}")]
+    UnsupportedStorage(String),
+    /// A valid checkpoint that uses a feature this reader does not support.
+    #[error("unsupported checkpoint: {0}")]
+    Unsupported(String),
+    /// Inconsistent or corrupt content.
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+    /// The zip container is corrupt.
+    #[error("bad zip archive: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    /// The requested key is not in the top-level dict.
+    #[error("key {key:?} not found; keys present: {}", list(keys))]
+    KeyNotFound {
+        /// The key asked for.
+        key: String,
+        /// The string keys of the top-level dict.
+        keys: Vec<String>,
+    },
+    /// The object that should hold tensors is not a dict.
+    #[error("{at} is {found}, not a dict")]
+    NotADict {
+        /// Which object: "the top-level object" or "entry KEY".
+        at: String,
+        /// What it is instead.
+        found: String,
+    },
+    /// The selected dict holds no tensors.
+    #[error(
+        "no tensors in {at}; keys present: {}; entries holding tensors: {}",
+        list(keys),
+        list(holding_tensors)
+    )]
+    NoTensors {
+        /// Which dict: "the top-level dict" or "entry KEY".
+        at: String,
+        /// Its string keys.
+        keys: Vec<String>,
+        /// Those of its entries that are dicts holding tensors (candidate keys).
+        holding_tensors: Vec<String>,
+    },
+    /// candle refused to build a tensor.
+    #[error("cannot build a tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}

@@ -1,0 +1,99 @@
+//! The zip format (PyTorch >= 1.6): `PREFIX/data.pkl` holds the object and
+//! each storage is the raw little-endian entry `PREFIX/data/KEY`.
+
+use std::io::{Cursor, Read};
+
+use zip::result::ZipError;
+use zip::{CompressionMethod, ZipArchive};
+
+use crate::error::ErrorKind;
+use crate::pickle::{self, Value};
+use crate::tensor::StorageRef;
+
+/// Deflate expands data at most about 1032-fold: a larger claimed size is corrupt.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The unpickled object and the archive its storages are read from.
+pub(crate) struct Zipped<'a> {
+    pub root: Value,
+    archive: ZipArchive<Cursor<&'a [u8]>>,
+    prefix: String,
+}
+
+pub(crate) fn parse(data: &[u8]) -> Result<Zipped<'_>, ErrorKind> {
+    let mut archive = ZipArchive::new(Cursor::new(data))?;
+    let prefix = find_prefix(&archive)?;
+    let byteorder = format!("{prefix}byteorder");
+    if archive.index_for_name(&byteorder).is_some()
+        && read_entry(&mut archive, &byteorder, None)? != b"little"
+    {
+        return Err(ErrorKind::Unsupported("big-endian data".into()));
+    }
+    let pickle_bytes = read_entry(&mut archive, &format!("{prefix}data.pkl"), None)?;
+    let root = pickle::load(&pickle_bytes, &mut 0)?.value;
+    Ok(Zipped {
+        root,
+        archive,
+        prefix,
+    })
+}
+
+impl Zipped<'_> {
+    /// The raw bytes of one storage.
+    pub(crate) fn storage(&mut self, storage: &StorageRef) -> Result<Vec<u8>, ErrorKind> {
+        let len = storage
+            .numel
+            .checked_mul(storage.kind.elem_size())
+            .ok_or_else(|| ErrorKind::Malformed(format!("storage {} is too large", storage.key)))?;
+        let name = format!("{}data/{}", self.prefix, storage.key);
+        read_entry(&mut self.archive, &name, Some(len))
+    }
+}
+
+/// The folder holding `data.pkl`: `torch.save` names it after the file.
+fn find_prefix(archive: &ZipArchive<Cursor<&[u8]>>) -> Result<String, ErrorKind> {
+    for name in archive.file_names() {
+        let name = name?;
+        if name == "data.pkl" {
+            return Ok(String::new());
+        }
+        if let Some(dir) = name.strip_suffix("/data.pkl") {
+            if !dir.is_empty() && !dir.contains('/') {
+                return Ok(format!("{dir}/"));
+            }
+        }
+    }
+    Err(ErrorKind::BadMagic("zip archive without data.pkl".into()))
+}
+
+/// Reads an entry, or its first `len` bytes, never trusting the declared sizes
+/// for the allocation: the buffer grows only with data actually decompressed.
+fn read_entry(
+    archive: &mut ZipArchive<Cursor<&[u8]>>,
+    name: &str,
+    len: Option<usize>,
+) -> Result<Vec<u8>, ErrorKind> {
+    let entry = match archive.by_name(name) {
+        Err(ZipError::FileNotFound) => {
+            return Err(ErrorKind::Malformed(format!("missing zip entry {name}")))
+        }
+        entry => entry?,
+    };
+    let declared = entry.size();
+    let bound = match entry.compression() {
+        CompressionMethod::Stored => entry.compressed_size(),
+        _ => entry.compressed_size().saturating_mul(MAX_DEFLATE_RATIO),
+    };
+    let want = len.map_or(declared, |l| l as u64);
+    if want > declared || want > bound {
+        return Err(ErrorKind::Malformed(format!(
+            "zip entry {name} holds {declared} bytes, {want} needed"
+        )));
+    }
+    let mut buf = Vec::new();
+    entry.take(want).read_to_end(&mut buf)?;
+    if buf.len() as u64 != want {
+        return Err(ErrorKind::Truncated("zip entry"));
+    }
+    Ok(buf)
+}
