@@ -283,3 +283,57 @@ fn is_rebuild_v2(v: &Value) -> bool {
 fn malformed(key: &str, msg: &str) -> ErrorKind {
     ErrorKind::Malformed(format!("storage {key}: {msg}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        view: Option<(usize, usize)>,
+        offset: usize,
+        shape: &[usize],
+        stride: &[usize],
+    ) -> TensorSpec {
+        TensorSpec {
+            storage: StorageRef {
+                key: "0".into(),
+                kind: StorageKind::Int,
+                numel: 6,
+                view,
+            },
+            offset,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+        }
+    }
+
+    fn storage() -> Vec<u8> {
+        (0..6i32).flat_map(i32::to_le_bytes).collect()
+    }
+
+    fn values(spec: &TensorSpec) -> Result<Vec<i32>, ErrorKind> {
+        let t = spec.materialize(&storage())?;
+        Ok(t.flatten_all()?.to_vec1::<i32>()?)
+    }
+
+    #[test]
+    fn legacy_storage_views_shift_the_offset() {
+        assert_eq!(values(&spec(Some((2, 3)), 1, &[2], &[1])).unwrap(), [3, 4]);
+        // The view holds 3 elements: a 4th is out of bounds even though the root has it.
+        assert!(values(&spec(Some((2, 3)), 0, &[4], &[1])).is_err());
+        assert!(values(&spec(Some((5, 3)), 0, &[1], &[1])).is_err());
+    }
+
+    #[test]
+    fn strides_are_followed_and_bounded() {
+        assert_eq!(
+            values(&spec(None, 0, &[3, 2], &[1, 3])).unwrap(),
+            [0, 3, 1, 4, 2, 5]
+        );
+        assert_eq!(values(&spec(None, 5, &[3], &[0])).unwrap(), [5, 5, 5]);
+        assert!(values(&spec(None, 1, &[3, 2], &[1, 3])).is_err());
+        assert!(values(&spec(None, 0, &[2, usize::MAX], &[1, 1])).is_err());
+        // Broadcasting one element into a huge tensor is refused before allocating.
+        assert!(values(&spec(None, 0, &[1 << 40], &[0])).is_err());
+    }
+}

@@ -47,7 +47,7 @@ fn assert_all_same(actual: &[(String, Tensor)], expected: &[(String, Tensor)]) {
     }
 }
 
-fn dtype_of<'a>(tensors: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
+fn tensor<'a>(tensors: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
     &tensors.iter().find(|(n, _)| n == name).unwrap().1
 }
 
@@ -57,12 +57,12 @@ fn plain_state_dict() {
     for format in FORMATS {
         let got = read_tensors(fixture(&format!("state_dict.{format}.pth")), None).unwrap();
         assert_all_same(&got, &want);
-        let tracked = dtype_of(&got, "bn.num_batches_tracked");
+        let tracked = tensor(&got, "bn.num_batches_tracked");
         assert_eq!(tracked.dtype(), DType::I64);
         assert_eq!(tracked.dims(), &[] as &[usize]);
         assert_eq!(tracked.to_scalar::<i64>().unwrap(), 1);
-        assert_eq!(dtype_of(&got, "conv.weight").dtype(), DType::F32);
-        assert_eq!(dtype_of(&got, "conv.weight").dims(), &[4, 3, 3, 3]);
+        assert_eq!(tensor(&got, "conv.weight").dtype(), DType::F32);
+        assert_eq!(tensor(&got, "conv.weight").dims(), &[4, 3, 3, 3]);
     }
 }
 
@@ -98,11 +98,11 @@ fn strided_views_and_shared_storages() {
     for format in FORMATS {
         let got = read_tensors(fixture(&format!("views.{format}.pth")), None).unwrap();
         assert_all_same(&got, &want);
-        let base = dtype_of(&got, "base");
-        let transposed = dtype_of(&got, "transposed");
+        let base = tensor(&got, "base");
+        let transposed = tensor(&got, "transposed");
         assert_same("transposed", transposed, &base.t().unwrap());
         assert_eq!(
-            dtype_of(&got, "column").to_vec1::<f32>().unwrap(),
+            tensor(&got, "column").to_vec1::<f32>().unwrap(),
             [2.0, 8.0, 14.0, 20.0]
         );
     }
@@ -129,14 +129,11 @@ fn dtypes_map_as_documented() {
         let got = read_tensors(fixture(&format!("dtypes.{format}.pth")), None).unwrap();
         assert_all_same(&got, &want);
         for (name, dtype) in dtypes {
-            assert_eq!(dtype_of(&got, name).dtype(), dtype, "{format} {name}");
+            assert_eq!(tensor(&got, name).dtype(), dtype, "{format} {name}");
         }
-        assert_eq!(dtype_of(&got, "empty").dims(), &[0, 3]);
-        assert_eq!(dtype_of(&got, "scalar").to_scalar::<f32>().unwrap(), 2.5);
-        assert_eq!(
-            dtype_of(&got, "i8").to_vec1::<i16>().unwrap(),
-            [-128, 0, 127]
-        );
+        assert_eq!(tensor(&got, "empty").dims(), &[0, 3]);
+        assert_eq!(tensor(&got, "scalar").to_scalar::<f32>().unwrap(), 2.5);
+        assert_eq!(tensor(&got, "i8").to_vec1::<i16>().unwrap(), [-128, 0, 127]);
     }
 }
 
@@ -246,4 +243,16 @@ fn damaged_files_name_their_path() {
     let missing = dir.path().join("missing.pth");
     let err = error(read_checkpoint(&missing));
     assert!(matches!(err.kind(), ErrorKind::Io(_)), "{err}");
+}
+
+#[test]
+fn agrees_with_candles_zip_reader() {
+    let path = fixture("state_dict.zip.pth");
+    let ours = read_tensors(&path, None).unwrap();
+    let theirs = candle_core::pickle::read_all(&path).unwrap();
+    assert_eq!(theirs.len(), ours.len());
+    for (name, t) in &theirs {
+        assert_eq!(tensor(&ours, name).dtype(), t.dtype(), "{name}");
+        assert_same(name, tensor(&ours, name), t);
+    }
 }
