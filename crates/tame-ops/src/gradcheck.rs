@@ -1,0 +1,53 @@
+//! Finite-difference gradient checks for the tests of this crate.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+/// A deterministic f64 tensor with values in [-1, 1) (a splitmix64 sequence).
+pub fn seeded(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let values = (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect::<Vec<_>>();
+    Tensor::from_vec(values, shape, device)
+}
+
+/// Checks the gradient of `sum(f(x) * r)` (r a fixed random tensor) with respect to `x`
+/// against central finite differences, in f64, to 1e-6 absolute.
+pub fn assert_gradients_match(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+    let x = x.to_dtype(DType::F64)?;
+    let weights = seeded(f(&x)?.dims(), 99, x.device())?;
+    let loss = |t: &Tensor| -> Result<f64> { (f(t)? * &weights)?.sum_all()?.to_scalar::<f64>() };
+
+    let var = Var::from_tensor(&x)?;
+    let grads = (f(var.as_tensor())? * &weights)?.sum_all()?.backward()?;
+    let analytic = grads
+        .get(var.as_tensor())
+        .ok_or_else(|| candle_core::Error::Msg("no gradient reached the input".into()))?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+
+    let base = x.flatten_all()?.to_vec1::<f64>()?;
+    let eps = 1e-6;
+    for (i, &g) in analytic.iter().enumerate() {
+        let mut plus = base.clone();
+        plus[i] += eps;
+        let mut minus = base.clone();
+        minus[i] -= eps;
+        let lp = loss(&Tensor::from_vec(plus, x.dims(), x.device())?)?;
+        let lm = loss(&Tensor::from_vec(minus, x.dims(), x.device())?)?;
+        let numeric = (lp - lm) / (2.0 * eps);
+        assert!(
+            (numeric - g).abs() < 1e-6,
+            "gradient of element {i}: analytic {g}, numeric {numeric}"
+        );
+    }
+    Ok(())
+}

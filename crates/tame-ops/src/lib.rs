@@ -1,0 +1,17 @@
+//! Differentiable tensor operations that candle 0.11 lacks or cannot back-propagate through.
+//!
+//! TAME back-propagates its loss through a frozen backbone into an upsampled mask, so every
+//! operation on that path needs a working backward pass. candle's native bilinear upsampling
+//! has none, its max-pool has one only when kernel == stride, and its nearest upsampling
+//! overwrites gradients instead of accumulating them. The versions here are compositions of
+//! operations whose backward passes candle does implement (matmul, narrow, reshape, maximum,
+//! concatenation), with PyTorch's forward semantics.
+
+mod pool;
+mod resize;
+
+pub use pool::{adaptive_avg_pool2d, max_pool2d};
+pub use resize::{bilinear_matrix, resize_bilinear};
+
+#[cfg(test)]
+mod gradcheck;
