@@ -27,7 +27,7 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
         path: path.to_path_buf(),
         source,
     })?;
-    checked(to_rgb(image), path)
+    Ok(to_rgb(image))
 }
 
 /// Decodes an in-memory image (any supported format) to 8-bit RGB, as [`load_rgb`] does.
@@ -36,17 +36,6 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, image::ImageError> {
         .with_guessed_format()?
         .decode()?;
     Ok(to_rgb(image))
-}
-
-fn checked(image: RgbImage, path: &Path) -> Result<RgbImage, DecodeError> {
-    if image.width() == 0 || image.height() == 0 {
-        return Err(DecodeError::Empty {
-            path: path.to_path_buf(),
-            width: image.width(),
-            height: image.height(),
-        });
-    }
-    Ok(image)
 }
 
 /// Pillow's `convert("RGB")` on what Pillow would have opened.

@@ -22,16 +22,6 @@ pub enum DecodeError {
         /// The decoder's error.
         source: image::ImageError,
     },
-    /// The image has a zero width or height.
-    #[error("{path} is empty ({width}x{height})")]
-    Empty {
-        /// The image file.
-        path: PathBuf,
-        /// Decoded width.
-        width: u32,
-        /// Decoded height.
-        height: u32,
-    },
 }
 
 /// Errors of list parsing and of loading the images a list names.

@@ -212,6 +212,18 @@ mod tests {
     }
 
     #[test]
+    fn tiny_and_thin_images_still_give_a_full_crop() {
+        for (w, h) in [(1, 1), (1, 3), (3, 1), (2, 255)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([50, 60, 70]));
+            let out = eval_transform(&img);
+            assert_eq!(out.dimensions(), (224, 224));
+            assert!(out.pixels().all(|p| p.0 == [50, 60, 70]), "{w}x{h}");
+            let out = train_transform(&img, &mut StdRng::seed_from_u64(1));
+            assert_eq!(out.dimensions(), (224, 224));
+        }
+    }
+
+    #[test]
     fn center_crop_rounds_half_to_even_like_python() {
         // (257 - 224) / 2 = 16.5 -> 16; (259 - 224) / 2 = 17.5 -> 18.
         let img = pattern(259, 257);
