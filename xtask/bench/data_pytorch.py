@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The PyTorch counterpart of `crates/tame-data/examples/bench_decode.rs`.
 
-    python xtask/bench/data_pytorch.py [WORKERS] [ROUNDS]
+    python xtask/bench/data_pytorch.py [WORKERS] [ROUNDS] [NAME_PART]
 
 Decode + Resize(256) + crop + ToTensor with PIL and torchvision on the sample images,
-ROUNDS times over: one process calling the transforms directly, then a DataLoader
+ROUNDS times over (only those whose name contains NAME_PART, if given): one process calling the transforms directly, then a DataLoader
 (batches of 32, WORKERS worker processes) with the evaluation and training transforms.
 """
 
@@ -51,8 +51,9 @@ def report(what, images, start):
 def main():
     workers = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    name_part = sys.argv[3] if len(sys.argv) > 3 else ""
     torch.set_num_threads(1)
-    names = sorted(SAMPLES.iterdir())
+    names = sorted(p for p in SAMPLES.iterdir() if name_part in p.name)
     paths = names * rounds
     print(f"{len(names)} sample images x {rounds} rounds = {len(paths)} images")
 

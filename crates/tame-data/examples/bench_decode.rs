@@ -1,11 +1,12 @@
 //! Throughput of decode + Resize(256) + crop + to-float on the sample images.
 //!
 //! ```text
-//! cargo run --release -p tame-data --example bench_decode -- [WORKERS] [ROUNDS]
+//! cargo run --release -p tame-data --example bench_decode -- [WORKERS] [ROUNDS] [NAME_PART]
 //! ```
 //! Prints images/s for one thread calling the functions directly, then for the
 //! [`Loader`] (batches of 32, `WORKERS` decoding threads) with the evaluation and the
-//! training transforms. Each measurement goes over the sample images `ROUNDS` times.
+//! training transforms. Each measurement goes over the sample images `ROUNDS` times (only
+//! those whose name contains `NAME_PART`, if given).
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let workers: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(200), |a| a.parse())?;
+    let name_part = args.next().unwrap_or_default();
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/data/sample-images"
@@ -29,6 +31,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut names: Vec<String> = std::fs::read_dir(&dir)?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, std::io::Error>>()?;
+    names.retain(|name| name.contains(&name_part));
     names.sort();
     let n = names.len() * rounds;
     println!(
