@@ -1,0 +1,24 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong building or running a backbone.
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    #[error("unknown model `{name}` (valid: {valid})")]
+    UnknownModel { name: String, valid: String },
+
+    #[error("unknown tap `{name}` for {model}; valid taps: {valid}")]
+    UnknownTap {
+        model: String,
+        name: String,
+        valid: String,
+    },
+
+    #[error("{path}: {message}")]
+    WeightsFile { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Hub(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

@@ -1,0 +1,144 @@
+//! Image classifiers (VGG-16, ResNet-50) in candle, equal to torchvision's, whose forward pass
+//! returns the outputs of named inner layers ("taps") together with the logits.
+//!
+//! This crate knows nothing of TAME: it classifies images and exposes features. Every forward
+//! pass is differentiable with respect to the input image, so a loss on the logits can be
+//! back-propagated to an input mask.
+
+mod error;
+pub mod hub;
+pub mod imagenet;
+mod resnet;
+pub mod synthetic;
+mod taps;
+mod vgg;
+pub mod weights;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+pub use error::BackboneError;
+pub use resnet::ResNet50;
+pub use taps::{TapCollector, TapRequest};
+pub use vgg::Vgg16;
+
+pub type Result<T> = std::result::Result<T, BackboneError>;
+
+/// The ImageNet statistics every supported backbone normalises its input with.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// How the backbone runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference: batch norms use their running statistics, dropout is off.
+    Eval,
+    /// PyTorch's `model.train()`: dropout is active, batch norms normalise with batch
+    /// statistics and update their running statistics in memory.
+    Train,
+}
+
+/// What one forward pass returns.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// The requested taps, in the order they were requested.
+    pub taps: Vec<Tensor>,
+    /// The logits (B, 1000), when requested.
+    pub logits: Option<Tensor>,
+}
+
+/// A classifier whose inner layers can be tapped by name.
+pub trait Backbone: Send + Sync {
+    /// The model name as used on the command line (`vgg16`, `resnet50`).
+    fn name(&self) -> &'static str;
+
+    /// Every tap name, in forward order.
+    fn tap_names(&self) -> Vec<String>;
+
+    /// The taps TAME reads by default.
+    fn default_taps(&self) -> Vec<String>;
+
+    /// Runs images (B, 3, H, W) with values in [0, 1] through the network (the ImageNet
+    /// normalisation happens inside). Stops as early as the request allows.
+    fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput>;
+
+    /// Reseeds the generator of the train-mode dropout masks.
+    fn reseed(&self, seed: u64);
+
+    /// Checks tap names against this network; the error lists the valid names.
+    fn tap_request(&self, taps: &[String], logits: bool) -> Result<TapRequest> {
+        TapRequest::new(self.name(), &self.tap_names(), taps, logits)
+    }
+
+    /// The output shape of every tap for a batch of one `size`x`size` image, in forward order.
+    fn tap_shapes(&self, size: usize, device: &Device) -> Result<Vec<(String, Vec<usize>)>> {
+        let image = Tensor::zeros((1, 3, size, size), DType::F32, device)?;
+        let names = self.tap_names();
+        let request = self.tap_request(&names, false)?;
+        let out = self.forward(&image, &request, Mode::Eval)?;
+        Ok(names
+            .into_iter()
+            .zip(out.taps.iter().map(|t| t.dims().to_vec()))
+            .collect())
+    }
+}
+
+/// The backbones this crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackboneKind {
+    Vgg16,
+    ResNet50,
+}
+
+impl BackboneKind {
+    pub const ALL: [BackboneKind; 2] = [BackboneKind::Vgg16, BackboneKind::ResNet50];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::Vgg16 => "vgg16",
+            BackboneKind::ResNet50 => "resnet50",
+        }
+    }
+
+    /// The Hugging Face hub repository the weights come from when none are given.
+    pub fn default_hub_repo(self) -> &'static str {
+        match self {
+            BackboneKind::Vgg16 => "timm/vgg16.tv_in1k",
+            BackboneKind::ResNet50 => "timm/resnet50.tv_in1k",
+        }
+    }
+
+    /// Builds the network from a VarBuilder with torchvision parameter names.
+    pub fn build(self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
+        Ok(match self {
+            BackboneKind::Vgg16 => Box::new(Vgg16::new(vb)?),
+            BackboneKind::ResNet50 => Box::new(ResNet50::new(vb)?),
+        })
+    }
+}
+
+impl std::str::FromStr for BackboneKind {
+    type Err = BackboneError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| BackboneError::UnknownModel {
+                name: s.to_string(),
+                valid: Self::ALL.map(|k| k.name()).join(", "),
+            })
+    }
+}
+
+/// (x - mean) / std per channel, for images in [0, 1].
+pub fn normalize_imagenet(images: &Tensor) -> Result<Tensor> {
+    let dev = images.device();
+    let mean = Tensor::new(&IMAGENET_MEAN, dev)?
+        .to_dtype(images.dtype())?
+        .reshape((1, 3, 1, 1))?;
+    let inv_std = Tensor::new(&IMAGENET_STD.map(|s| 1.0 / s), dev)?
+        .to_dtype(images.dtype())?
+        .reshape((1, 3, 1, 1))?;
+    Ok(images.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?)
+}

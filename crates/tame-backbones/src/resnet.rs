@@ -1,0 +1,247 @@
+//! torchvision's `resnet50` (v1.5: the stride sits on the 3x3 convolution), with taps named as
+//! its graph nodes: `conv1`, `bn1`, `relu`, `maxpool`, `layerK` and `layerK.J` (block outputs),
+//! `layerK.J.conv1|bn1|relu|conv2|bn2|relu_1|conv3|bn3|downsample.0|downsample.1|add|relu_2`,
+//! `avgpool`, `flatten`, `fc`.
+
+use candle_core::{Module, ModuleT, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
+
+/// Blocks per stage and the width of each stage's bottleneck.
+const STAGES: [(usize, usize); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
+const EXPANSION: usize = 4;
+
+fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        stride,
+        padding: k / 2,
+        ..Default::default()
+    };
+    Ok(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?)
+}
+
+fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
+    let cfg = BatchNormConfig {
+        eps: 1e-5,
+        remove_mean: true,
+        affine: true,
+        momentum: 0.1,
+    };
+    Ok(candle_nn::batch_norm(channels, cfg, vb)?)
+}
+
+struct Bottleneck {
+    name: String,
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    conv3: Conv2d,
+    bn3: BatchNorm,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Bottleneck {
+    fn new(vb: VarBuilder, name: String, cin: usize, width: usize, stride: usize) -> Result<Self> {
+        let cout = width * EXPANSION;
+        let downsample = if stride != 1 || cin != cout {
+            let ds = vb.pp("downsample");
+            Some((
+                conv(ds.pp("0"), cin, cout, 1, stride)?,
+                batch_norm(ds.pp("1"), cout)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv(vb.pp("conv1"), cin, width, 1, 1)?,
+            bn1: batch_norm(vb.pp("bn1"), width)?,
+            conv2: conv(vb.pp("conv2"), width, width, 3, stride)?,
+            bn2: batch_norm(vb.pp("bn2"), width)?,
+            conv3: conv(vb.pp("conv3"), width, cout, 1, 1)?,
+            bn3: batch_norm(vb.pp("bn3"), cout)?,
+            downsample,
+            name,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
+        let mut node = |suffix: &str, t: Tensor| {
+            taps.offer(&format!("{}.{suffix}", self.name), &t);
+            t
+        };
+        let y = node("conv1", self.conv1.forward(x)?);
+        let y = node("bn1", self.bn1.forward_t(&y, train)?);
+        let y = node("relu", y.relu()?);
+        let y = node("conv2", self.conv2.forward(&y)?);
+        let y = node("bn2", self.bn2.forward_t(&y, train)?);
+        let y = node("relu_1", y.relu()?);
+        let y = node("conv3", self.conv3.forward(&y)?);
+        let y = node("bn3", self.bn3.forward_t(&y, train)?);
+        let identity = match &self.downsample {
+            Some((conv, bn)) => {
+                let d = node("downsample.0", conv.forward(x)?);
+                node("downsample.1", bn.forward_t(&d, train)?)
+            }
+            None => x.clone(),
+        };
+        let y = node("add", (y + identity)?);
+        let y = node("relu_2", y.relu()?);
+        taps.offer(&self.name, &y);
+        Ok(y)
+    }
+
+    fn node_names(&self) -> Vec<String> {
+        let mut suffixes = vec![
+            "conv1", "bn1", "relu", "conv2", "bn2", "relu_1", "conv3", "bn3",
+        ];
+        if self.downsample.is_some() {
+            suffixes.extend(["downsample.0", "downsample.1"]);
+        }
+        suffixes.extend(["add", "relu_2"]);
+        let mut names: Vec<String> = suffixes
+            .iter()
+            .map(|s| format!("{}.{s}", self.name))
+            .collect();
+        names.push(self.name.clone());
+        names
+    }
+}
+
+pub struct ResNet50 {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    /// The blocks of each of the four stages.
+    layers: Vec<Vec<Bottleneck>>,
+    fc: Linear,
+}
+
+impl ResNet50 {
+    /// Builds the network from torchvision parameter names (`conv1.weight`, `bn1.running_mean`,
+    /// `layer1.0.conv1.weight`, `fc.weight` ...).
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let stem = Conv2dConfig {
+            stride: 2,
+            padding: 3,
+            ..Default::default()
+        };
+        let mut layers = Vec::new();
+        let mut channels = 64;
+        for (stage, (blocks, width)) in STAGES.into_iter().enumerate() {
+            let mut stage_blocks = Vec::new();
+            for block in 0..blocks {
+                let stride = if block == 0 && stage > 0 { 2 } else { 1 };
+                let name = format!("layer{}.{block}", stage + 1);
+                stage_blocks.push(Bottleneck::new(
+                    vb.pp(&name),
+                    name,
+                    channels,
+                    width,
+                    stride,
+                )?);
+                channels = width * EXPANSION;
+            }
+            layers.push(stage_blocks);
+        }
+        Ok(Self {
+            conv1: candle_nn::conv2d_no_bias(3, 64, 7, stem, vb.pp("conv1"))?,
+            bn1: batch_norm(vb.pp("bn1"), 64)?,
+            layers,
+            fc: candle_nn::linear(512 * EXPANSION, 1000, vb.pp("fc"))?,
+        })
+    }
+}
+
+impl ResNet50 {
+    /// The running mean and variance of batch norm `name` (`bn1`, `layer4.2.bn3`,
+    /// `layer1.0.downsample.1` ...), as updated by train-mode passes.
+    pub fn running_stats(&self, name: &str) -> Option<(Tensor, Tensor)> {
+        let bn = if name == "bn1" {
+            &self.bn1
+        } else {
+            let (block_name, leaf) = name.rsplit_once('.').and_then(|(head, leaf)| {
+                if leaf == "1" {
+                    let (block, ds) = head.rsplit_once('.')?;
+                    (ds == "downsample").then_some((block, "downsample.1"))
+                } else {
+                    Some((head, leaf))
+                }
+            })?;
+            let block = self
+                .layers
+                .iter()
+                .flatten()
+                .find(|b| b.name == block_name)?;
+            match leaf {
+                "bn1" => &block.bn1,
+                "bn2" => &block.bn2,
+                "bn3" => &block.bn3,
+                "downsample.1" => &block.downsample.as_ref()?.1,
+                _ => return None,
+            }
+        };
+        Some((bn.running_mean().clone(), bn.running_var().clone()))
+    }
+}
+
+impl Backbone for ResNet50 {
+    fn name(&self) -> &'static str {
+        "resnet50"
+    }
+
+    fn tap_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["conv1", "bn1", "relu", "maxpool"]
+            .map(String::from)
+            .to_vec();
+        for (stage, blocks) in self.layers.iter().enumerate() {
+            for block in blocks {
+                names.extend(block.node_names());
+            }
+            names.push(format!("layer{}", stage + 1));
+        }
+        names.extend(["avgpool", "flatten", "fc"].map(String::from));
+        names
+    }
+
+    fn default_taps(&self) -> Vec<String> {
+        ["layer2", "layer3", "layer4"].map(String::from).to_vec()
+    }
+
+    fn reseed(&self, _seed: u64) {
+        // ResNet-50 has no dropout: train mode is deterministic.
+    }
+
+    fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput> {
+        let train = mode == Mode::Train;
+        let mut taps = request.collector();
+        let x = normalize_imagenet(images)?;
+        let x = self.conv1.forward(&x)?;
+        taps.offer("conv1", &x);
+        let x = self.bn1.forward_t(&x, train)?;
+        taps.offer("bn1", &x);
+        let x = x.relu()?;
+        taps.offer("relu", &x);
+        let mut x = tame_ops::max_pool2d(&x, 3, 2, 1)?;
+        taps.offer("maxpool", &x);
+        for (stage, blocks) in self.layers.iter().enumerate() {
+            for block in blocks {
+                if taps.done() {
+                    return taps.finish(None);
+                }
+                x = block.forward(&x, train, &mut taps)?;
+            }
+            taps.offer(&format!("layer{}", stage + 1), &x);
+        }
+        if taps.done() {
+            return taps.finish(None);
+        }
+        let x = tame_ops::adaptive_avg_pool2d(&x, 1, 1)?;
+        taps.offer("avgpool", &x);
+        let x = x.flatten_from(1)?;
+        taps.offer("flatten", &x);
+        let logits = self.fc.forward(&x)?;
+        taps.offer("fc", &logits);
+        taps.finish(Some(logits))
+    }
+}

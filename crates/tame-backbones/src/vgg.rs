@@ -1,0 +1,166 @@
+//! torchvision's `vgg16` (configuration D, no batch norm), with taps named as its graph nodes:
+//! `features.0` ... `features.30`, `avgpool`, `flatten`, `classifier.0` ... `classifier.6`.
+
+use std::sync::Mutex;
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
+
+/// Output channels of each convolution, `None` for a 2x2 max-pool.
+const LAYOUT: [Option<usize>; 18] = [
+    Some(64),
+    Some(64),
+    None,
+    Some(128),
+    Some(128),
+    None,
+    Some(256),
+    Some(256),
+    Some(256),
+    None,
+    Some(512),
+    Some(512),
+    Some(512),
+    None,
+    Some(512),
+    Some(512),
+    Some(512),
+    None,
+];
+
+enum Layer {
+    Conv(candle_nn::Conv2d),
+    Linear(Linear),
+    Relu,
+    MaxPool,
+    Dropout,
+}
+
+pub struct Vgg16 {
+    features: Vec<Layer>,
+    classifier: Vec<Layer>,
+    dropout_rng: Mutex<StdRng>,
+}
+
+impl Vgg16 {
+    /// Builds the network from torchvision parameter names (`features.0.weight`,
+    /// `classifier.0.weight` ...).
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let mut features = Vec::new();
+        let mut channels = 3;
+        for entry in LAYOUT {
+            match entry {
+                Some(out) => {
+                    let cfg = Conv2dConfig {
+                        padding: 1,
+                        ..Default::default()
+                    };
+                    let name = format!("features.{}", features.len());
+                    let conv = candle_nn::conv2d(channels, out, 3, cfg, vb.pp(name))?;
+                    features.push(Layer::Conv(conv));
+                    features.push(Layer::Relu);
+                    channels = out;
+                }
+                None => features.push(Layer::MaxPool),
+            }
+        }
+        let vb = vb.pp("classifier");
+        let classifier = vec![
+            Layer::Linear(candle_nn::linear(512 * 7 * 7, 4096, vb.pp("0"))?),
+            Layer::Relu,
+            Layer::Dropout,
+            Layer::Linear(candle_nn::linear(4096, 4096, vb.pp("3"))?),
+            Layer::Relu,
+            Layer::Dropout,
+            Layer::Linear(candle_nn::linear(4096, 1000, vb.pp("6"))?),
+        ];
+        Ok(Self {
+            features,
+            classifier,
+            dropout_rng: Mutex::new(StdRng::seed_from_u64(0)),
+        })
+    }
+
+    fn apply(&self, layer: &Layer, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(match layer {
+            Layer::Conv(conv) => conv.forward(x)?,
+            Layer::Linear(linear) => linear.forward(x)?,
+            Layer::Relu => x.relu()?,
+            Layer::MaxPool => tame_ops::max_pool2d(x, 2, 2, 0)?,
+            Layer::Dropout => self.dropout(x, mode)?,
+        })
+    }
+
+    /// Dropout with p = 0.5 as PyTorch applies it in train mode: kept units are doubled.
+    fn dropout(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            return Ok(x.clone());
+        }
+        let mask: Vec<f32> = {
+            let mut rng = self
+                .dropout_rng
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            (0..x.elem_count())
+                .map(|_| if rng.random::<bool>() { 2.0 } else { 0.0 })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+}
+
+impl Backbone for Vgg16 {
+    fn name(&self) -> &'static str {
+        "vgg16"
+    }
+
+    fn tap_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = (0..self.features.len())
+            .map(|i| format!("features.{i}"))
+            .collect();
+        names.extend(["avgpool", "flatten"].map(String::from));
+        names.extend((0..self.classifier.len()).map(|i| format!("classifier.{i}")));
+        names
+    }
+
+    fn default_taps(&self) -> Vec<String> {
+        ["features.16", "features.23", "features.30"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn reseed(&self, seed: u64) {
+        *self
+            .dropout_rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = StdRng::seed_from_u64(seed);
+    }
+
+    fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput> {
+        let mut taps = request.collector();
+        let mut x = normalize_imagenet(images)?;
+        for (i, layer) in self.features.iter().enumerate() {
+            x = self.apply(layer, &x, mode)?;
+            taps.offer(&format!("features.{i}"), &x);
+            if taps.done() {
+                return taps.finish(None);
+            }
+        }
+        x = tame_ops::adaptive_avg_pool2d(&x, 7, 7)?;
+        taps.offer("avgpool", &x);
+        x = x.flatten_from(1)?;
+        taps.offer("flatten", &x);
+        for (i, layer) in self.classifier.iter().enumerate() {
+            if taps.done() {
+                return taps.finish(None);
+            }
+            x = self.apply(layer, &x, mode)?;
+            taps.offer(&format!("classifier.{i}"), &x);
+        }
+        taps.finish(Some(x))
+    }
+}

@@ -1,0 +1,185 @@
+//! Where backbone weights come from: safetensors and PyTorch files (torchvision or timm
+//! names), the Hugging Face hub (cached as the Python client caches), or synthetic values.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::synthetic::SyntheticWeights;
+use crate::{BackboneError, BackboneKind, Result};
+
+/// A `--weights` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightsSpec {
+    /// A `.safetensors`, `.pth`, `.pt` or `.bin` file.
+    File(PathBuf),
+    /// `hub:<owner>/<repo>`: the repository's `model.safetensors`.
+    Hub(String),
+    /// `synthetic`: deterministic stand-in weights (see [`crate::synthetic`]).
+    Synthetic,
+}
+
+impl FromStr for WeightsSpec {
+    type Err = BackboneError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(if let Some(repo) = s.strip_prefix("hub:") {
+            if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+                return Err(BackboneError::Hub(format!(
+                    "`{s}`: a hub repository is written `hub:<owner>/<name>`"
+                )));
+            }
+            WeightsSpec::Hub(repo.to_string())
+        } else if s == "synthetic" {
+            WeightsSpec::Synthetic
+        } else {
+            WeightsSpec::File(PathBuf::from(s))
+        })
+    }
+}
+
+impl WeightsSpec {
+    /// The weights used when none are given: the backbone's default hub repository.
+    pub fn default_for(kind: BackboneKind) -> Self {
+        WeightsSpec::Hub(kind.default_hub_repo().to_string())
+    }
+}
+
+/// Loads the backbone `kind` with weights from `spec` onto `device`.
+pub fn load_backbone(
+    kind: BackboneKind,
+    spec: &WeightsSpec,
+    device: &Device,
+) -> Result<Box<dyn crate::Backbone>> {
+    let backend: Box<dyn SimpleBackend> = match spec {
+        WeightsSpec::Synthetic => Box::new(SyntheticWeights),
+        WeightsSpec::File(path) => Box::new(NamedTensors::from_file(path, kind, device)?),
+        WeightsSpec::Hub(repo) => {
+            let path = crate::hub::model_file(repo, "model.safetensors")?;
+            Box::new(NamedTensors::from_file(&path, kind, device)?)
+        }
+    };
+    kind.build(VarBuilder::from_backend(
+        backend,
+        DType::F32,
+        device.clone(),
+    ))
+}
+
+/// Tensors by torchvision name, with the file they came from for error messages.
+pub struct NamedTensors {
+    source: String,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl NamedTensors {
+    /// Reads a weights file (by extension) and renames timm / DataParallel names to
+    /// torchvision's.
+    pub fn from_file(path: &Path, kind: BackboneKind, device: &Device) -> Result<Self> {
+        let file_error = |message: String| BackboneError::WeightsFile {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(file_error("no such file".into()));
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let tensors: Vec<(String, Tensor)> = match ext.as_str() {
+            "safetensors" => candle_core::safetensors::load(path, device)
+                .map_err(|e| file_error(format!("not a readable safetensors file: {e}")))?
+                .into_iter()
+                .collect(),
+            "pth" | "pt" | "bin" | "ckpt" => tame_pth::read_tensors(path, None)
+                .map_err(|e| file_error(e.to_string()))?
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_device(device)?)))
+                .collect::<Result<_>>()?,
+            _ => {
+                return Err(file_error(
+                    "unknown weights format (expected .safetensors, .pth, .pt or .bin)".into(),
+                ))
+            }
+        };
+        Self::new(path.display().to_string(), tensors, kind)
+    }
+
+    /// Wraps tensors already in memory, renaming timm / DataParallel (`module.`) names to
+    /// torchvision's; `source` names them in errors.
+    pub fn new(source: String, tensors: Vec<(String, Tensor)>, kind: BackboneKind) -> Result<Self> {
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
+                to_torchvision_name(kind, name, t)
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
+        Ok(Self { source, tensors })
+    }
+}
+
+/// timm's VGG keeps `features.*` but holds the classifier as convolutions:
+/// `pre_logits.fc1` (4096x512x7x7, the same memory order as torchvision's 4096x25088 linear),
+/// `pre_logits.fc2` (4096x4096x1x1) and `head.fc`.
+fn to_torchvision_name(kind: BackboneKind, name: String, t: Tensor) -> Result<(String, Tensor)> {
+    if kind != BackboneKind::Vgg16 {
+        return Ok((name, t));
+    }
+    let renamed = match name.as_str() {
+        "pre_logits.fc1.weight" => Some(("classifier.0.weight", Some(25088))),
+        "pre_logits.fc1.bias" => Some(("classifier.0.bias", None)),
+        "pre_logits.fc2.weight" => Some(("classifier.3.weight", Some(4096))),
+        "pre_logits.fc2.bias" => Some(("classifier.3.bias", None)),
+        "head.fc.weight" => Some(("classifier.6.weight", None)),
+        "head.fc.bias" => Some(("classifier.6.bias", None)),
+        _ => None,
+    };
+    Ok(match renamed {
+        // Only a 4-d convolution kernel is flattened; anything else is checked as it is.
+        Some((new, Some(cols))) if t.rank() == 4 && t.elem_count() == 4096 * cols => {
+            (new.to_string(), t.reshape((4096, cols))?)
+        }
+        Some((new, _)) => (new.to_string(), t),
+        None => (name, t),
+    })
+}
+
+impl SimpleBackend for NamedTensors {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.dims() != s.dims() {
+            candle_core::bail!(
+                "{}: tensor `{name}` has shape {:?}, the model needs {:?}",
+                self.source,
+                t.dims(),
+                s.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("{}: tensor `{name}` is missing", self.source),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
