@@ -1,0 +1,226 @@
+//! The project's checkpoint format (safetensors + JSON sidecar) and the import of reference
+//! PyTorch checkpoints.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::{AmConfig, AmError, AttentionMechanism, Mismatch, TapShape, Version};
+
+/// The JSON sidecar of a checkpoint (same stem, `.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Backbone the mechanism explains (e.g. `vgg16`).
+    pub backbone: String,
+    /// Tap names, in order.
+    pub taps: Vec<String>,
+    /// Their shapes (C, H, W), in order; empty when unknown.
+    #[serde(default)]
+    pub tap_shapes: Vec<TapShape>,
+    /// Attention-mechanism version.
+    #[serde(with = "version_name")]
+    pub version: Version,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Optimizer steps completed.
+    pub global_step: u64,
+    /// Free-form configuration of the run that wrote it.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+mod version_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Version;
+
+    pub fn serialize<S: Serializer>(v: &Version, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Version, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl CheckpointMeta {
+    /// Reads the sidecar of the checkpoint `path` (or the JSON file `path` itself).
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, AmError> {
+        let json = sidecar_path(path.as_ref());
+        let text = fs::read_to_string(&json).map_err(|source| AmError::Io {
+            path: json.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| AmError::Metadata { path: json, source })
+    }
+}
+
+/// The JSON sidecar path of checkpoint `path`: same stem, `.json`.
+pub fn sidecar_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+/// A checkpoint read by [`AttentionMechanism::load`].
+pub struct LoadedCheckpoint {
+    /// The mechanism with the checkpoint's weights and running statistics.
+    pub am: AttentionMechanism,
+    /// Epochs completed, when the file says.
+    pub epoch: Option<u64>,
+    /// Optimizer steps completed (the reference's `global_counter`), when the file says.
+    pub global_step: Option<u64>,
+    /// The sidecar of a checkpoint in the project's format, when there is one.
+    pub meta: Option<CheckpointMeta>,
+}
+
+impl AttentionMechanism {
+    /// Writes the state dict as safetensors at `path` and `meta` as JSON next to it
+    /// ([`sidecar_path`]). Each file is written under a temporary name in the same folder and
+    /// then renamed, so a reader never sees a half-written file.
+    pub fn save(&self, path: impl AsRef<Path>, meta: &CheckpointMeta) -> Result<(), AmError> {
+        let path = path.as_ref();
+        let tensors: HashMap<String, _> = self.state_dict()?.into_iter().collect();
+        let tmp = temp_in_dir(path)?;
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|source| AmError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        persist(tmp, path)?;
+
+        let json = sidecar_path(path);
+        let text = serde_json::to_string_pretty(meta).map_err(|source| AmError::Metadata {
+            path: json.clone(),
+            source,
+        })?;
+        let tmp = temp_in_dir(&json)?;
+        fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+            .map_err(|source| AmError::Io {
+                path: json.clone(),
+                source,
+            })?;
+        persist(tmp, &json)
+    }
+
+    /// Reads a checkpoint for the mechanism `config`: the project's safetensors format
+    /// (recognised by its content, whatever the extension; the JSON sidecar is read when
+    /// present) or a reference PyTorch checkpoint (`{'epoch', 'global_counter', 'state_dict',
+    /// ...}` or a bare state dict; `module.` prefixes are tolerated).
+    ///
+    /// A file whose tensors do not fit `config` is refused with [`AmError::Mismatch`], which
+    /// names the file and the first difference; so is a sidecar that names another version or
+    /// other tap shapes.
+    pub fn load(
+        path: impl AsRef<Path>,
+        config: &AmConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<LoadedCheckpoint, AmError> {
+        let path = path.as_ref();
+        let io = |source| AmError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = fs::read(path).map_err(io)?;
+        let mismatch = |m: Mismatch| AmError::Mismatch {
+            path: path.to_path_buf(),
+            mismatch: m,
+        };
+        let in_file = |e: AmError| match e {
+            AmError::State(m) => mismatch(m),
+            e => e,
+        };
+        if is_safetensors(&bytes) {
+            let tensors =
+                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|source| {
+                    AmError::Safetensors {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
+            let mut tensors: Vec<_> = tensors.into_iter().collect();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let meta = match sidecar_path(path).exists() {
+                true => Some(CheckpointMeta::read(path)?),
+                false => None,
+            };
+            if let Some(meta) = &meta {
+                check_meta(meta, config).map_err(mismatch)?;
+            }
+            let am = Self::from_tensors(config, tensors, dtype, device).map_err(in_file)?;
+            Ok(LoadedCheckpoint {
+                am,
+                epoch: meta.as_ref().map(|m| m.epoch),
+                global_step: meta.as_ref().map(|m| m.global_step),
+                meta,
+            })
+        } else {
+            let ckpt = tame_pth::read_checkpoint(path)?;
+            let count = |key| ckpt.int(key).and_then(|v| u64::try_from(v).ok());
+            let (epoch, global_step) = (count("epoch"), count("global_counter"));
+            let am = Self::from_tensors(config, ckpt.tensors, dtype, device).map_err(in_file)?;
+            Ok(LoadedCheckpoint {
+                am,
+                epoch,
+                global_step,
+                meta: None,
+            })
+        }
+    }
+}
+
+/// A safetensors file starts with the little-endian length of its JSON header, then `{`.
+fn is_safetensors(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[8] == b'{' && {
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+        len <= (bytes.len() - 8) as u64
+    }
+}
+
+fn check_meta(meta: &CheckpointMeta, config: &AmConfig) -> Result<(), Mismatch> {
+    if meta.version != config.version() {
+        return Err(Mismatch::Version {
+            expected: config.version(),
+            found: meta.version,
+        });
+    }
+    if !meta.tap_shapes.is_empty() && meta.tap_shapes != config.taps() {
+        return Err(Mismatch::Taps {
+            expected: config.taps().to_vec(),
+            found: meta.tap_shapes.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn temp_in_dir(path: &Path) -> Result<tempfile::TempPath, AmError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map(tempfile::NamedTempFile::into_temp_path)
+        .map_err(|source| AmError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn persist(tmp: tempfile::TempPath, path: &Path) -> Result<(), AmError> {
+    tmp.persist(path).map_err(|e| AmError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })
+}

@@ -1,0 +1,97 @@
+//! The two layer kinds of the mechanism, on (B, C, L) tensors (L = H * W): a 1x1 convolution
+//! is then a matrix product over channels, and batch statistics are means over axes 0 and 2.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use candle_core::{Tensor, Var};
+
+use crate::AmError;
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// A 1x1 convolution with bias; `weight` is stored as (out, in, 1, 1) like PyTorch's.
+pub(crate) struct Conv1x1 {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Conv1x1 {
+    fn out_in(&self) -> candle_core::Result<(usize, usize)> {
+        let (o, i, _, _) = self.weight.dims4()?;
+        Ok((o, i))
+    }
+
+    /// The weight as an (out, in) matrix.
+    pub fn matrix(&self) -> candle_core::Result<Tensor> {
+        self.weight.as_tensor().reshape(self.out_in()?)
+    }
+
+    /// (B, in, L) -> (B, out, L).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (o, _) = self.out_in()?;
+        self.matrix()?
+            .broadcast_matmul(x)?
+            .broadcast_add(&self.bias.as_tensor().reshape((1, o, 1))?)
+    }
+}
+
+/// PyTorch's `BatchNorm2d` (eps 1e-5, momentum 0.1, affine, running statistics).
+pub(crate) struct BatchNorm {
+    pub weight: Var,
+    pub bias: Var,
+    /// Running statistics are Vars only so that `&self` can update them; they are used
+    /// detached and never receive gradients.
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub batches_tracked: AtomicI64,
+}
+
+impl BatchNorm {
+    /// Normalises a (B, C, L) tensor. Train mode uses the biased batch variance and updates
+    /// the running statistics with the unbiased one, as PyTorch does.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, AmError> {
+        let (b, c, l) = x.dims3()?;
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1));
+        let (mean, var) = if train {
+            let n = b * l;
+            if n < 2 {
+                return Err(AmError::BatchTooSmall(n));
+            }
+            let mean = x.mean_keepdim(2)?.mean_keepdim(0)?;
+            let var = x
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(2)?
+                .mean_keepdim(0)?;
+            self.update_running(&mean, &var, n)?;
+            (mean, var)
+        } else {
+            (
+                per_channel(&self.running_mean.as_detached_tensor())?,
+                per_channel(&self.running_var.as_detached_tensor())?,
+            )
+        };
+        let scale =
+            per_channel(self.weight.as_tensor())?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+        Ok(x.broadcast_sub(&mean)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&per_channel(self.bias.as_tensor())?)?)
+    }
+
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> candle_core::Result<()> {
+        let mean = mean.detach().flatten_all()?;
+        let unbiased = (var.detach().flatten_all()? * (n as f64 / (n - 1) as f64))?;
+        let keep = 1.0 - BN_MOMENTUM;
+        let rm = ((self.running_mean.as_detached_tensor() * keep)? + (mean * BN_MOMENTUM)?)?;
+        let rv = ((self.running_var.as_detached_tensor() * keep)? + (unbiased * BN_MOMENTUM)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        self.batches_tracked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn batches_tracked(&self) -> i64 {
+        self.batches_tracked.load(Ordering::Relaxed)
+    }
+}
