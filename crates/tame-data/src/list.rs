@@ -85,6 +85,15 @@ impl ImageList {
         Ok(Self { source, entries })
     }
 
+    /// A list made in memory (for example of the images found in a folder); `source` names
+    /// it in error messages, and each entry's `line` is its position there.
+    pub fn from_entries(source: impl Into<PathBuf>, entries: Vec<ListEntry>) -> Self {
+        Self {
+            source: source.into(),
+            entries,
+        }
+    }
+
     /// The list file these entries came from.
     pub fn source(&self) -> &Path {
         &self.source

@@ -48,20 +48,27 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if width == 0 || height == 0 || image.width() == 0 || image.height() == 0 {
         return RgbImage::new(width, height);
     }
-    let src = ImageRef::new(
-        image.width(),
-        image.height(),
-        image.as_raw(),
-        PixelType::U8x3,
-    )
-    .expect("an RgbImage buffer holds width * height * 3 bytes");
-    let mut dst = FirImage::new(width, height, PixelType::U8x3);
+    // Pillow resamples horizontally first, rounding to 8 bits in between; for 8-bit images
+    // fast_image_resize does the vertical pass first, which moves a sample by one level
+    // here and there. Two one-axis resizes reproduce Pillow's order.
+    let rows_done = resize_axis(image.as_raw(), image.dimensions(), (width, image.height()));
+    let done = resize_axis(&rows_done, (width, image.height()), (width, height));
+    RgbImage::from_raw(width, height, done).expect("the resizer fills width * height * 3 bytes")
+}
+
+/// One fast_image_resize convolution between two non-empty sizes of RGB8 pixels.
+fn resize_axis(src: &[u8], (sw, sh): (u32, u32), (dw, dh): (u32, u32)) -> Vec<u8> {
+    if (sw, sh) == (dw, dh) {
+        return src.to_vec();
+    }
+    let src = ImageRef::new(sw, sh, src, PixelType::U8x3)
+        .expect("an RGB8 buffer holds width * height * 3 bytes");
+    let mut dst = FirImage::new(dw, dh, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .expect("same pixel type on both sides of a non-empty resize");
-    RgbImage::from_raw(width, height, dst.into_vec())
-        .expect("the resizer fills width * height * 3 bytes")
+    dst.into_vec()
 }
 
 /// Copies the `width x height` window whose top-left corner is at (`left`, `top`); pixels

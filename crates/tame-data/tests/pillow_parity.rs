@@ -34,13 +34,15 @@ fn diff(out: &RgbImage, want: &RgbImage) -> (u8, f64) {
     (d.iter().copied().max().unwrap_or(0), mean)
 }
 
-/// The transform alone, on Pillow's own decode: every sample within 1/255 of torchvision
-/// (fast_image_resize follows Pillow's fixed-point filter; a rounding step may differ).
+/// The transform alone, on Pillow's own decode. Bound: every sample within 1/255 of
+/// torchvision, and off by one in at most 1% of samples (the passes are done in Pillow's
+/// order and fixed-point arithmetic; doing them in the other order gives about 16%).
 fn check_transform(name: &str) {
     let out = eval_transform(&fixture(&format!("{name}.pil.png")));
     let (max, mean) = diff(&out, &fixture(&format!("{name}.eval.png")));
     eprintln!("{name} transform: max |diff| {max}/255, mean {mean:.4}");
     assert!(max <= 1, "{name}: max |diff| {max}/255 > 1/255");
+    assert!(mean <= 0.01, "{name}: mean |diff| {mean}/255 > 0.01/255");
 }
 
 /// From the JPEG file: the JPEG decoder (zune-jpeg) upsamples chroma and converts YCbCr
