@@ -33,7 +33,7 @@ enum Init {
 /// Where the values of a new mechanism come from.
 enum Source<'a> {
     /// PyTorch's default initialisation, drawn from a seeded generator.
-    Seeded(StdRng),
+    Seeded(Box<StdRng>),
     /// Tensors by reference name, already checked against the layout.
     Tensors(&'a HashMap<String, Tensor>),
 }
@@ -138,7 +138,7 @@ impl AttentionMechanism {
     ) -> Result<Self, AmError> {
         Self::build(
             config,
-            Source::Seeded(StdRng::seed_from_u64(seed)),
+            Source::Seeded(Box::new(StdRng::seed_from_u64(seed))),
             dtype,
             device,
         )

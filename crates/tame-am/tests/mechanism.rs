@@ -1,0 +1,452 @@
+//! Behaviour of the mechanism beyond parity: selected class maps, gradients, initialisation,
+//! parameter groups, checkpoints and errors.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use tame_am::{AmError, AttentionMechanism, CheckpointMeta, Mismatch, Version, NUM_CLASSES};
+
+const SMALL: [(usize, usize, usize); 2] = [(6, 9, 9), (10, 5, 5)];
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn selected_class_maps_equal_slices_of_the_full_output() {
+    for v in Version::ALL {
+        let config = common::config(v, &SMALL);
+        let am = common::synthetic_am(&config, DType::F32);
+        let taps = common::synthetic_taps(&config, 3, DType::F32);
+        let full = am.forward(&taps, false).unwrap();
+        let fused = am.fused_features(&taps, false).unwrap();
+        assert_eq!(fused.dims(), [3, config.fused_channels(), 9, 9]);
+
+        // One list for the whole batch, with a repeat: the reference's a[:, y].
+        let classes = [7u32, 999, 7];
+        let shared = am.class_logits(&fused, &classes).unwrap();
+        assert_eq!(shared.dims(), [3, 3, 9, 9]);
+        for (j, &c) in classes.iter().enumerate() {
+            let d = max_abs_diff(
+                &shared.i((.., j)).unwrap(),
+                &full.i((.., c as usize)).unwrap(),
+            );
+            assert!(d < 1e-5, "{v}: shared class {c}: {d}");
+        }
+
+        // One list per sample.
+        let lists = vec![vec![0u32, 5], vec![999, 0], vec![42, 42]];
+        let per = am.per_sample_class_logits(&fused, &lists).unwrap();
+        assert_eq!(per.dims(), [3, 2, 9, 9]);
+        for (b, list) in lists.iter().enumerate() {
+            for (j, &c) in list.iter().enumerate() {
+                let d = max_abs_diff(&per.i((b, j)).unwrap(), &full.i((b, c as usize)).unwrap());
+                assert!(d < 1e-5, "{v}: sample {b} class {c}: {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_parameter_receives_a_gradient_in_train_mode() {
+    for v in Version::ALL {
+        let config = common::config(v, &[(4, 6, 6), (5, 3, 3), (3, 2, 2)]);
+        let am = AttentionMechanism::new(&config, 1, DType::F64, &Device::Cpu).unwrap();
+        let taps = common::synthetic_taps(&config, 2, DType::F64);
+        let fused = am.fused_features(&taps, true).unwrap();
+        let labels = [3u32, 800];
+        let a = candle_nn::ops::sigmoid(&am.class_logits(&fused, &labels).unwrap()).unwrap();
+        let grads = a.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in am.parameters() {
+            let g = grads
+                .get(&var)
+                .unwrap_or_else(|| panic!("{v}: no gradient for {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            if name == "attn.fuser.weight" || name == "attn.fuser.bias" {
+                // Only the rows of the selected classes are used.
+                let unused = g
+                    .i(0)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                assert_eq!(unused, 0.0, "{name}: row of an unselected class");
+            }
+            assert!(norm > 0.0, "{v}: zero gradient for {name}");
+        }
+    }
+}
+
+#[test]
+fn seeded_initialisation_is_reproducible_and_follows_pytorch_defaults() {
+    let config = common::config(Version::Tame, &SMALL);
+    let a = AttentionMechanism::new(&config, 7, DType::F32, &Device::Cpu).unwrap();
+    let b = AttentionMechanism::new(&config, 7, DType::F32, &Device::Cpu).unwrap();
+    let c = AttentionMechanism::new(&config, 8, DType::F32, &Device::Cpu).unwrap();
+    let (sa, sb, sc) = (
+        a.state_dict().unwrap(),
+        b.state_dict().unwrap(),
+        c.state_dict().unwrap(),
+    );
+    for ((name, ta), ((_, tb), (_, tc))) in sa.iter().zip(sb.iter().zip(&sc)) {
+        let ta = ta
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let tb = tb
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let tc = tc
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(ta, tb, "{name}");
+        if name.contains("convs") || name.contains("fuser") {
+            assert_ne!(ta, tc, "{name}: another seed should give other values");
+            let fan_in = if name.contains("fuser") {
+                16.0
+            } else if name.contains("convs.0") {
+                6.0
+            } else {
+                10.0
+            };
+            let bound = 1.0 / f64::sqrt(fan_in);
+            assert!(
+                ta.iter().all(|x| x.abs() < bound),
+                "{name} exceeds 1/sqrt(fan_in)"
+            );
+            // Uniform on [-bound, bound]: variance bound^2 / 3.
+            let var = ta.iter().map(|x| x * x).sum::<f64>() / ta.len() as f64;
+            if ta.len() >= 1000 {
+                assert!(
+                    (var / (bound * bound / 3.0) - 1.0).abs() < 0.1,
+                    "{name}: variance {var}"
+                );
+            }
+        } else {
+            let expected = if name.ends_with("bns.0.weight")
+                || name.ends_with("bns.1.weight")
+                || name.ends_with("running_var")
+            {
+                1.0
+            } else {
+                0.0
+            };
+            assert!(ta.iter().all(|&x| x == expected), "{name}");
+        }
+    }
+}
+
+#[test]
+fn parameter_groups_follow_the_reference_names() {
+    let config = common::config(Version::Tame, &SMALL);
+    let am = AttentionMechanism::new(&config, 0, DType::F32, &Device::Cpu).unwrap();
+    let names =
+        |v: Vec<(String, candle_core::Var)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert_eq!(
+        names(am.weight_parameters()),
+        [
+            "attn.convs.0.weight",
+            "attn.convs.1.weight",
+            "attn.bns.0.weight",
+            "attn.bns.1.weight",
+            "attn.fuser.weight"
+        ]
+    );
+    assert_eq!(
+        names(am.bias_parameters()),
+        [
+            "attn.convs.0.bias",
+            "attn.convs.1.bias",
+            "attn.bns.0.bias",
+            "attn.bns.1.bias",
+            "attn.fuser.bias"
+        ]
+    );
+    let mut in_map: Vec<String> = am
+        .var_map()
+        .data()
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    in_map.sort();
+    let mut params = names(am.parameters());
+    params.sort();
+    assert_eq!(
+        in_map, params,
+        "the VarMap holds exactly the trainable parameters"
+    );
+}
+
+fn meta(version: Version) -> CheckpointMeta {
+    CheckpointMeta {
+        backbone: "vgg16".into(),
+        taps: vec!["features.16".into(), "features.23".into()],
+        tap_shapes: common::config(version, &SMALL).taps().to_vec(),
+        version,
+        epoch: 3,
+        global_step: 1234,
+        config: serde_json::json!({ "max_lr": 1e-3 }),
+    }
+}
+
+#[test]
+fn save_then_load_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = common::synthetic_am(&config, DType::F32);
+    // A train pass moves the running statistics and num_batches_tracked.
+    am.forward(&common::synthetic_taps(&config, 2, DType::F32), true)
+        .unwrap();
+    let path = dir.path().join("epoch_3.safetensors");
+    am.save(&path, &meta(Version::Tame)).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
+
+    let loaded = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(loaded.meta.as_ref(), Some(&meta(Version::Tame)));
+    assert_eq!((loaded.epoch, loaded.global_step), (Some(3), Some(1234)));
+    let (before, after) = (am.state_dict().unwrap(), loaded.am.state_dict().unwrap());
+    assert_eq!(before.len(), after.len());
+    for ((n1, t1), (n2, t2)) in before.iter().zip(&after) {
+        assert_eq!(n1, n2);
+        assert_eq!(t1.dtype(), t2.dtype(), "{n1}");
+        let (v1, v2) = (
+            t1.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            t2.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+        );
+        assert_eq!(v1, v2, "{n1}");
+    }
+    let tracked = after
+        .iter()
+        .find(|(n, _)| n == "attn.bns.0.num_batches_tracked")
+        .unwrap();
+    assert_eq!(tracked.1.to_scalar::<i64>().unwrap(), 1);
+}
+
+#[test]
+fn checkpoints_that_do_not_fit_are_refused_with_the_file_and_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = AttentionMechanism::new(&config, 0, DType::F32, &Device::Cpu).unwrap();
+    let path = dir.path().join("am.safetensors");
+    am.save(&path, &meta(Version::Tame)).unwrap();
+
+    let other_taps = common::config(Version::Tame, &[(6, 9, 9), (12, 5, 5)]);
+    std::fs::remove_file(dir.path().join("am.json")).unwrap();
+    let err = AttentionMechanism::load(&path, &other_taps, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("am.safetensors") && msg.contains("attn.convs.1.weight"),
+        "{msg}"
+    );
+    assert!(matches!(
+        err,
+        AmError::Mismatch {
+            mismatch: Mismatch::Shape { .. },
+            ..
+        }
+    ));
+
+    let one_tap = common::config(Version::Tame, &SMALL[..1]);
+    let err = AttentionMechanism::load(&path, &one_tap, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    // The first difference in the reference order: the fuser reads fewer channels.
+    assert!(
+        matches!(err, AmError::Mismatch { mismatch: Mismatch::Shape { ref name, .. }, .. } if name == "attn.fuser.weight"),
+        "{err}"
+    );
+
+    let no_bn = common::config(Version::NoSkipNoBatchNorm, &SMALL);
+    let err = AttentionMechanism::load(&path, &no_bn, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, AmError::Mismatch { mismatch: Mismatch::Unexpected(ref n), .. } if n.contains("bns")),
+        "{err}"
+    );
+
+    let noskip = common::config(Version::NoSkipConnection, &SMALL);
+    let err = AttentionMechanism::load(&path, &noskip, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            AmError::Mismatch {
+                mismatch: Mismatch::Shape { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Same tensor shapes, but the sidecar says which version was trained.
+    am.save(&path, &meta(Version::Tame)).unwrap();
+    let sigmoid = common::config(Version::SigmoidInFeatureBranch, &SMALL);
+    let err = AttentionMechanism::load(&path, &sigmoid, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            AmError::Mismatch {
+                mismatch: Mismatch::Version { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let missing = AttentionMechanism::load(
+        dir.path().join("nope.safetensors"),
+        &config,
+        DType::F32,
+        &Device::Cpu,
+    );
+    assert!(matches!(missing, Err(AmError::Io { .. })));
+    let garbage = dir.path().join("garbage.pt");
+    std::fs::write(&garbage, b"not a checkpoint at all").unwrap();
+    let err = AttentionMechanism::load(&garbage, &config, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("garbage.pt"), "{err}");
+}
+
+#[test]
+fn state_dict_names_are_accepted_with_or_without_prefixes() {
+    let config = common::config(Version::Tame, &SMALL);
+    let am = common::synthetic_am(&config, DType::F32);
+    let state = am.state_dict().unwrap();
+    for prefix in ["module.", "", "module.attn_mech."] {
+        let renamed = state.iter().map(|(n, t)| {
+            let bare = n.strip_prefix("attn.").unwrap();
+            let name = if prefix.is_empty() {
+                bare.to_string()
+            } else {
+                format!("{prefix}attn.{bare}")
+            };
+            (name, t.clone())
+        });
+        let again =
+            AttentionMechanism::from_tensors(&config, renamed, DType::F32, &Device::Cpu).unwrap();
+        let taps = common::synthetic_taps(&config, 2, DType::F32);
+        let d = max_abs_diff(
+            &am.forward(&taps, false).unwrap(),
+            &again.forward(&taps, false).unwrap(),
+        );
+        assert_eq!(d, 0.0, "prefix {prefix:?}");
+    }
+    let mut partial = state.clone();
+    partial.retain(|(n, _)| n != "attn.bns.1.running_var");
+    let err = AttentionMechanism::from_tensors(&config, partial, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, AmError::State(Mismatch::Missing(ref n)) if n == "attn.bns.1.running_var"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let config = common::config(Version::Tame, &SMALL);
+    let am = AttentionMechanism::new(&config, 0, DType::F32, &Device::Cpu).unwrap();
+    let taps = common::synthetic_taps(&config, 2, DType::F32);
+    assert!(matches!(
+        am.forward(&taps[..1], false),
+        Err(AmError::TapCount {
+            expected: 2,
+            got: 1
+        })
+    ));
+    let wrong = vec![taps[0].clone(), taps[0].clone()];
+    assert!(matches!(
+        am.forward(&wrong, false),
+        Err(AmError::TapShape { index: 1, .. })
+    ));
+    let one = common::synthetic_taps(
+        &common::config(Version::Tame, &[(6, 1, 1), (10, 5, 5)]),
+        1,
+        DType::F32,
+    );
+    let tiny = AttentionMechanism::new(
+        &common::config(Version::Tame, &[(6, 1, 1), (10, 5, 5)]),
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(matches!(
+        tiny.forward(&one, true),
+        Err(AmError::BatchTooSmall(1))
+    ));
+
+    let fused = am.fused_features(&taps, false).unwrap();
+    assert!(matches!(
+        am.class_logits(&fused, &[NUM_CLASSES as u32]),
+        Err(AmError::ClassIndex { .. })
+    ));
+    assert!(matches!(
+        am.class_logits(&taps[0], &[1]),
+        Err(AmError::BadInput(_))
+    ));
+    assert!(matches!(
+        am.per_sample_class_logits(&fused, &[vec![1]]),
+        Err(AmError::BadInput(_))
+    ));
+    assert!(matches!(
+        am.per_sample_class_logits(&fused, &[vec![1], vec![1, 2]]),
+        Err(AmError::BadInput(_))
+    ));
+    assert!(matches!(
+        "V5".parse::<Version>(),
+        Err(AmError::UnknownVersion(_))
+    ));
+}
