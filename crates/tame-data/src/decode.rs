@@ -11,8 +11,9 @@ use crate::error::DecodeError;
 ///
 /// The format is guessed from the content, not the extension (ILSVRC has PNG files named
 /// `.JPEG`). Conversion follows Pillow's `convert("RGB")`: alpha is dropped (not blended),
-/// grey is replicated, CMYK JPEGs are converted from their Adobe (inverted) samples, and
-/// EXIF orientation is ignored.
+/// grey is replicated, CMYK JPEGs are converted as Pillow converts Adobe (inverted) CMYK,
+/// within one level, and EXIF orientation is ignored. JPEG pixels may differ from
+/// libjpeg-turbo's by a few levels (chroma upsampling and colour conversion rounding).
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
     let path = path.as_ref();
     let read = |source| DecodeError::Read {

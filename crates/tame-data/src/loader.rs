@@ -105,7 +105,8 @@ struct Shared {
 ///
 /// Batches are reproducible: the order of an epoch derives from `seed` and the epoch
 /// number, and each image's augmentation from `seed`, the epoch and the image's index in
-/// the list, so the worker count never changes what comes out.
+/// the list, so the worker count never changes what comes out (for a given version of
+/// `rand`, whose `StdRng` may change between releases).
 pub struct Loader {
     shared: Arc<Shared>,
 }
