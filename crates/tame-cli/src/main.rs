@@ -1,5 +1,7 @@
 //! `tame`: learned explanation maps of image classifiers.
 
+mod common;
+mod datalist;
 mod device;
 mod inspect;
 
@@ -23,12 +25,16 @@ struct Cli {
 enum Command {
     /// List every tap (feature node) of a backbone with its output shape for a 224x224 image.
     Inspect(inspect::InspectArgs),
+    /// Write a training list labelled with the backbone's own top-1 predictions ("model
+    /// truth", what TAME trains on) for every image under a folder.
+    Datalist(datalist::DatalistArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Datalist(args) => datalist::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,0 +1,63 @@
+//! Pieces every subcommand shares: the model arguments and atomic output files.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use tame_backbones::weights::{load_backbone, WeightsSpec};
+use tame_backbones::{Backbone, BackboneKind};
+
+/// `--model`, `--weights`, `--device`.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// The backbone: vgg16 or resnet50.
+    #[arg(long, short)]
+    pub model: BackboneKind,
+
+    /// Backbone weights: a .safetensors/.pth/.pt file (torchvision or timm names),
+    /// `hub:<owner>/<repo>`, or `synthetic` (untrained stand-in values). Default: the
+    /// model's hub repository (timm/vgg16.tv_in1k, timm/resnet50.tv_in1k), cached.
+    #[arg(long)]
+    pub weights: Option<WeightsSpec>,
+
+    /// Where to run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// Opens the device and loads the backbone.
+    pub fn load(&self) -> Result<(Box<dyn Backbone>, Device)> {
+        let device = crate::device::open(&self.device)?;
+        let weights = self
+            .weights
+            .clone()
+            .unwrap_or_else(|| WeightsSpec::default_for(self.model));
+        let backbone = load_backbone(self.model, &weights, &device)?;
+        Ok((backbone, device))
+    }
+}
+
+/// A (B, 3, 224, 224) tensor from a loader batch.
+pub fn batch_tensor(images: Vec<f32>, count: usize, device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(images, (count, 3, 224, 224), device)?)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
+/// that `path` is either the old file or the complete new one, never a partial write.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `tame datalist`: a training list labelled with the backbone's own top-1 predictions, the
+//! "model truth" TAME trains on.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tame_backbones::Mode;
+use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
+
+use crate::common::{batch_tensor, write_atomically, ModelArgs};
+
+#[derive(Args)]
+pub struct DatalistArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Folder searched recursively for .jpg/.jpeg/.png images (in sorted order).
+    #[arg(long)]
+    img_dir: PathBuf,
+
+    /// The list to write: `relative/path label` per line.
+    #[arg(long)]
+    out: PathBuf,
+
+    /// Keep the images already in --out and label only the others.
+    #[arg(long)]
+    resume: bool,
+
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+
+    /// Threads decoding images (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+/// How often the list written so far is saved, so that `--resume` loses little after a kill.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+pub fn run(args: DatalistArgs) -> Result<()> {
+    let images = find_images(&args.img_dir)?;
+    if images.is_empty() {
+        bail!(
+            "{}: no .jpg, .jpeg or .png image found",
+            args.img_dir.display()
+        );
+    }
+    let mut text = String::new();
+    let mut done = HashSet::new();
+    if args.resume && args.out.exists() {
+        let existing = ImageList::read(&args.out)?;
+        for entry in existing.entries() {
+            writeln!(text, "{} {}", entry.path.display(), entry.label)?;
+            done.insert(entry.path.clone());
+        }
+    }
+    let pending: Vec<ListEntry> = images
+        .into_iter()
+        .filter(|p| !done.contains(p))
+        .enumerate()
+        .map(|(i, path)| ListEntry {
+            path,
+            label: 0,
+            line: i + 1,
+        })
+        .collect();
+    eprintln!(
+        "{} images to label in {} ({} already listed)",
+        pending.len(),
+        args.img_dir.display(),
+        done.len()
+    );
+
+    let (backbone, device) = args.model.load()?;
+    let request = backbone.tap_request(&[], true)?;
+    let mut config = LoaderConfig::evaluation(args.batch_size);
+    config.strict = false;
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    let list = ImageList::from_entries(args.img_dir.clone(), pending);
+    let total = list.len() as u64;
+    let loader = Loader::new(list, &args.img_dir, config)?;
+
+    let bar = ProgressBar::new(total).with_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+    )?);
+    let mut skipped = 0;
+    let mut last_save = Instant::now();
+    for batch in loader.epoch(0)? {
+        let batch = batch?;
+        for problem in &batch.skipped {
+            bar.suspend(|| eprintln!("warning: skipped {problem}"));
+        }
+        skipped += batch.skipped.len();
+        bar.inc((batch.len() + batch.skipped.len()) as u64);
+        if batch.is_empty() {
+            continue;
+        }
+        let count = batch.len();
+        let images = batch_tensor(batch.images, count, &device)?;
+        let logits = backbone
+            .forward(&images, &request, Mode::Eval)?
+            .logits
+            .context("the backbone returned no logits")?;
+        let top1 = logits.argmax(1)?.to_vec1::<u32>()?;
+        for (entry, label) in batch.entries.iter().zip(top1) {
+            writeln!(text, "{} {label}", entry.path.display())?;
+        }
+        if last_save.elapsed() > SAVE_EVERY {
+            write_atomically(&args.out, text.as_bytes())?;
+            last_save = Instant::now();
+        }
+    }
+    bar.finish();
+    write_atomically(&args.out, text.as_bytes())?;
+    eprintln!(
+        "wrote {} ({} images labelled by {}{})",
+        args.out.display(),
+        text.lines().count(),
+        backbone.name(),
+        if skipped > 0 {
+            format!(", {skipped} unreadable images skipped")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Image files under `root`, relative to it, sorted.
+fn find_images(root: &Path) -> Result<Vec<PathBuf>> {
+    if !root.is_dir() {
+        bail!("{}: not a folder", root.display());
+    }
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .with_context(|| format!("cannot read {}", folder.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read {}", folder.display()))?
+                .path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if is_image(&path) {
+                let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+                // The list format separates fields by whitespace.
+                if relative.to_string_lossy().contains(char::is_whitespace) {
+                    eprintln!(
+                        "warning: skipped {}: the list format allows no spaces in paths",
+                        path.display()
+                    );
+                } else {
+                    found.push(relative);
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
