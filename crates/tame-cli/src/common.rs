@@ -1,9 +1,9 @@
 //! Pieces every subcommand shares: the model arguments and atomic output files.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use tame_backbones::weights::{load_backbone, WeightsSpec};
@@ -60,4 +60,53 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Image files (.jpg, .jpeg, .png) under `root`, recursively, relative to it, sorted.
+pub fn find_images(root: &Path) -> Result<Vec<PathBuf>> {
+    if !root.is_dir() {
+        bail!("{}: not a folder", root.display());
+    }
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .with_context(|| format!("cannot read {}", folder.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read {}", folder.display()))?
+                .path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if is_image(&path) {
+                let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+                // The list format separates fields by whitespace.
+                if relative.to_string_lossy().contains(char::is_whitespace) {
+                    eprintln!(
+                        "warning: skipped {}: the list format allows no spaces in paths",
+                        path.display()
+                    );
+                } else {
+                    found.push(relative);
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+/// A `--layers` value: tap names separated by spaces and/or commas.
+pub fn parse_layers(layers: &str) -> Vec<String> {
+    layers
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_backbones::Mode;
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 
-use crate::common::{batch_tensor, write_atomically, ModelArgs};
+use crate::common::{batch_tensor, find_images, write_atomically, ModelArgs};
 
 #[derive(Args)]
 pub struct DatalistArgs {
@@ -132,44 +132,4 @@ pub fn run(args: DatalistArgs) -> Result<()> {
         }
     );
     Ok(())
-}
-
-/// Image files under `root`, relative to it, sorted.
-fn find_images(root: &Path) -> Result<Vec<PathBuf>> {
-    if !root.is_dir() {
-        bail!("{}: not a folder", root.display());
-    }
-    let mut found = Vec::new();
-    let mut folders = vec![root.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        let entries = std::fs::read_dir(&folder)
-            .with_context(|| format!("cannot read {}", folder.display()))?;
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("cannot read {}", folder.display()))?
-                .path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if is_image(&path) {
-                let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-                // The list format separates fields by whitespace.
-                if relative.to_string_lossy().contains(char::is_whitespace) {
-                    eprintln!(
-                        "warning: skipped {}: the list format allows no spaces in paths",
-                        path.display()
-                    );
-                } else {
-                    found.push(relative);
-                }
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }

@@ -3,7 +3,9 @@
 mod common;
 mod datalist;
 mod device;
+mod explain;
 mod inspect;
+mod render;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,9 @@ struct Cli {
 enum Command {
     /// List every tap (feature node) of a backbone with its output shape for a 224x224 image.
     Inspect(inspect::InspectArgs),
+    /// Explanation maps of chosen classes for images: the 224x224 crop, a jet overlay PNG and
+    /// the raw map as .npy, per image and class.
+    Explain(explain::ExplainArgs),
     /// Write a training list labelled with the backbone's own top-1 predictions ("model
     /// truth", what TAME trains on) for every image under a folder.
     Datalist(datalist::DatalistArgs),
@@ -34,10 +39,28 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Datalist(args) => datalist::run(args),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", one_line(&err));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text the message already
+/// holds (many library errors repeat their source in their own message).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if !line.contains(text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text);
+        }
+    }
+    line.replace('\n', " ")
 }

@@ -1,0 +1,82 @@
+//! Pictures and arrays people can open: PNG encoding, the jet overlay, .npy files.
+
+use anyhow::Result;
+use tame_data::RgbImage;
+
+/// PNG bytes of an RGB image.
+pub fn png_bytes(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    Ok(bytes)
+}
+
+/// The classic jet colour map (MATLAB's): dark blue at 0, through cyan, yellow, to dark red
+/// at 1.
+pub fn jet(value: f32) -> [f32; 3] {
+    let v = value.clamp(0.0, 1.0);
+    let channel = |centre: f32| (1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0);
+    [channel(3.0), channel(2.0), channel(1.0)]
+}
+
+/// The map (values in [0, 1], one per pixel, row-major) coloured with jet and blended 50/50
+/// with the image.
+pub fn jet_overlay(image: &RgbImage, map: &[f32]) -> RgbImage {
+    let mut out = image.clone();
+    for (pixel, &m) in out.pixels_mut().zip(map) {
+        let colour = jet(m);
+        for (c, channel) in pixel.0.iter_mut().enumerate() {
+            *channel = (0.5 * *channel as f32 + 0.5 * 255.0 * colour[c]).round() as u8;
+        }
+    }
+    out
+}
+
+/// A little-endian float32 .npy file (format version 1.0) holding `values` with `shape`.
+pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * values.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jet_runs_from_blue_to_red() {
+        assert_eq!(jet(0.0), [0.0, 0.0, 0.5]);
+        assert_eq!(jet(0.5), [0.5, 1.0, 0.5]);
+        assert_eq!(jet(1.0), [0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn npy_files_are_read_back_by_candle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.npy");
+        let values: Vec<f32> = (0..6).map(|i| i as f32 / 2.0).collect();
+        std::fs::write(&path, npy_bytes(&values, &[2, 3])).unwrap();
+        let t = candle_core::Tensor::read_npy(&path).unwrap();
+        assert_eq!(t.dims(), &[2, 3]);
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values);
+    }
+}
