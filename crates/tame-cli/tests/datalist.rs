@@ -1,0 +1,122 @@
+//! `tame datalist` as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn tame(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn labels_every_image_resumes_and_skips_unreadable_files() {
+    let samples = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/sample-images"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    for name in ["162_166.JPEG", "232.JPEG", "129_130.png"] {
+        std::fs::copy(samples.join(name), images.join("sub").join(name)).unwrap();
+    }
+    std::fs::copy(samples.join("885.JPEG"), images.join("885.JPEG")).unwrap();
+    let list = dir.path().join("train.txt");
+    let args = |resume: bool| {
+        let mut a = vec![
+            "datalist",
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--img-dir",
+            images.to_str().unwrap(),
+            "--out",
+            list.to_str().unwrap(),
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        a
+    };
+
+    let (ok, stderr) = tame(&args(false));
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&list).unwrap();
+    let paths: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [
+            "885.JPEG",
+            "sub/129_130.png",
+            "sub/162_166.JPEG",
+            "sub/232.JPEG"
+        ]
+    );
+    let parsed = tame_data::ImageList::read(&list).unwrap();
+    assert!(parsed.entries().iter().all(|e| e.label < 1000));
+
+    // A new image and a corrupt one: --resume keeps the listed lines, labels the new image and
+    // skips the unreadable file with a warning.
+    std::fs::copy(
+        samples.join("273_269.JPEG"),
+        images.join("sub/273_269.JPEG"),
+    )
+    .unwrap();
+    std::fs::write(images.join("broken.jpg"), b"not an image").unwrap();
+    let (ok, stderr) = tame(&args(true));
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("broken.jpg") && stderr.contains("1 unreadable images skipped"),
+        "{stderr}"
+    );
+    let resumed = std::fs::read_to_string(&list).unwrap();
+    assert!(resumed.starts_with(&text));
+    assert_eq!(resumed.lines().count(), 5);
+    assert!(resumed
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("sub/273_269.JPEG "));
+}
+
+#[test]
+fn an_empty_or_missing_folder_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.txt");
+    let (ok, stderr) = tame(&[
+        "datalist",
+        "--model",
+        "vgg16",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("no .jpg, .jpeg or .png image found"),
+        "{stderr}"
+    );
+    let missing = dir.path().join("nope");
+    let (ok, stderr) = tame(&[
+        "datalist",
+        "--model",
+        "vgg16",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("not a folder"), "{stderr}");
+    assert!(!out.exists());
+}
