@@ -1,0 +1,231 @@
+//! Training checkpoints: the mechanism's state dict and the optimizer's momentum buffers in
+//! one safetensors file, the position and configuration in its JSON sidecar.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tame_am::{sidecar_path, AmConfig, AttentionMechanism, CheckpointMeta};
+
+use crate::TrainError;
+
+/// Prefix of the tensors that hold optimizer state rather than mechanism state; readers of
+/// the mechanism alone (`AttentionMechanism::load`) skip them.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+const BUFFER_PREFIX: &str = "optimizer.momentum_buffer.";
+/// `[epoch, batches_done, global_step]` as I64: ties the tensors to their sidecar.
+const POSITION: &str = "optimizer.position";
+
+/// Where training stands, stored in the sidecar's `config` next to the run's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Batches of the next epoch already trained on (non-zero only after an interruption).
+    pub batches_done: u64,
+    /// Optimizer steps done (the schedule's position).
+    pub global_step: u64,
+    /// The training settings of the run ([`crate::TrainConfig`] as JSON).
+    pub run: serde_json::Value,
+}
+
+/// A checkpoint read back by [`read_checkpoint`].
+pub struct TrainCheckpoint {
+    /// The mechanism with the saved weights and running statistics.
+    pub am: AttentionMechanism,
+    /// The optimizer's momentum buffers, named `<group>.<parameter>`.
+    pub momentum_buffers: Vec<(String, Tensor)>,
+    /// The position and settings.
+    pub state: TrainState,
+    /// The whole sidecar.
+    pub meta: CheckpointMeta,
+}
+
+/// Writes a checkpoint at `path` (`.safetensors`) and its sidecar, each through a
+/// temporary file and a rename. The tensors are written first; the sidecar repeats their
+/// position, so a pair left half-written by a crash is detected when read.
+pub fn write_checkpoint(
+    path: &Path,
+    am: &AttentionMechanism,
+    momentum_buffers: &[(String, Tensor)],
+    meta: &CheckpointMeta,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let mut tensors: HashMap<String, Tensor> = am.state_dict()?.into_iter().collect();
+    for (name, t) in momentum_buffers {
+        tensors.insert(format!("{BUFFER_PREFIX}{name}"), t.clone());
+    }
+    let position = [state.epoch, state.batches_done, state.global_step].map(|v| v as i64);
+    tensors.insert(POSITION.into(), Tensor::new(&position, &Device::Cpu)?);
+    let tmp = temp_in_dir(path)?;
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    persist(tmp, path)?;
+
+    let mut meta = meta.clone();
+    meta.epoch = state.epoch;
+    meta.global_step = state.global_step;
+    meta.config = serde_json::to_value(state).map_err(|e| bad(path, e.to_string()))?;
+    let json = sidecar_path(path);
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| bad(path, e.to_string()))?;
+    let tmp = temp_in_dir(&json)?;
+    fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .map_err(|source| TrainError::Io {
+            path: json.clone(),
+            source,
+        })?;
+    persist(tmp, &json)
+}
+
+/// Reads a checkpoint written by [`write_checkpoint`] for the mechanism `config`.
+///
+/// Everything is checked before anything is returned: the file parses, the sidecar exists
+/// and agrees with the tensors, the tensors fit `config`, and the momentum buffers are
+/// complete. Any failure is [`TrainError::Checkpoint`] naming the file and the problem.
+pub fn read_checkpoint(
+    path: &Path,
+    config: &AmConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<TrainCheckpoint, TrainError> {
+    let bytes = fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(path, format!("not a readable safetensors file ({e})")))?;
+    let json = sidecar_path(path);
+    if !json.exists() {
+        return Err(bad(
+            path,
+            format!("its sidecar {} is missing", json.display()),
+        ));
+    }
+    let meta = CheckpointMeta::read(path).map_err(|e| bad(path, e.to_string()))?;
+    let state: TrainState = serde_json::from_value(meta.config.clone()).map_err(|e| {
+        bad(
+            path,
+            format!("the sidecar holds no training position ({e})"),
+        )
+    })?;
+    let position = tensors
+        .get(POSITION)
+        .ok_or_else(|| {
+            bad(
+                path,
+                "no optimizer state (a mechanism-only checkpoint?)".into(),
+            )
+        })?
+        .to_vec1::<i64>()
+        .map_err(|e| bad(path, e.to_string()))?;
+    let expected = [state.epoch, state.batches_done, state.global_step].map(|v| v as i64);
+    if position != expected {
+        return Err(bad(
+            path,
+            format!(
+                "the tensors are at position {position:?} but the sidecar says {expected:?} \
+                 (a half-written pair)"
+            ),
+        ));
+    }
+    if meta.version != config.version() {
+        return Err(bad(
+            path,
+            format!("version {} (this run: {})", meta.version, config.version()),
+        ));
+    }
+    let mut am_tensors = Vec::new();
+    let mut buffers = Vec::new();
+    for (name, t) in tensors {
+        if let Some(param) = name.strip_prefix(BUFFER_PREFIX) {
+            let t = t
+                .to_dtype(dtype)
+                .and_then(|t| t.to_device(device))
+                .map_err(|e| bad(path, e.to_string()))?;
+            buffers.push((param.to_string(), t));
+        } else if !name.starts_with(OPTIMIZER_PREFIX) {
+            am_tensors.push((name, t));
+        }
+    }
+    am_tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    buffers.sort_by(|a, b| a.0.cmp(&b.0));
+    let am = AttentionMechanism::from_tensors(config, am_tensors, dtype, device)
+        .map_err(|e| bad(path, e.to_string()))?;
+    Ok(TrainCheckpoint {
+        am,
+        momentum_buffers: buffers,
+        state,
+        meta,
+    })
+}
+
+/// The checkpoint in `dir` with the most optimizer steps (`epoch_<k>.safetensors` or
+/// `interrupted.safetensors`), `None` when there is none. At equal steps the epoch one wins.
+pub fn find_latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>, TrainError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(TrainError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut best: Option<((u64, bool), PathBuf)> = None;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|_| path.extension().is_some_and(|e| e == "safetensors"))
+        else {
+            continue;
+        };
+        let is_epoch = stem
+            .strip_prefix("epoch_")
+            .is_some_and(|k| k.parse::<u64>().is_ok());
+        if !is_epoch && stem != "interrupted" {
+            continue;
+        }
+        let meta = CheckpointMeta::read(&path).map_err(|e| bad(&path, e.to_string()))?;
+        let key = (meta.global_step, is_epoch);
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, path));
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
+fn bad(path: &Path, reason: String) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn temp_in_dir(path: &Path) -> Result<tempfile::TempPath, TrainError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".tame-checkpoint.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map(tempfile::NamedTempFile::into_temp_path)
+        .map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn persist(tmp: tempfile::TempPath, path: &Path) -> Result<(), TrainError> {
+    tmp.persist(path).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })
+}
