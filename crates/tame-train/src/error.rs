@@ -46,9 +46,9 @@ pub enum TrainError {
         /// The cause.
         reason: String,
     },
-    /// The attention mechanism refused its input or a checkpoint.
+    /// The attention mechanism refused its input or a checkpoint (boxed: it is large).
     #[error(transparent)]
-    Am(#[from] tame_am::AmError),
+    Am(Box<tame_am::AmError>),
     /// The backbone failed.
     #[error(transparent)]
     Backbone(#[from] tame_backbones::BackboneError),
@@ -61,4 +61,10 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<tame_am::AmError> for TrainError {
+    fn from(e: tame_am::AmError) -> Self {
+        TrainError::Am(Box::new(e))
+    }
 }

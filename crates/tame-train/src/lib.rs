@@ -23,7 +23,7 @@ pub use checkpoint::{
 };
 pub use error::TrainError;
 pub use lr_finder::{lr_range_test, moving_average, suggest_max_lr, LrCurve, LrTestConfig};
-pub use plot::plot_lr_curves;
+pub use plot::{plot_lr_curves, AxisRanges};
 pub use schedule::OneCycle;
 pub use sgd::{ParamGroup, Sgd};
 pub use trainer::{

@@ -8,17 +8,20 @@ use plotters::prelude::*;
 use crate::lr_finder::moving_average;
 use crate::{LrCurve, TrainError};
 
+/// `((lr_min, lr_max), (loss_min, loss_max))` of a plot.
+pub type AxisRanges = ((f64, f64), (f64, f64));
+
 const WIDTH: u32 = 900;
 const PANEL_HEIGHT: u32 = 500;
 
 /// Draws `curves` (loss against learning rate, both axes logarithmic, one colour per curve)
 /// into a PNG at `out`; with `window`, a second panel below shows their moving averages.
-/// Returns the axis ranges `((lr_min, lr_max), (loss_min, loss_max))`.
+/// Returns the axis ranges.
 pub fn plot_lr_curves(
     curves: &[LrCurve],
     window: Option<usize>,
     out: &Path,
-) -> Result<((f64, f64), (f64, f64)), TrainError> {
+) -> Result<AxisRanges, TrainError> {
     let fail = |reason: String| TrainError::Plot {
         path: out.to_path_buf(),
         reason,

@@ -1,0 +1,137 @@
+//! Synthetic backbones and mechanisms, and lists of the shared sample images.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
+use tame_backbones::synthetic::synthetic_values;
+use tame_backbones::weights::{load_backbone, WeightsSpec};
+use tame_backbones::{Backbone, BackboneKind};
+use tame_data::{ImageList, Loader, LoaderConfig};
+use tame_train::{BackboneMode, TrainConfig};
+
+pub const SAMPLE_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/data/sample-images"
+);
+
+/// The sample images of the parity fixtures, with the class their name starts with.
+pub const IMAGES: [(&str, u32); 4] = [
+    ("162_166.JPEG", 162),
+    ("232.JPEG", 232),
+    ("273_269.JPEG", 273),
+    ("409_aclock.JPEG", 409),
+];
+
+pub fn backbone(kind: BackboneKind) -> Box<dyn Backbone> {
+    load_backbone(kind, &WeightsSpec::Synthetic, &Device::Cpu).unwrap()
+}
+
+pub fn taps(kind: BackboneKind) -> (Vec<String>, Vec<TapShape>) {
+    match kind {
+        BackboneKind::Vgg16 => (
+            vec![
+                "features.16".into(),
+                "features.23".into(),
+                "features.30".into(),
+            ],
+            vec![
+                TapShape::new(256, 28, 28),
+                TapShape::new(512, 14, 14),
+                TapShape::new(512, 7, 7),
+            ],
+        ),
+        _ => (
+            vec!["layer2".into(), "layer3".into(), "layer4".into()],
+            vec![
+                TapShape::new(512, 28, 28),
+                TapShape::new(1024, 14, 14),
+                TapShape::new(2048, 7, 7),
+            ],
+        ),
+    }
+}
+
+/// Every tensor filled by the synthetic formula, as `load_synthetic(am)` does in PyTorch.
+pub fn synthetic_am(config: &AmConfig) -> AttentionMechanism {
+    let dev = Device::Cpu;
+    let tensors = config.state_layout().into_iter().map(|(name, shape)| {
+        let t = if name.ends_with("num_batches_tracked") {
+            Tensor::new(0i64, &dev).unwrap()
+        } else {
+            Tensor::from_vec(synthetic_values(&name, &shape), shape, &dev).unwrap()
+        };
+        (name, t)
+    });
+    AttentionMechanism::from_tensors(config, tensors, DType::F32, &dev).unwrap()
+}
+
+/// A loader of the first `count` sample images.
+pub fn loader(count: usize, batch: usize, shuffle: bool, augment: bool, seed: u64) -> Loader {
+    let text: String = IMAGES[..count]
+        .iter()
+        .map(|(f, y)| format!("{f} {y}\n"))
+        .collect();
+    let list = ImageList::parse(&text, "samples.txt").unwrap();
+    let config = LoaderConfig {
+        batch_size: batch,
+        workers: 2,
+        prefetch: 2,
+        seed,
+        shuffle,
+        augment,
+        strict: true,
+    };
+    Loader::new(list, SAMPLE_DIR, config).unwrap()
+}
+
+pub fn config(
+    kind: BackboneKind,
+    epochs: u64,
+    batch: usize,
+    max_lr: f64,
+    mode: BackboneMode,
+) -> TrainConfig {
+    TrainConfig {
+        backbone: kind.name().into(),
+        taps: taps(kind).0,
+        epochs,
+        batch_size: batch,
+        max_lr,
+        weight_decay: 5e-4,
+        seed: 7,
+        per_sample_masks: false,
+        backbone_mode: mode,
+    }
+}
+
+pub fn meta(kind: BackboneKind) -> CheckpointMeta {
+    let (names, shapes) = taps(kind);
+    CheckpointMeta {
+        backbone: kind.name().into(),
+        taps: names,
+        tap_shapes: shapes,
+        version: Version::Tame,
+        epoch: 0,
+        global_step: 0,
+        config: serde_json::Value::Null,
+    }
+}
+
+pub fn am_config(kind: BackboneKind) -> AmConfig {
+    AmConfig::new(Version::Tame, taps(kind).1).unwrap()
+}
+
+/// Rows of a `train_log.csv` (header checked), as numbers.
+pub fn read_log(path: &Path) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,step,lr,loss,ce,area,smoothness,top1,top5")
+    );
+    lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
