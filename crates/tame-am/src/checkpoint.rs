@@ -109,7 +109,8 @@ impl AttentionMechanism {
 
     /// Reads a checkpoint for the mechanism `config`: the project's safetensors format
     /// (recognised by its content, whatever the extension; the JSON sidecar is read when
-    /// present) or a reference PyTorch checkpoint (`{'epoch', 'global_counter', 'state_dict',
+    /// present; tensors named `optimizer.*`, the optimizer state of training checkpoints,
+    /// are skipped) or a reference PyTorch checkpoint (`{'epoch', 'global_counter', 'state_dict',
     /// ...}` or a bare state dict; `module.` prefixes are tolerated).
     ///
     /// A file whose tensors do not fit `config` is refused with [`AmError::Mismatch`], which
@@ -143,7 +144,11 @@ impl AttentionMechanism {
                         source,
                     }
                 })?;
-            let mut tensors: Vec<_> = tensors.into_iter().collect();
+            // Training checkpoints also hold optimizer state under `optimizer.`: not ours.
+            let mut tensors: Vec<_> = tensors
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with("optimizer."))
+                .collect();
             tensors.sort_by(|a, b| a.0.cmp(&b.0));
             let meta = match sidecar_path(path).exists() {
                 true => Some(CheckpointMeta::read(path)?),
