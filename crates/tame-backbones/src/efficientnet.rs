@@ -421,3 +421,101 @@ pub(crate) fn timm_to_reference_name(name: &str) -> Option<String> {
     };
     Some(format!("{module}.{leaf}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::{DType, Device, Shape};
+    use candle_nn::var_builder::SimpleBackend;
+
+    use super::*;
+    use crate::synthetic::SyntheticWeights;
+
+    /// Synthetic weights that record every name the network asks for.
+    #[derive(Clone, Default)]
+    struct Names(Arc<Mutex<BTreeSet<String>>>);
+
+    impl SimpleBackend for Names {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            h: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0.lock().unwrap().insert(name.to_string());
+            SyntheticWeights.get(s, name, h, dtype, dev)
+        }
+
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("`{name}` needs a shape")
+        }
+
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// Every parameter name of timm's `tf_efficientnet_lite0`.
+    fn timm_names() -> BTreeSet<String> {
+        let mut modules = vec!["conv_stem", "bn1", "conv_head", "bn2", "classifier"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        for (stage, &(repeats, ..)) in STAGES.iter().enumerate() {
+            let layers: &[&str] = if stage == 0 {
+                &["conv_dw", "bn1", "conv_pw", "bn2"]
+            } else {
+                &["conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3"]
+            };
+            for i in 0..repeats {
+                modules.extend(layers.iter().map(|l| format!("blocks.{stage}.{i}.{l}")));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for m in modules {
+            let leaves: &[&str] = if m.contains("bn") {
+                &["weight", "bias", "running_mean", "running_var"]
+            } else if m == "classifier" {
+                &["weight", "bias"]
+            } else {
+                &["weight"]
+            };
+            names.extend(leaves.iter().map(|l| format!("{m}.{l}")));
+        }
+        names
+    }
+
+    #[test]
+    fn timm_names_map_one_to_one_onto_the_reference_names() {
+        let names = Names::default();
+        let vb = VarBuilder::from_backend(Box::new(names.clone()), DType::F32, Device::Cpu);
+        EfficientNetLite0::new(vb).unwrap();
+        let wanted = names.0.lock().unwrap().clone();
+        let mapped: BTreeSet<String> = timm_names()
+            .iter()
+            .map(|n| timm_to_reference_name(n).unwrap_or_else(|| panic!("{n} is not mapped")))
+            .collect();
+        assert_eq!(mapped, wanted);
+        assert_eq!(
+            timm_to_reference_name("blocks.5.3.conv_pwl.weight").as_deref(),
+            Some("_blocks.14._project_conv.weight")
+        );
+        // Reference names and foreign names are left alone.
+        assert_eq!(timm_to_reference_name("_blocks.1._bn0.weight"), None);
+        assert_eq!(timm_to_reference_name("blocks.7.0.conv_pw.weight"), None);
+        assert_eq!(timm_to_reference_name("blocks.1.2.conv_pw.weight"), None);
+    }
+
+    #[test]
+    fn same_padding_is_tensorflows() {
+        assert_eq!(same_padding(224, 3, 2), (0, 1));
+        assert_eq!(same_padding(224, 5, 2), (1, 2));
+        assert_eq!(same_padding(97, 3, 2), (1, 1));
+        assert_eq!(same_padding(14, 5, 1), (2, 2));
+        assert_eq!(same_padding(7, 1, 1), (0, 0));
+    }
+}
