@@ -5,7 +5,9 @@ mod datalist;
 mod device;
 mod explain;
 mod inspect;
+mod lr_test;
 mod render;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +35,14 @@ enum Command {
     /// Write a training list labelled with the backbone's own top-1 predictions ("model
     /// truth", what TAME trains on) for every image under a folder.
     Datalist(datalist::DatalistArgs),
+    /// Train an attention mechanism: one checkpoint per epoch, a step log, exact --resume;
+    /// Ctrl-C stops with a resumable checkpoint.
+    Train(train::TrainArgs),
+    /// The learning-rate range test: the loss against a geometrically growing learning rate,
+    /// as JSON and a log-log plot, with a suggested maximum learning rate.
+    LrTest(lr_test::LrTestArgs),
+    /// Plot range-test curves (log-log), optionally with their moving averages.
+    PlotLr(lr_test::PlotLrArgs),
 }
 
 fn main() {
@@ -41,6 +51,9 @@ fn main() {
         Command::Inspect(args) => inspect::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Datalist(args) => datalist::run(args),
+        Command::Train(args) => train::run(args),
+        Command::LrTest(args) => lr_test::run(args),
+        Command::PlotLr(args) => lr_test::plot(args),
     };
     if let Err(err) = result {
         eprintln!("error: {}", one_line(&err));

@@ -1,0 +1,176 @@
+//! `tame train`, `tame lr-test` and `tame plot-lr` as a user runs them, on synthetic
+//! ResNet-50 weights and the shared sample images.
+
+use std::path::Path;
+use std::process::Command;
+
+const SAMPLES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/data/sample-images"
+);
+
+fn tame(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
+        .args(args)
+        .output()
+        .expect("the tame binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn write_list(dir: &Path, count: usize) -> String {
+    let lines = [
+        "162_166.JPEG 162",
+        "232.JPEG 232",
+        "273_269.JPEG 273",
+        "409_aclock.JPEG 409",
+    ];
+    let path = dir.join("train.txt");
+    std::fs::write(&path, lines[..count].join("\n") + "\n").unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+#[test]
+fn train_writes_checkpoints_log_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), 2);
+    let snap = dir.path().join("snap");
+    let snap_s = snap.to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        SAMPLES,
+        "--train-list",
+        &list,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--snapshot-dir",
+        &snap_s,
+        "--backbone-mode",
+        "eval",
+        "--workers",
+        "2",
+    ];
+    let (ok, out) = tame(&args);
+    assert!(ok, "{out}");
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snap.join("epoch_1.json")).unwrap()).unwrap();
+    assert_eq!(meta["epoch"], 1);
+    assert_eq!(meta["global_step"], 1);
+    assert_eq!(meta["version"], "TAME");
+    assert_eq!(meta["config"]["run"]["max_lr"], 1e-4);
+    let tensors =
+        candle_core::safetensors::load(snap.join("epoch_1.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(tensors.contains_key("attn.fuser.weight"));
+    assert!(tensors.contains_key("optimizer.momentum_buffer.weights.attn.fuser.weight"));
+
+    let log = std::fs::read_to_string(snap.join("train_log.csv")).unwrap();
+    let mut lines = log.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,step,lr,loss,ce,area,smoothness,top1,top5")
+    );
+    let row: Vec<f64> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(row.len(), 9);
+    assert_eq!((row[0], row[1]), (1.0, 1.0));
+    assert!((row[2] - 1e-4 / 25.0).abs() < 1e-12, "lr {}", row[2]);
+    assert!((row[3] - (row[4] + row[5] + row[6])).abs() < 1e-4 * row[3].abs());
+    assert!(lines.next().is_none());
+
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snap.join("train_record.json")).unwrap())
+            .unwrap();
+    assert_eq!(record.as_array().unwrap().len(), 1);
+    assert_eq!(record[0]["training"]["epochs"], 1);
+
+    // A second run into the same folder must say how to continue instead of overwriting.
+    let (ok, out) = tame(&args);
+    assert!(!ok && out.contains("--resume"), "{out}");
+
+    // Resuming a finished run trains nothing more and records the resumption.
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let (ok, out) = tame(&resume);
+    assert!(ok, "{out}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snap.join("train_record.json")).unwrap())
+            .unwrap();
+    assert_eq!(record.as_array().unwrap().len(), 2);
+
+    // Other settings than the checkpoint's are refused.
+    let mut other = resume.clone();
+    other.extend(["--max-lr", "0.5"]);
+    let (ok, out) = tame(&other);
+    assert!(!ok && out.contains("other settings"), "{out}");
+}
+
+#[test]
+fn lr_test_and_plot_lr_write_curve_plot_and_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), 4);
+    let out_dir = dir.path().to_string_lossy().into_owned();
+    let (ok, out) = tame(&[
+        "lr-test",
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        SAMPLES,
+        "--train-list",
+        &list,
+        "--batch-size",
+        "1",
+        "--out-dir",
+        &out_dir,
+        "--backbone-mode",
+        "eval",
+        "--workers",
+        "2",
+    ]);
+    assert!(ok, "{out}");
+    let json = dir.path().join("resnet50_TAME_1.json");
+    let curve: (Vec<f64>, Vec<f64>) =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(!curve.0.is_empty() && curve.0.len() == curve.1.len());
+    assert!((curve.0[0] - 1e-8).abs() < 1e-20);
+    assert!(is_png(&dir.path().join("resnet50_TAME_1.png")));
+    assert!(out.contains("--max-lr"), "{out}");
+
+    let png = dir.path().join("both.png");
+    let json_s = json.to_string_lossy().into_owned();
+    let (ok, out) = tame(&[
+        "plot-lr",
+        &json_s,
+        &json_s,
+        "--window",
+        "2",
+        "--out",
+        &png.to_string_lossy(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(is_png(&png));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "[[1, 2], [3]]").unwrap();
+    let (ok, out) = tame(&["plot-lr", &bad.to_string_lossy()]);
+    assert!(!ok && out.contains("bad.json"), "{out}");
+}
