@@ -91,7 +91,8 @@ fn train_writes_checkpoints_log_and_record() {
         .collect();
     assert_eq!(row.len(), 9);
     assert_eq!((row[0], row[1]), (1.0, 1.0));
-    assert!((row[2] - 1e-4 / 25.0).abs() < 1e-12, "lr {}", row[2]);
+    // A one-step cycle is past PyTorch's phase boundary (0.3 * 1 - 1 < 0): the final rate.
+    assert!((row[2] - 1e-4 / 25.0 / 1e4).abs() < 1e-18, "lr {}", row[2]);
     assert!((row[3] - (row[4] + row[5] + row[6])).abs() < 1e-4 * row[3].abs());
     assert!(lines.next().is_none());
 
