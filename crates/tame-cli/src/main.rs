@@ -3,6 +3,7 @@
 mod common;
 mod datalist;
 mod device;
+mod eval;
 mod explain;
 mod inspect;
 mod lr_test;
@@ -43,6 +44,9 @@ enum Command {
     LrTest(lr_test::LrTestArgs),
     /// Plot range-test curves (log-log), optionally with their moving averages.
     PlotLr(lr_test::PlotLrArgs),
+    /// Average Drop and Increase in Confidence at 100/50/15 % (and optionally ROAD and
+    /// insertion/deletion) of a checkpoint or of every epoch of a snapshot folder, as CSV.
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -54,6 +58,7 @@ fn main() {
         Command::Train(args) => train::run(args),
         Command::LrTest(args) => lr_test::run(args),
         Command::PlotLr(args) => lr_test::plot(args),
+        Command::Eval(args) => eval::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {}", one_line(&err));

@@ -1,0 +1,161 @@
+//! `tame eval` as a user runs it: synthetic ResNet-50 weights, a random attention mechanism
+//! saved as a snapshot folder, two of the sample images.
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
+
+const SAMPLES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/data/sample-images"
+);
+const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
+
+fn tame(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
+        .args(args)
+        .output()
+        .expect("the tame binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A random TAME mechanism for ResNet-50's default taps, saved as `epoch_<epoch>`.
+fn save_am(dir: &Path, epoch: u64, seed: u64) {
+    let taps = vec![
+        TapShape::new(512, 28, 28),
+        TapShape::new(1024, 14, 14),
+        TapShape::new(2048, 7, 7),
+    ];
+    let config = AmConfig::new(Version::Tame, taps.clone()).unwrap();
+    let am = AttentionMechanism::new(&config, seed, DType::F32, &Device::Cpu).unwrap();
+    let meta = CheckpointMeta {
+        backbone: "resnet50".into(),
+        taps: vec!["layer2".into(), "layer3".into(), "layer4".into()],
+        tap_shapes: taps,
+        version: Version::Tame,
+        epoch,
+        global_step: epoch * 10,
+        config: serde_json::Value::Null,
+    };
+    am.save(dir.join(format!("epoch_{epoch}.safetensors")), &meta)
+        .unwrap();
+}
+
+fn write(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn writes_one_row_per_epoch_and_the_per_image_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snapshots = tmp.path().join("snapshots");
+    std::fs::create_dir(&snapshots).unwrap();
+    for epoch in 1..=3 {
+        save_am(&snapshots, epoch, epoch);
+    }
+    let list = write(
+        &tmp.path().join("list.txt"),
+        "162_166.JPEG 162\n805_soccer_ball.JPEG 805\n",
+    );
+    let out = tmp.path().join("eval.csv");
+    let per_image = tmp.path().join("images.csv");
+    let (ok, text) = tame(&[
+        "eval",
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--val-dir",
+        SAMPLES,
+        "--test-list",
+        &list,
+        "--am",
+        snapshots.to_str().unwrap(),
+        "--start-epoch",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--per-image",
+        per_image.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ]);
+    assert!(ok, "{text}");
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], HEADER);
+    assert_eq!(lines.len(), 3, "epochs 2 and 3:\n{csv}");
+    for (line, epoch) in lines[1..].iter().zip(["2", "3"]) {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields[0], epoch, "{csv}");
+        assert_eq!(fields.len(), 7, "{csv}");
+        for value in &fields[1..] {
+            let v: f64 = value.parse().unwrap();
+            assert!((0.0..=100.0).contains(&v), "{csv}");
+        }
+    }
+    let images = std::fs::read_to_string(&per_image).unwrap();
+    let rows: Vec<&str> = images.lines().collect();
+    assert_eq!(rows.len(), 1 + 2 * 2, "{images}");
+    assert!(rows[1].starts_with("2,162_166.JPEG,162,"), "{images}");
+    assert_eq!(rows[1].split(',').count(), 8, "{images}");
+}
+
+#[test]
+fn malformed_list_missing_image_and_unfit_mechanism_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    save_am(tmp.path(), 1, 0);
+    let am = tmp.path().join("epoch_1.safetensors");
+    let out = tmp.path().join("eval.csv");
+    let run = |list: &str, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--val-dir",
+            SAMPLES,
+            "--test-list",
+            list,
+            "--am",
+            am.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tame(&args)
+    };
+
+    let bad = write(
+        &tmp.path().join("bad.txt"),
+        "162_166.JPEG 162\n232.JPEG two hundred\n",
+    );
+    let (ok, text) = run(&bad, &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("{bad}:2:")), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{text}"
+    );
+
+    let missing = write(
+        &tmp.path().join("missing.txt"),
+        "162_166.JPEG 162\n\nno_such_image.JPEG 3\n",
+    );
+    let (ok, text) = run(&missing, &[]);
+    assert!(!ok && text.contains(&format!("{missing}:3:")), "{text}");
+    assert!(text.contains("no_such_image.JPEG"), "{text}");
+
+    // layer1 has other shapes than the checkpoint was trained on.
+    let good = write(&tmp.path().join("good.txt"), "162_166.JPEG 162\n");
+    let (ok, text) = run(&good, &["--layers", "layer1,layer3,layer4"]);
+    assert!(!ok && text.contains("epoch_1.safetensors"), "{text}");
+    assert!(!out.exists(), "no output after an error");
+}
