@@ -13,12 +13,19 @@ pub enum MetricsError {
     /// The backbone failed (e.g. an unknown tap name).
     #[error(transparent)]
     Backbone(#[from] tame_backbones::BackboneError),
-    /// The attention mechanism failed (e.g. taps that do not fit it).
+    /// The attention mechanism failed (e.g. taps that do not fit it). Boxed: it is large,
+    /// and every `Result` of this crate would carry its size.
     #[error(transparent)]
-    Am(#[from] tame_am::AmError),
+    Am(Box<tame_am::AmError>),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<tame_am::AmError> for MetricsError {
+    fn from(err: tame_am::AmError) -> Self {
+        MetricsError::Am(Box::new(err))
+    }
 }
 
 /// A result of this crate.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// What one run of `tame` did.
+#[allow(dead_code)] // not every test binary reads every field
 pub struct Run {
     pub ok: bool,
     pub stdout: String,
