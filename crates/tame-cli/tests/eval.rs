@@ -1,8 +1,9 @@
 //! `tame eval` as a user runs it: synthetic ResNet-50 weights, a random attention mechanism
 //! saved as a snapshot folder, two of the sample images.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{DType, Device};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
@@ -13,14 +14,10 @@ const SAMPLES: &str = concat!(
 );
 const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
 
+/// Runs `tame`; its stdout and stderr together.
 fn tame(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
-        .args(args)
-        .output()
-        .expect("the tame binary runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let run = support::tame(args);
+    (run.ok, run.stdout + &run.stderr)
 }
 
 /// A random TAME mechanism for ResNet-50's default taps, saved as `epoch_<epoch>`.

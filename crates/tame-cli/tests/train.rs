@@ -1,22 +1,19 @@
 //! `tame train`, `tame lr-test` and `tame plot-lr` as a user runs them, on synthetic
 //! ResNet-50 weights and the shared sample images.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 const SAMPLES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../../shared/data/sample-images"
 );
 
+/// Runs `tame`; its stdout and stderr together.
 fn tame(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tame"))
-        .args(args)
-        .output()
-        .expect("the tame binary runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let run = support::tame(args);
+    (run.ok, run.stdout + &run.stderr)
 }
 
 fn write_list(dir: &Path, count: usize) -> String {
