@@ -1,0 +1,22 @@
+//! Comparison explainers for TAME: Grad-CAM, Grad-CAM++, Score-CAM and RISE, each an
+//! [`Explainer`](tame_metrics::Explainer) over any [`Backbone`](tame_backbones::Backbone), so
+//! that every metric reads their maps as it reads TAME's. Formulas, defaults and sources:
+//! `docs/EXPLAINERS.md`.
+//!
+//! The methods run their own forward (and backward) passes: their `taps()` are empty and they
+//! ignore the taps the evaluator passes. They return raw maps (Grad-CAM family: at the tap's
+//! resolution; RISE: at the input's), which `tame_metrics::normalize_maps` min-max normalises
+//! and resizes.
+
+mod base;
+mod grad_cam;
+mod grad_cam_plus_plus;
+mod gradients;
+mod rise;
+mod score_cam;
+
+pub use base::{default_target_tap, input_mean};
+pub use grad_cam::{GradCam, GradCamConfig};
+pub use grad_cam_plus_plus::GradCamPlusPlus;
+pub use rise::{Rise, RiseConfig};
+pub use score_cam::{ScoreCam, ScoreCamConfig};
