@@ -85,9 +85,24 @@ impl SameConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
+        let (_, c, h, w) = x.dims4()?;
         let (top, bottom) = same_padding(h, self.kernel, self.stride);
         let (left, right) = same_padding(w, self.kernel, self.stride);
+        if self.groups > 1 && self.groups == c && self.weight.dim(0)? == c {
+            // candle runs grouped convolutions one group at a time: far too slow here.
+            let padding = tame_ops::Padding {
+                top,
+                bottom,
+                left,
+                right,
+            };
+            return Ok(tame_ops::depthwise_conv2d(
+                x,
+                &self.weight,
+                self.stride,
+                padding,
+            )?);
+        }
         if top == bottom && left == right && top == left {
             return Ok(x.conv2d(&self.weight, top, self.stride, 1, self.groups)?);
         }

@@ -1,0 +1,478 @@
+//! Depthwise 2-D convolution (one filter per channel) as a direct loop with its own backward
+//! pass.
+//!
+//! candle 0.11 runs a grouped convolution as one convolution per group, so a depthwise layer of
+//! 1152 channels costs 1152 im2col + GEMM calls forward and as many transposed convolutions
+//! backward: EfficientNet's depthwise layers ran tens of times slower than their arithmetic.
+//! The loop here does the same sums, one (image, channel) plane per task.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Zero padding of the four sides, in pixels (TensorFlow's "SAME" padding is asymmetric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+impl Padding {
+    /// The same padding on every side.
+    pub fn uniform(p: usize) -> Self {
+        Self {
+            top: p,
+            bottom: p,
+            left: p,
+            right: p,
+        }
+    }
+}
+
+/// Depthwise convolution of `x` (B, C, H, W) with `weight` (C, 1, K, K): output channel c is
+/// input channel c correlated with filter c, after zero `padding`, every `stride` pixels —
+/// PyTorch's `conv2d(x, weight, stride=stride, groups=C)` on the padded input.
+///
+/// On the CPU this is a direct loop (forward and backward); elsewhere candle's grouped
+/// convolution is used.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let (_, c, h, w) = x.dims4()?;
+    let (wc, one, kh, kw) = weight.dims4()?;
+    if wc != c || one != 1 || kh != kw {
+        candle_core::bail!(
+            "depthwise_conv2d: weight {:?} does not fit {c} channels with square filters",
+            weight.dims()
+        );
+    }
+    if stride == 0 || h + padding.top + padding.bottom < kh || w + padding.left + padding.right < kw
+    {
+        candle_core::bail!("depthwise_conv2d: input {h}x{w} is smaller than the {kh}x{kw} filter");
+    }
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        let padded = x
+            .pad_with_zeros(2, padding.top, padding.bottom)?
+            .pad_with_zeros(3, padding.left, padding.right)?;
+        return padded.conv2d(weight, 0, stride, 1, c);
+    }
+    let geometry = Geometry::new(x.dims4()?, kh, stride, padding);
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, DepthwiseOp(geometry))
+}
+
+/// Sizes of one depthwise convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    top: usize,
+    left: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    fn new(
+        (batch, channels, h, w): (usize, usize, usize, usize),
+        k: usize,
+        stride: usize,
+        p: Padding,
+    ) -> Self {
+        Self {
+            batch,
+            channels,
+            h,
+            w,
+            k,
+            stride,
+            top: p.top,
+            left: p.left,
+            out_h: (h + p.top + p.bottom - k) / stride + 1,
+            out_w: (w + p.left + p.right - k) / stride + 1,
+        }
+    }
+
+    /// The input rows (or columns) a filter tap `kk` reads for outputs `0..out`: the first
+    /// output index whose input is inside the image, and the end of that range.
+    fn valid(&self, kk: usize, pad: usize, extent: usize, out: usize) -> (usize, usize) {
+        // Input index = o * stride + kk - pad must lie in 0..extent.
+        let first = pad.saturating_sub(kk).div_ceil(self.stride);
+        let end = if extent + pad > kk {
+            ((extent + pad - kk - 1) / self.stride + 1).min(out)
+        } else {
+            0
+        };
+        (first, end.max(first))
+    }
+
+    fn input_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn output_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+}
+
+struct DepthwiseOp(Geometry);
+
+fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage[start..end]),
+        None => candle_core::bail!("depthwise_conv2d: expected contiguous operands"),
+    }
+}
+
+/// out[b, c] += correlation of x[b, c] with filter c (one plane per task).
+fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); g.batch * g.channels * g.output_plane()];
+    out.par_chunks_mut(g.output_plane())
+        .enumerate()
+        .for_each(|(plane, out)| {
+            let c = plane % g.channels;
+            let x = &x[plane * g.input_plane()..(plane + 1) * g.input_plane()];
+            let filter = &weight[c * g.k * g.k..(c + 1) * g.k * g.k];
+            for ky in 0..g.k {
+                let (oy0, oy1) = g.valid(ky, g.top, g.h, g.out_h);
+                for kx in 0..g.k {
+                    let (ox0, ox1) = g.valid(kx, g.left, g.w, g.out_w);
+                    let f = filter[ky * g.k + kx];
+                    for oy in oy0..oy1 {
+                        let iy = oy * g.stride + ky - g.top;
+                        let row = &x[iy * g.w..(iy + 1) * g.w];
+                        let out_row = &mut out[oy * g.out_w..(oy + 1) * g.out_w];
+                        for ox in ox0..ox1 {
+                            out_row[ox] += row[ox * g.stride + kx - g.left] * f;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// d loss / d x: each output gradient spread back over the inputs its filter read.
+fn grad_input<T: WithDType>(g: &Geometry, grad_out: &[T], weight: &[T]) -> Vec<T> {
+    let mut grad = vec![T::zero(); g.batch * g.channels * g.input_plane()];
+    grad.par_chunks_mut(g.input_plane())
+        .enumerate()
+        .for_each(|(plane, grad)| {
+            let c = plane % g.channels;
+            let go = &grad_out[plane * g.output_plane()..(plane + 1) * g.output_plane()];
+            let filter = &weight[c * g.k * g.k..(c + 1) * g.k * g.k];
+            for ky in 0..g.k {
+                let (oy0, oy1) = g.valid(ky, g.top, g.h, g.out_h);
+                for kx in 0..g.k {
+                    let (ox0, ox1) = g.valid(kx, g.left, g.w, g.out_w);
+                    let f = filter[ky * g.k + kx];
+                    for oy in oy0..oy1 {
+                        let iy = oy * g.stride + ky - g.top;
+                        let go_row = &go[oy * g.out_w..(oy + 1) * g.out_w];
+                        let row = &mut grad[iy * g.w..(iy + 1) * g.w];
+                        for ox in ox0..ox1 {
+                            row[ox * g.stride + kx - g.left] += go_row[ox] * f;
+                        }
+                    }
+                }
+            }
+        });
+    grad
+}
+
+/// d loss / d weight: per channel, the output gradient correlated with the input, summed
+/// over the batch.
+fn grad_weight<T: WithDType>(g: &Geometry, grad_out: &[T], x: &[T]) -> Vec<T> {
+    let mut grad = vec![T::zero(); g.channels * g.k * g.k];
+    grad.par_chunks_mut(g.k * g.k)
+        .enumerate()
+        .for_each(|(c, grad)| {
+            for b in 0..g.batch {
+                let plane = b * g.channels + c;
+                let go = &grad_out[plane * g.output_plane()..(plane + 1) * g.output_plane()];
+                let x = &x[plane * g.input_plane()..(plane + 1) * g.input_plane()];
+                for ky in 0..g.k {
+                    let (oy0, oy1) = g.valid(ky, g.top, g.h, g.out_h);
+                    for kx in 0..g.k {
+                        let (ox0, ox1) = g.valid(kx, g.left, g.w, g.out_w);
+                        let mut acc = T::zero();
+                        for oy in oy0..oy1 {
+                            let iy = oy * g.stride + ky - g.top;
+                            let row = &x[iy * g.w..(iy + 1) * g.w];
+                            let go_row = &go[oy * g.out_w..(oy + 1) * g.out_w];
+                            for ox in ox0..ox1 {
+                                acc += go_row[ox] * row[ox * g.stride + kx - g.left];
+                            }
+                        }
+                        grad[ky * g.k + kx] += acc;
+                    }
+                }
+            }
+        });
+    grad
+}
+
+impl CustomOp2 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let shape = Shape::from((g.batch, g.channels, g.out_h, g.out_w));
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(forward(g, contiguous(x, l1)?, contiguous(w, l2)?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                CpuStorage::F64(forward(g, contiguous(x, l1)?, contiguous(w, l2)?))
+            }
+            _ => candle_core::bail!("depthwise_conv2d: f32 or f64 operands of one type expected"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _out: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = &self.0;
+        let grad_out = grad_out.contiguous()?;
+        let (gx, gw) = match x.dtype() {
+            DType::F32 => grads::<f32>(g, x, weight, &grad_out)?,
+            DType::F64 => grads::<f64>(g, x, weight, &grad_out)?,
+            dtype => candle_core::bail!("depthwise_conv2d: no backward pass for {dtype:?}"),
+        };
+        Ok((Some(gx), gw))
+    }
+}
+
+/// Both gradients; the weight's only when something tracks it (frozen backbones do not).
+fn grads<T: WithDType>(
+    g: &Geometry,
+    x: &Tensor,
+    weight: &Tensor,
+    grad_out: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let go = grad_out.flatten_all()?.to_vec1::<T>()?;
+    let w = weight.flatten_all()?.to_vec1::<T>()?;
+    let gx = Tensor::from_vec(grad_input(g, &go, &w), x.shape(), x.device())?;
+    let gw = if weight.track_op() {
+        let xs = x.flatten_all()?.to_vec1::<T>()?;
+        Some(Tensor::from_vec(
+            grad_weight(g, &go, &xs),
+            weight.shape(),
+            weight.device(),
+        )?)
+    } else {
+        None
+    };
+    Ok((gx, gw))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::gradcheck::{assert_gradients_match, seeded};
+
+    /// candle's grouped convolution on the explicitly padded input.
+    fn reference(x: &Tensor, w: &Tensor, stride: usize, p: Padding) -> Tensor {
+        let c = x.dim(1).unwrap();
+        x.pad_with_zeros(2, p.top, p.bottom)
+            .unwrap()
+            .pad_with_zeros(3, p.left, p.right)
+            .unwrap()
+            .conv2d(w, 0, stride, 1, c)
+            .unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    const CASES: [(usize, usize, usize, usize, Padding); 5] = [
+        // (h, w, k, stride, padding)
+        (
+            7,
+            7,
+            3,
+            1,
+            Padding {
+                top: 1,
+                bottom: 1,
+                left: 1,
+                right: 1,
+            },
+        ),
+        (
+            8,
+            6,
+            3,
+            2,
+            Padding {
+                top: 0,
+                bottom: 1,
+                left: 0,
+                right: 1,
+            },
+        ),
+        (
+            9,
+            9,
+            5,
+            2,
+            Padding {
+                top: 1,
+                bottom: 2,
+                left: 2,
+                right: 1,
+            },
+        ),
+        (
+            5,
+            4,
+            5,
+            1,
+            Padding {
+                top: 2,
+                bottom: 2,
+                left: 2,
+                right: 2,
+            },
+        ),
+        (
+            6,
+            6,
+            3,
+            3,
+            Padding {
+                top: 0,
+                bottom: 0,
+                left: 0,
+                right: 0,
+            },
+        ),
+    ];
+
+    #[test]
+    fn forward_equals_the_grouped_convolution() {
+        let dev = Device::Cpu;
+        for (i, &(h, w, k, s, p)) in CASES.iter().enumerate() {
+            let x = seeded(&[2, 3, h, w], i as u64, &dev).unwrap();
+            let wt = seeded(&[3, 1, k, k], 50 + i as u64, &dev).unwrap();
+            let ours = depthwise_conv2d(&x, &wt, s, p).unwrap();
+            let theirs = reference(&x, &wt, s, p);
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert!(max_abs_diff(&ours, &theirs) < 1e-12, "case {i}");
+            let ours32 = depthwise_conv2d(
+                &x.to_dtype(DType::F32).unwrap(),
+                &wt.to_dtype(DType::F32).unwrap(),
+                s,
+                p,
+            )
+            .unwrap();
+            assert!(max_abs_diff(&ours32.to_dtype(DType::F64).unwrap(), &theirs) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        for (i, &(h, w, k, s, p)) in CASES.iter().enumerate() {
+            let x = seeded(&[2, 2, h, w], 10 + i as u64, &dev).unwrap();
+            let wt = seeded(&[2, 1, k, k], 60 + i as u64, &dev).unwrap();
+            assert_gradients_match(&x, |t| depthwise_conv2d(t, &wt, s, p)).unwrap();
+        }
+    }
+
+    #[test]
+    fn weight_gradient_equals_the_grouped_convolution() {
+        let dev = Device::Cpu;
+        for (i, &(h, w, k, s, p)) in CASES.iter().enumerate() {
+            let x = seeded(&[2, 3, h, w], 20 + i as u64, &dev).unwrap();
+            let r = seeded(
+                &[
+                    2,
+                    3,
+                    (h + p.top + p.bottom - k) / s + 1,
+                    (w + p.left + p.right - k) / s + 1,
+                ],
+                7,
+                &dev,
+            )
+            .unwrap();
+            let wt =
+                Var::from_tensor(&seeded(&[3, 1, k, k], 70 + i as u64, &dev).unwrap()).unwrap();
+            let ours = (depthwise_conv2d(&x, wt.as_tensor(), s, p).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let theirs = (reference(&x, wt.as_tensor(), s, p) * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (
+                ours.get(wt.as_tensor()).unwrap(),
+                theirs.get(wt.as_tensor()).unwrap(),
+            );
+            assert!(max_abs_diff(a, b) < 1e-10, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&seeded(&[1, 2, 5, 5], 1, &dev).unwrap()).unwrap();
+        let wt = seeded(&[2, 1, 3, 3], 2, &dev).unwrap();
+        let grads = depthwise_conv2d(x.as_tensor(), &wt, 1, Padding::uniform(1))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+        assert!(grads.get(&wt).is_none());
+    }
+
+    #[test]
+    fn refuses_mismatched_weights() {
+        let dev = Device::Cpu;
+        let x = seeded(&[1, 2, 5, 5], 1, &dev).unwrap();
+        let wt = seeded(&[3, 1, 3, 3], 2, &dev).unwrap();
+        assert!(depthwise_conv2d(&x, &wt, 1, Padding::uniform(1)).is_err());
+    }
+}
