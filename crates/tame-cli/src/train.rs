@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
 use tame_backbones::{Backbone, BackboneKind, Mode};
-use tame_data::{ImageList, Loader, LoaderConfig};
+use tame_data::{Augmentation, ImageList, Loader, LoaderConfig};
 use tame_train::{
     find_latest_checkpoint, read_checkpoint, BackboneMode, StepObserver, StepRecord, StopReason,
     TrainConfig, Trainer,
@@ -82,8 +82,14 @@ pub struct SetupArgs {
     #[arg(long)]
     pub init_am: Option<PathBuf>,
 
-    /// Use the evaluation transform (resize, centre crop) instead of random crops and flips.
-    #[arg(long)]
+    /// Training augmentation: `reference` (resize 256, random 224 crop, flip), `heavy`
+    /// (random resized crops, flips, colour jitter, two-photo collages: for small training
+    /// sets) or `none` (the evaluation transform).
+    #[arg(long, default_value = "reference", value_parser = clap::value_parser!(Augmentation))]
+    pub augment: Augmentation,
+
+    /// Use the evaluation transform (resize, centre crop): the same as `--augment none`.
+    #[arg(long, conflicts_with = "augment")]
     pub no_augment: bool,
 
     /// Keep the list's order every epoch.
@@ -158,7 +164,7 @@ impl SetupArgs {
         }
         let batch_size = self.batch_size.unwrap_or(32);
         let mut config = LoaderConfig::training(batch_size, self.seed);
-        config.augment = !self.no_augment;
+        config.augmentation = self.augmentation();
         config.shuffle = shuffle_default && !self.no_shuffle;
         if let Some(w) = self.workers {
             config.workers = w;
@@ -180,6 +186,15 @@ impl SetupArgs {
             Some(path) => AttentionMechanism::load(path, config, DType::F32, device)?.am,
             None => AttentionMechanism::new(config, self.seed, DType::F32, device)?,
         })
+    }
+
+    /// The augmentation asked for by `--augment` or `--no-augment`.
+    pub fn augmentation(&self) -> Augmentation {
+        if self.no_augment {
+            Augmentation::None
+        } else {
+            self.augment
+        }
     }
 
     /// The settings of a run with these arguments.
@@ -339,7 +354,7 @@ fn record_run(
         "img_dir": s.img_dir,
         "train_list": s.train_list,
         "init_am": s.init_am,
-        "augment": !s.no_augment,
+        "augment": s.augmentation().to_string(),
         "shuffle": !s.no_shuffle,
         "workers": s.workers,
     }));

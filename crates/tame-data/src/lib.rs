@@ -16,12 +16,17 @@
 //! # Ok::<(), tame_data::DataError>(())
 //! ```
 
+mod augment;
 mod decode;
 mod error;
 mod list;
 mod loader;
 mod transform;
 
+pub use augment::{
+    augment, color_jitter, heavy_transform, random_resized_crop, Augmentation, COLLAGE_PROBABILITY,
+    CROP_RATIO, CROP_SCALE, JITTER,
+};
 pub use decode::{decode_rgb, load_rgb};
 pub use error::{DataError, DecodeError};
 pub use image::RgbImage;

@@ -6,15 +6,17 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
+use image::RgbImage;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::augment::{augment, Augmentation};
 use crate::decode::load_rgb;
 use crate::error::DataError;
 use crate::list::{ImageList, ListEntry};
-use crate::transform::{eval_transform, to_chw_f32, train_transform, IMAGE_LEN};
+use crate::transform::{eval_transform, to_chw_f32, IMAGE_LEN};
 
 /// How a [`Loader`] batches, orders and transforms a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +31,8 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Shuffle the list anew every epoch (from `seed` and the epoch number).
     pub shuffle: bool,
-    /// Random crop and flip (training); otherwise the evaluation transform.
-    pub augment: bool,
+    /// The training augmentation; [`Augmentation::None`] is the evaluation transform.
+    pub augmentation: Augmentation,
     /// A bad image is an error that ends the epoch; otherwise it is skipped and counted.
     pub strict: bool,
 }
@@ -44,7 +46,7 @@ impl LoaderConfig {
             prefetch: 2,
             seed,
             shuffle: true,
-            augment: true,
+            augmentation: Augmentation::Reference,
             strict: false,
         }
     }
@@ -57,7 +59,7 @@ impl LoaderConfig {
             prefetch: 2,
             seed: 0,
             shuffle: false,
-            augment: false,
+            augmentation: Augmentation::None,
             strict: true,
         }
     }
@@ -227,19 +229,31 @@ impl Shared {
         Ok(batch)
     }
 
-    fn load_image(&self, index: usize, epoch: u64) -> Result<Vec<f32>, DataError> {
+    fn decode(&self, index: usize) -> Result<RgbImage, DataError> {
         let entry = &self.list.entries()[index];
-        let image =
-            load_rgb(entry.resolve(&self.image_dir)).map_err(|source| DataError::Image {
-                list: self.list.source().to_path_buf(),
-                line: entry.line,
-                source,
-            })?;
-        let image = if self.config.augment {
-            let seed = mix(&[self.config.seed, epoch, index as u64]);
-            train_transform(&image, &mut StdRng::seed_from_u64(seed))
-        } else {
-            eval_transform(&image)
+        load_rgb(entry.resolve(&self.image_dir)).map_err(|source| DataError::Image {
+            list: self.list.source().to_path_buf(),
+            line: entry.line,
+            source,
+        })
+    }
+
+    fn load_image(&self, index: usize, epoch: u64) -> Result<Vec<f32>, DataError> {
+        let image = self.decode(index)?;
+        let image = match self.config.augmentation {
+            Augmentation::None => eval_transform(&image),
+            augmentation => {
+                let mut rng = StdRng::seed_from_u64(mix(&[self.config.seed, epoch, index as u64]));
+                let entries = self.list.entries().len();
+                let distractor = if augmentation.needs_distractor() && entries > 1 {
+                    // Any other image of the list, drawn from this image's stream.
+                    let other = (index + rng.random_range(1..entries)) % entries;
+                    Some(self.decode(other)?)
+                } else {
+                    None
+                };
+                augment(augmentation, &image, distractor.as_ref(), &mut rng)
+            }
         };
         let mut pixels = vec![0.0; IMAGE_LEN];
         to_chw_f32(&image, &mut pixels);

@@ -135,7 +135,7 @@ fn shuffling_permutes_the_list_per_epoch() {
 fn no_shuffle_no_augment_training_equals_evaluation() {
     let mut c = LoaderConfig::training(4, 9);
     c.shuffle = false;
-    c.augment = false;
+    c.augmentation = tame_data::Augmentation::None;
     let train = Loader::new(sample_list(), samples_dir(), c).unwrap();
     let eval = Loader::new(sample_list(), samples_dir(), LoaderConfig::evaluation(4)).unwrap();
     assert!(same(&collect(&train, 3), &collect(&eval, 0)));

@@ -80,7 +80,11 @@ pub fn loader(count: usize, batch: usize, shuffle: bool, augment: bool, seed: u6
         prefetch: 2,
         seed,
         shuffle,
-        augment,
+        augmentation: if augment {
+            tame_data::Augmentation::Reference
+        } else {
+            tame_data::Augmentation::None
+        },
         strict: true,
     };
     Loader::new(list, SAMPLE_DIR, config).unwrap()
