@@ -83,8 +83,26 @@ impl AttentionMechanism {
     /// ([`sidecar_path`]). Each file is written under a temporary name in the same folder and
     /// then renamed, so a reader never sees a half-written file.
     pub fn save(&self, path: impl AsRef<Path>, meta: &CheckpointMeta) -> Result<(), AmError> {
+        self.save_as(path, meta, None)
+    }
+
+    /// [`save`](Self::save), with the floating-point tensors stored as `dtype` when given
+    /// (`F16` halves a mechanism meant for distribution; loading converts back).
+    pub fn save_as(
+        &self,
+        path: impl AsRef<Path>,
+        meta: &CheckpointMeta,
+        dtype: Option<DType>,
+    ) -> Result<(), AmError> {
         let path = path.as_ref();
-        let tensors: HashMap<String, _> = self.state_dict()?.into_iter().collect();
+        let tensors = self
+            .state_dict()?
+            .into_iter()
+            .map(|(name, t)| match dtype {
+                Some(d) if t.dtype().is_float() => Ok((name, t.to_dtype(d)?)),
+                _ => Ok((name, t)),
+            })
+            .collect::<Result<HashMap<String, _>, AmError>>()?;
         let tmp = temp_in_dir(path)?;
         candle_core::safetensors::save(&tensors, &tmp).map_err(|source| AmError::Safetensors {
             path: path.to_path_buf(),
@@ -137,33 +155,11 @@ impl AttentionMechanism {
             e => e,
         };
         if is_safetensors(&bytes) {
-            let tensors =
-                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|source| {
-                    AmError::Safetensors {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-            // Training checkpoints also hold optimizer state under `optimizer.`: not ours.
-            let mut tensors: Vec<_> = tensors
-                .into_iter()
-                .filter(|(name, _)| !name.starts_with("optimizer."))
-                .collect();
-            tensors.sort_by(|a, b| a.0.cmp(&b.0));
             let meta = match sidecar_path(path).exists() {
                 true => Some(CheckpointMeta::read(path)?),
                 false => None,
             };
-            if let Some(meta) = &meta {
-                check_meta(meta, config).map_err(mismatch)?;
-            }
-            let am = Self::from_tensors(config, tensors, dtype, device).map_err(in_file)?;
-            Ok(LoadedCheckpoint {
-                am,
-                epoch: meta.as_ref().map(|m| m.epoch),
-                global_step: meta.as_ref().map(|m| m.global_step),
-                meta,
-            })
+            Self::from_safetensors_bytes(&bytes, meta, path, config, dtype, device)
         } else {
             let ckpt = tame_pth::read_checkpoint(path)?;
             let count = |key| ckpt.int(key).and_then(|v| u64::try_from(v).ok());
@@ -176,6 +172,51 @@ impl AttentionMechanism {
                 meta: None,
             })
         }
+    }
+}
+
+impl AttentionMechanism {
+    /// A checkpoint in the project's safetensors format held in memory (a built-in
+    /// mechanism), with its sidecar `meta` if any; `name` stands for the file in errors.
+    /// The same checks as [`AttentionMechanism::load`].
+    pub fn from_safetensors_bytes(
+        bytes: &[u8],
+        meta: Option<CheckpointMeta>,
+        name: &Path,
+        config: &AmConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<LoadedCheckpoint, AmError> {
+        let mismatch = |m: Mismatch| AmError::Mismatch {
+            path: name.to_path_buf(),
+            mismatch: m,
+        };
+        let tensors =
+            candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|source| {
+                AmError::Safetensors {
+                    path: name.to_path_buf(),
+                    source,
+                }
+            })?;
+        // Training checkpoints also hold optimizer state under `optimizer.`: not ours.
+        let mut tensors: Vec<_> = tensors
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("optimizer."))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(meta) = &meta {
+            check_meta(meta, config).map_err(mismatch)?;
+        }
+        let am = Self::from_tensors(config, tensors, dtype, device).map_err(|e| match e {
+            AmError::State(m) => mismatch(m),
+            e => e,
+        })?;
+        Ok(LoadedCheckpoint {
+            am,
+            epoch: meta.as_ref().map(|m| m.epoch),
+            global_step: meta.as_ref().map(|m| m.global_step),
+            meta,
+        })
     }
 }
 

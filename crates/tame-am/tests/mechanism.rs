@@ -268,6 +268,63 @@ fn save_then_load_is_exact() {
 }
 
 #[test]
+fn half_precision_copies_load_from_memory_within_f16_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = common::synthetic_am(&config, DType::F32);
+    let path = dir.path().join("demo.safetensors");
+    am.save_as(&path, &meta(Version::Tame), Some(DType::F16))
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let loaded = AttentionMechanism::from_safetensors_bytes(
+        &bytes,
+        Some(meta(Version::Tame)),
+        &path,
+        &config,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for ((name, a), (_, b)) in am
+        .state_dict()
+        .unwrap()
+        .iter()
+        .zip(&loaded.am.state_dict().unwrap())
+    {
+        assert_eq!(b.dtype(), a.dtype(), "{name}");
+        if !a.dtype().is_float() {
+            continue;
+        }
+        let scale = a
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let err = max_abs_diff(a, b);
+        assert!(
+            err <= 1e-3 * scale.to_scalar::<f32>().unwrap().max(1.0),
+            "{name}: {err}"
+        );
+    }
+    // The same checks as a file: another layout is refused, naming the stand-in path.
+    let other = common::config(Version::NoSkipNoBatchNorm, &SMALL);
+    let err = AttentionMechanism::from_safetensors_bytes(
+        &bytes,
+        None,
+        &path,
+        &other,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("demo.safetensors"), "{err}");
+}
+
+#[test]
 fn checkpoints_that_do_not_fit_are_refused_with_the_file_and_the_difference() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(Version::Tame, &SMALL);
