@@ -179,20 +179,17 @@ impl MbConv {
         rng: &Mutex<StdRng>,
         taps: &mut TapCollector,
     ) -> Result<Tensor> {
-        let mut node = |suffix: &str, t: Tensor| {
-            taps.offer(&format!("{}.{suffix}", self.name), &t);
-            t
-        };
+        let mut node = |suffix: &str, t: Tensor| taps.pass(&format!("{}.{suffix}", self.name), t);
         let mut y = x.clone();
         if let Some((conv, bn)) = &self.expand {
-            y = node("expand", relu6(&bn.forward_t(&conv.forward(&y)?, train)?)?);
+            y = node("expand", relu6(&bn.forward_t(&conv.forward(&y)?, train)?)?)?;
         }
         let y = self.depthwise.forward(&y)?;
-        let y = node("depthwise", relu6(&self.bn1.forward_t(&y, train)?)?);
+        let y = node("depthwise", relu6(&self.bn1.forward_t(&y, train)?)?)?;
         let y = node(
             "project",
             self.bn2.forward_t(&self.project.forward(&y)?, train)?,
-        );
+        )?;
         let y = if self.residual {
             let y = if train && self.drop_connect > 0.0 {
                 drop_connect(&y, self.drop_connect, rng)?
@@ -203,8 +200,7 @@ impl MbConv {
         } else {
             y
         };
-        taps.offer(&self.name, &y);
-        Ok(y)
+        taps.pass(&self.name, y)
     }
 
     fn node_names(&self) -> Vec<String> {
@@ -361,8 +357,10 @@ impl Backbone for EfficientNetLite0 {
         let train = mode == Mode::Train;
         let mut taps = request.collector();
         let x = normalize(images)?;
-        let mut x = relu6(&self.bn0.forward_t(&self.stem.forward(&x)?, train)?)?;
-        taps.offer("stem", &x);
+        let mut x = taps.pass(
+            "stem",
+            relu6(&self.bn0.forward_t(&self.stem.forward(&x)?, train)?)?,
+        )?;
         for block in &self.blocks {
             if taps.done() {
                 return taps.finish(None);
@@ -372,15 +370,15 @@ impl Backbone for EfficientNetLite0 {
         if taps.done() {
             return taps.finish(None);
         }
-        let x = relu6(&self.bn1.forward_t(&self.conv_head.forward(&x)?, train)?)?;
-        taps.offer("head", &x);
+        let x = taps.pass(
+            "head",
+            relu6(&self.bn1.forward_t(&self.conv_head.forward(&x)?, train)?)?,
+        )?;
         if taps.done() {
             return taps.finish(None);
         }
-        let x = tame_ops::adaptive_avg_pool2d(&x, 1, 1)?;
-        taps.offer("avgpool", &x);
-        let mut x = x.flatten_from(1)?;
-        taps.offer("flatten", &x);
+        let x = taps.pass("avgpool", tame_ops::adaptive_avg_pool2d(&x, 1, 1)?)?;
+        let mut x = taps.pass("flatten", x.flatten_from(1)?)?;
         if train {
             x = self.dropout(&x)?;
         }

@@ -67,29 +67,25 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
-        let mut node = |suffix: &str, t: Tensor| {
-            taps.offer(&format!("{}.{suffix}", self.name), &t);
-            t
-        };
-        let y = node("conv1", self.conv1.forward(x)?);
-        let y = node("bn1", self.bn1.forward_t(&y, train)?);
-        let y = node("relu", y.relu()?);
-        let y = node("conv2", self.conv2.forward(&y)?);
-        let y = node("bn2", self.bn2.forward_t(&y, train)?);
-        let y = node("relu_1", y.relu()?);
-        let y = node("conv3", self.conv3.forward(&y)?);
-        let y = node("bn3", self.bn3.forward_t(&y, train)?);
+        let mut node = |suffix: &str, t: Tensor| taps.pass(&format!("{}.{suffix}", self.name), t);
+        let y = node("conv1", self.conv1.forward(x)?)?;
+        let y = node("bn1", self.bn1.forward_t(&y, train)?)?;
+        let y = node("relu", y.relu()?)?;
+        let y = node("conv2", self.conv2.forward(&y)?)?;
+        let y = node("bn2", self.bn2.forward_t(&y, train)?)?;
+        let y = node("relu_1", y.relu()?)?;
+        let y = node("conv3", self.conv3.forward(&y)?)?;
+        let y = node("bn3", self.bn3.forward_t(&y, train)?)?;
         let identity = match &self.downsample {
             Some((conv, bn)) => {
-                let d = node("downsample.0", conv.forward(x)?);
-                node("downsample.1", bn.forward_t(&d, train)?)
+                let d = node("downsample.0", conv.forward(x)?)?;
+                node("downsample.1", bn.forward_t(&d, train)?)?
             }
             None => x.clone(),
         };
-        let y = node("add", (y + identity)?);
-        let y = node("relu_2", y.relu()?);
-        taps.offer(&self.name, &y);
-        Ok(y)
+        let y = node("add", (y + identity)?)?;
+        let y = node("relu_2", y.relu()?)?;
+        taps.pass(&self.name, y)
     }
 
     fn node_names(&self) -> Vec<String> {
@@ -217,13 +213,12 @@ impl Backbone for ResNet50 {
         let mut taps = request.collector();
         let x = normalize_imagenet(images)?;
         let x = self.conv1.forward(&x)?;
-        taps.offer("conv1", &x);
+        let x = taps.pass("conv1", x)?;
         let x = self.bn1.forward_t(&x, train)?;
-        taps.offer("bn1", &x);
+        let x = taps.pass("bn1", x)?;
         let x = x.relu()?;
-        taps.offer("relu", &x);
-        let mut x = tame_ops::max_pool2d(&x, 3, 2, 1)?;
-        taps.offer("maxpool", &x);
+        let x = taps.pass("relu", x)?;
+        let mut x = taps.pass("maxpool", tame_ops::max_pool2d(&x, 3, 2, 1)?)?;
         for (stage, blocks) in self.layers.iter().enumerate() {
             for block in blocks {
                 if taps.done() {
@@ -231,15 +226,15 @@ impl Backbone for ResNet50 {
                 }
                 x = block.forward(&x, train, &mut taps)?;
             }
-            taps.offer(&format!("layer{}", stage + 1), &x);
+            x = taps.pass(&format!("layer{}", stage + 1), x)?;
         }
         if taps.done() {
             return taps.finish(None);
         }
         let x = tame_ops::adaptive_avg_pool2d(&x, 1, 1)?;
-        taps.offer("avgpool", &x);
+        let x = taps.pass("avgpool", x)?;
         let x = x.flatten_from(1)?;
-        taps.offer("flatten", &x);
+        let x = taps.pass("flatten", x)?;
         let logits = self.fc.forward(&x)?;
         taps.offer("fc", &logits);
         taps.finish(Some(logits))

@@ -1,4 +1,4 @@
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use crate::{BackboneError, Result};
 
@@ -7,6 +7,7 @@ use crate::{BackboneError, Result};
 pub struct TapRequest {
     names: Vec<String>,
     logits: bool,
+    gradients: bool,
 }
 
 impl TapRequest {
@@ -22,7 +23,18 @@ impl TapRequest {
         Ok(Self {
             names: names.to_vec(),
             logits,
+            gradients: false,
         })
+    }
+
+    /// Makes the requested taps leaves of the autograd graph: the pass continues from a `Var`
+    /// copy of each, so that after `backward` on the outputs `grads.get(&tap)` is the gradient
+    /// with respect to the tap (candle keeps the gradients of variables only), and
+    /// back-propagation stops there. Only backbones whose forward uses
+    /// [`TapCollector::pass`] honour it.
+    pub fn with_tap_gradients(mut self) -> Self {
+        self.gradients = true;
+        self
     }
 
     pub fn names(&self) -> &[String] {
@@ -59,6 +71,18 @@ impl TapCollector<'_> {
                 self.missing -= 1;
             }
         }
+    }
+
+    /// Offers `output` as node `name` and returns the tensor the pass continues with: `output`,
+    /// or its `Var` copy when `name` is requested under [`TapRequest::with_tap_gradients`].
+    pub fn pass(&mut self, name: &str, output: Tensor) -> Result<Tensor> {
+        let output = if self.request.gradients && self.request.names.iter().any(|n| n == name) {
+            Var::from_tensor(&output)?.as_tensor().clone()
+        } else {
+            output
+        };
+        self.offer(name, &output);
+        Ok(output)
     }
 
     /// True when every tap is collected and no logits are wanted: the pass can stop here.

@@ -144,22 +144,26 @@ impl Backbone for Vgg16 {
         let mut taps = request.collector();
         let mut x = normalize_imagenet(images)?;
         for (i, layer) in self.features.iter().enumerate() {
-            x = self.apply(layer, &x, mode)?;
-            taps.offer(&format!("features.{i}"), &x);
+            x = taps.pass(&format!("features.{i}"), self.apply(layer, &x, mode)?)?;
             if taps.done() {
                 return taps.finish(None);
             }
         }
-        x = tame_ops::adaptive_avg_pool2d(&x, 7, 7)?;
-        taps.offer("avgpool", &x);
-        x = x.flatten_from(1)?;
-        taps.offer("flatten", &x);
+        x = taps.pass("avgpool", tame_ops::adaptive_avg_pool2d(&x, 7, 7)?)?;
+        x = taps.pass("flatten", x.flatten_from(1)?)?;
+        let last = self.classifier.len() - 1;
         for (i, layer) in self.classifier.iter().enumerate() {
             if taps.done() {
                 return taps.finish(None);
             }
             x = self.apply(layer, &x, mode)?;
-            taps.offer(&format!("classifier.{i}"), &x);
+            let name = format!("classifier.{i}");
+            if i == last {
+                // The logits: a leaf here would cut every other tap off their gradient.
+                taps.offer(&name, &x);
+            } else {
+                x = taps.pass(&name, x)?;
+            }
         }
         taps.finish(Some(x))
     }

@@ -1,7 +1,7 @@
 //! The activations of a tap and the gradient of each image's class logit with respect to them,
 //! shared by Grad-CAM and Grad-CAM++.
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use tame_backbones::{Backbone, Mode};
 use tame_metrics::{MetricsError, Result};
 
@@ -16,10 +16,10 @@ pub(crate) fn tap_and_gradient(
     tap: &str,
     classes: &[u32],
 ) -> Result<(Tensor, Tensor)> {
-    // candle records a graph only downstream of a variable.
-    let input = Var::from_tensor(images)?;
-    let request = backbone.tap_request(&[tap.to_string()], true)?;
-    let out = backbone.forward(input.as_tensor(), &request, Mode::Eval)?;
+    let request = backbone
+        .tap_request(&[tap.to_string()], true)?
+        .with_tap_gradients();
+    let out = backbone.forward(images, &request, Mode::Eval)?;
     let logits = out
         .logits
         .ok_or_else(|| MetricsError::BadInput("the backbone returned no logits".into()))?;
@@ -36,5 +36,6 @@ pub(crate) fn tap_and_gradient(
             backbone.name()
         ))
     })?;
+    // The tap is a variable: detached, the CAM arithmetic records no graph.
     Ok((activations.detach(), gradient))
 }

@@ -102,7 +102,6 @@ fn grad_config(tap: &str) -> GradCamConfig {
 }
 
 #[test]
-#[ignore = "tame-backbones does not keep gradients of taps yet (docs/EXPLAINERS.md)"]
 fn grad_cam_and_grad_cam_plus_plus_match_pytorch_grad_cam() {
     let fx = fixtures();
     let backbone = resnet_f64();
