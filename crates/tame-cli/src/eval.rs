@@ -8,15 +8,17 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
+use tame_am::{AttentionMechanism, CheckpointMeta, Version};
 use tame_backbones::Backbone;
 use tame_data::{ImageList, Loader, LoaderConfig};
-use tame_metrics::{EvalConfig, Evaluator, MetricSet, Report, RoadOrder, TameExplainer, Totals};
+use tame_metrics::{
+    EvalConfig, Evaluator, Explainer, MetricSet, Report, RoadOrder, TameExplainer, Totals,
+};
 
 use crate::common::{batch_tensor, write_atomically, ModelArgs};
 
 /// The header of the main CSV, as the reference writes it.
-const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
+pub const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -120,7 +122,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .version
         .or(meta.as_ref().map(|m| m.version))
         .unwrap_or(Version::Tame);
-    let config = mechanism_config(backbone.as_ref(), &taps, version, &device)?;
+    let config = crate::mechanism::config(backbone.as_ref(), &taps, version, &device)?;
     // Every checkpoint is read before any evaluation, so one that does not fit fails fast.
     let snapshots = files
         .iter()
@@ -148,7 +150,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     eval_config.insdel.steps = args.insdel_steps;
     let pass = Pass {
         backbone: backbone.as_ref(),
-        taps: &taps,
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
@@ -163,7 +164,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let mut csv = format!("{HEADER}\n");
         let mut best: Option<(u64, [f64; 2])> = None;
         for snap in &snapshots {
-            let report = pass.run(&snap.am, list, &config, snap.epoch, None)?;
+            let explainer = TameExplainer::new(&snap.am, taps.clone())?;
+            let report = pass.run(&explainer, list, &config, snap.epoch, None)?;
             let scores = report.ad_ic.context("AD/IC was not computed")?;
             csv.push_str(&ad_ic_row(snap.epoch, &report)?);
             let key = [scores.ad[0], scores.ic[0]];
@@ -190,8 +192,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut insdel_csv = String::from("epoch,insertion_auc,deletion_auc\n");
     let mut per_image = String::from("epoch,image,label,class,Y,O(100%),O(50%),O(15%)\n");
     for snap in &snapshots {
+        let explainer = TameExplainer::new(&snap.am, taps.clone())?;
         let report = pass.run(
-            &snap.am,
+            &explainer,
             &test,
             &eval_config,
             snap.epoch,
@@ -241,26 +244,45 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 /// What every evaluation pass over a list shares.
-struct Pass<'a> {
-    backbone: &'a dyn Backbone,
-    taps: &'a [String],
-    val_dir: &'a Path,
-    batch_size: usize,
-    device: &'a Device,
+pub struct Pass<'a> {
+    pub backbone: &'a dyn Backbone,
+    pub val_dir: &'a Path,
+    pub batch_size: usize,
+    pub device: &'a Device,
 }
 
 impl Pass<'_> {
-    /// Evaluates `am` on every image of `list`; appends per-image rows when asked.
-    fn run(
+    /// Evaluates `explainer`'s maps of every image of `list` (the images' `epoch` in the
+    /// progress bar and per-image rows, appended when asked).
+    pub fn run(
         &self,
-        am: &AttentionMechanism,
+        explainer: &dyn Explainer,
         list: &ImageList,
         config: &EvalConfig,
         epoch: u64,
+        per_image: Option<&mut String>,
+    ) -> Result<Report> {
+        self.run_with_message(
+            explainer,
+            list,
+            config,
+            &format!("epoch {epoch}"),
+            epoch,
+            per_image,
+        )
+    }
+
+    /// [`run`](Self::run) with the progress bar's label given.
+    pub fn run_with_message(
+        &self,
+        explainer: &dyn Explainer,
+        list: &ImageList,
+        config: &EvalConfig,
+        message: &str,
+        epoch: u64,
         mut per_image: Option<&mut String>,
     ) -> Result<Report> {
-        let explainer = TameExplainer::new(am, self.taps.to_vec())?;
-        let evaluator = Evaluator::new(self.backbone, &explainer, config.clone())?;
+        let evaluator = Evaluator::new(self.backbone, explainer, config.clone())?;
         let loader = Loader::new(
             list.clone(),
             self.val_dir,
@@ -270,7 +292,7 @@ impl Pass<'_> {
             "{msg} {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
         )?);
         bar.set_message(format!(
-            "epoch {epoch} on {}",
+            "{message} on {}",
             list.source()
                 .file_name()
                 .unwrap_or_default()
@@ -309,7 +331,7 @@ impl Pass<'_> {
 }
 
 /// One row of the main CSV.
-fn ad_ic_row(epoch: u64, report: &Report) -> Result<String> {
+pub fn ad_ic_row(epoch: u64, report: &Report) -> Result<String> {
     let r = report.ad_ic.context("AD/IC was not computed")?;
     let mut row = epoch.to_string();
     for level in 0..3 {
@@ -320,14 +342,14 @@ fn ad_ic_row(epoch: u64, report: &Report) -> Result<String> {
 }
 
 /// `<stem>_<what>.csv` next to `out`.
-fn sibling(out: &Path, what: &str) -> PathBuf {
+pub fn sibling(out: &Path, what: &str) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
     out.with_file_name(format!("{stem}_{what}.csv"))
 }
 
 /// Reads a list and checks that every image exists, so that a missing one is reported (with
 /// its list line) before any work.
-fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
+pub fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
     let list = ImageList::read(path)?;
     if list.is_empty() {
         bail!("{}: the list names no image", path.display());
@@ -405,30 +427,4 @@ fn checkpoint_files(
         );
     }
     Ok(found.into_iter().map(|(k, p)| (Some(k), p)).collect())
-}
-
-/// The mechanism layout for `taps` of `backbone`: their shapes at 224x224.
-fn mechanism_config(
-    backbone: &dyn Backbone,
-    taps: &[String],
-    version: Version,
-    device: &Device,
-) -> Result<AmConfig> {
-    backbone.tap_request(taps, false)?;
-    let shapes = backbone.tap_shapes(224, device)?;
-    let shapes = taps
-        .iter()
-        .map(|name| {
-            let dims = &shapes
-                .iter()
-                .find(|(n, _)| n == name)
-                .with_context(|| format!("{} has no tap `{name}`", backbone.name()))?
-                .1;
-            match dims.as_slice() {
-                [_, c, h, w] => Ok(TapShape::new(*c, *h, *w)),
-                other => bail!("tap `{name}` has shape {other:?}, not (B, C, H, W)"),
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(AmConfig::new(version, shapes)?)
 }

@@ -1,33 +1,43 @@
-//! `tame explain`: explanation maps of chosen classes for images, as PNG overlays and .npy.
+//! `tame explain`: explanation maps of chosen classes for images, as PNG overlays and .npy,
+//! by TAME or any comparison method; with no image, a built-in photo and the built-in demo
+//! mechanism of EfficientNet-Lite0.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Tensor, D};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
+use tame_am::Version;
 use tame_backbones::imagenet::class_name;
-use tame_backbones::{Backbone, Mode};
-use tame_data::{explain_transform, load_rgb, to_chw_f32, RgbImage, IMAGE_LEN};
+use tame_backbones::Mode;
+use tame_data::{decode_rgb, explain_transform, load_rgb, to_chw_f32, RgbImage, IMAGE_LEN};
+use tame_metrics::normalize_maps;
 
-use crate::common::{find_images, parse_layers, write_atomically, ModelArgs};
-use crate::render::{jet_overlay, npy_bytes};
+use crate::common::{find_images, write_atomically, ModelArgs};
+use crate::mechanism::{self, MechanismSource};
+use crate::methods::{Method, MethodArgs, Methods};
+use crate::render::{jet_overlay, npy_bytes, side_by_side};
+
+/// The photo explained when no image is given: Chelsea the cat, from scikit-image's sample
+/// data (CC0; see crates/tame-cli/assets/ATTRIBUTION.md).
+const DEFAULT_PHOTO: &[u8] = include_bytes!("../assets/chelsea.jpg");
+const DEFAULT_PHOTO_NAME: &str = "chelsea.jpg";
 
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// Images (JPEG/PNG) or folders of images to explain.
-    #[arg(required = true)]
+    /// Images (JPEG/PNG) or folders of images to explain. Default: a built-in photo.
     images: Vec<PathBuf>,
 
     #[command(flatten)]
     model: ModelArgs,
 
     /// The trained attention mechanism: a tame checkpoint (.safetensors with its .json) or a
-    /// reference PyTorch checkpoint (.pt/.pth).
+    /// reference PyTorch checkpoint (.pt/.pth). Default for efficientnet-lite0: the built-in
+    /// demo mechanism (trained on a few photos; see its model card).
     #[arg(long)]
-    am: PathBuf,
+    am: Option<PathBuf>,
 
     /// Taps the mechanism reads, separated by spaces or commas. Default: the checkpoint's
     /// (from its .json), else the backbone's default taps.
@@ -58,6 +68,15 @@ pub struct ExplainArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+
+    /// Explanation method: tame, gradcam, gradcam++, scorecam, rise, several separated by
+    /// commas, or all. With several, each image and class also gets a side-by-side PNG
+    /// (<image>_<class>_methods.png: the image, then one overlay per method in this order).
+    #[arg(long, default_value = "tame")]
+    method: Methods,
+
+    #[command(flatten)]
+    method_args: MethodArgs,
 }
 
 #[derive(Serialize)]
@@ -71,6 +90,7 @@ struct Prediction {
 struct ExplainedClass {
     class: u32,
     name: &'static str,
+    method: &'static str,
     overlay: PathBuf,
     map: PathBuf,
 }
@@ -81,6 +101,9 @@ struct ImageReport {
     crop: PathBuf,
     top5: Vec<Prediction>,
     explained: Vec<ExplainedClass>,
+    /// Side-by-side PNGs (image, then each method's overlay), one per class, when several
+    /// methods ran.
+    grids: Vec<PathBuf>,
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {
@@ -90,34 +113,78 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     if args.top_k.is_some_and(|k| k == 0 || k > 1000) {
         bail!("--top-k must be between 1 and 1000");
     }
-    let images = args
-        .images
-        .iter()
-        .map(|p| {
-            if p.is_dir() {
-                Ok(find_images(p)?.into_iter().map(|r| p.join(r)).collect())
-            } else {
-                Ok(vec![p.clone()])
-            }
-        })
-        .collect::<Result<Vec<Vec<PathBuf>>>>()?
-        .concat();
-    if images.is_empty() {
-        bail!("no image to explain");
-    }
     // Decode everything first: a bad file stops the run before any output is written.
-    let crops = images
-        .iter()
-        .map(|p| Ok(explain_transform(&load_rgb(p)?)))
-        .collect::<Result<Vec<RgbImage>>>()?;
+    let (images, crops) = if args.images.is_empty() {
+        let photo = decode_rgb(DEFAULT_PHOTO).context("the built-in photo")?;
+        (
+            vec![PathBuf::from(DEFAULT_PHOTO_NAME)],
+            vec![explain_transform(&photo)],
+        )
+    } else {
+        let images = args
+            .images
+            .iter()
+            .map(|p| {
+                if p.is_dir() {
+                    Ok(find_images(p)?.into_iter().map(|r| p.join(r)).collect())
+                } else {
+                    Ok(vec![p.clone()])
+                }
+            })
+            .collect::<Result<Vec<Vec<PathBuf>>>>()?
+            .concat();
+        if images.is_empty() {
+            bail!("no image to explain");
+        }
+        let crops = images
+            .iter()
+            .map(|p| Ok(explain_transform(&load_rgb(p)?)))
+            .collect::<Result<Vec<RgbImage>>>()?;
+        (images, crops)
+    };
+    let methods = &args.method.0;
 
     let (backbone, device) = args.model.load()?;
-    let (taps, version) = mechanism_layout(&args, backbone.as_ref())?;
+    let mechanism = if MethodArgs::needs_mechanism(methods) {
+        let source = MechanismSource::for_backbone(args.am.as_deref(), args.model.model)?;
+        Some(mechanism::load(
+            &source,
+            args.layers.as_deref(),
+            args.version,
+            backbone.as_ref(),
+            &device,
+        )?)
+    } else {
+        None
+    };
+    let explainers = methods
+        .iter()
+        .map(|&m| {
+            Ok((
+                m,
+                args.method_args
+                    .build(m, backbone.as_ref(), mechanism.as_ref())?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let out_dir = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("heatmaps/{}_{}", backbone.name(), version.name()))
+        let what = match methods.as_slice() {
+            [Method::Tame] => mechanism
+                .as_ref()
+                .map_or(Version::Tame, |m| m.version)
+                .name()
+                .to_string(),
+            [one] => one.name().to_string(),
+            _ => "methods".into(),
+        };
+        PathBuf::from(format!("heatmaps/{}_{what}", backbone.name()))
     });
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let taps = mechanism
+        .as_ref()
+        .map(|m| m.taps.clone())
+        .unwrap_or_default();
     let request = backbone.tap_request(&taps, true)?;
 
     let bar = if args.json || images.len() == 1 {
@@ -127,7 +194,6 @@ pub fn run(args: ExplainArgs) -> Result<()> {
             "{bar:40} {pos}/{len} images  ETA {eta}",
         )?)
     };
-    let mut am: Option<AttentionMechanism> = None;
     let mut reports = Vec::new();
     for (paths, crops) in images
         .chunks(args.batch_size.max(1))
@@ -139,10 +205,6 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         }
         let batch = Tensor::from_vec(pixels, (crops.len(), 3, 224, 224), &device)?;
         let out = backbone.forward(&batch, &request, Mode::Eval)?;
-        let am = match &mut am {
-            Some(am) => am,
-            None => am.insert(load_mechanism(&args.am, &out.taps, version, &device)?),
-        };
         let logits = out.logits.context("the backbone returned no logits")?;
         let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
         let classes: Vec<Vec<u32>> = probabilities
@@ -153,13 +215,36 @@ pub fn run(args: ExplainArgs) -> Result<()> {
                 None => args.labels.clone(),
             })
             .collect();
-        let features = am.fused_features(&out.taps, false)?;
-        let maps = am.per_sample_class_logits(&features, &classes)?;
+        // maps[m][j]: method m's (B, 224, 224) maps of each image's j-th class.
+        let maps = explainers
+            .iter()
+            .map(|(method, explainer)| {
+                bar.set_message(method.name());
+                (0..classes[0].len())
+                    .map(|j| {
+                        let column: Vec<u32> = classes.iter().map(|c| c[j]).collect();
+                        let raw = explainer.explain(&batch, &out.taps, &column)?;
+                        Ok(normalize_maps(&raw, 224, 224)?)
+                    })
+                    .collect::<Result<Vec<Tensor>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
         for (i, (path, crop)) in paths.iter().zip(crops).enumerate() {
+            let image_maps = methods
+                .iter()
+                .zip(&maps)
+                .map(|(&m, per_class)| {
+                    let rows = per_class
+                        .iter()
+                        .map(|t| Ok(t.get(i)?.flatten_all()?.to_vec1::<f32>()?))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((m, rows))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let report = write_outputs(
                 path,
                 crop,
-                &maps.get(i)?,
+                &image_maps,
                 &classes[i],
                 &probabilities[i],
                 &out_dir,
@@ -178,49 +263,6 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The taps and version of the mechanism: the flags, else the checkpoint's sidecar, else the
-/// backbone's defaults and TAME.
-fn mechanism_layout(args: &ExplainArgs, backbone: &dyn Backbone) -> Result<(Vec<String>, Version)> {
-    let meta = CheckpointMeta::read(&args.am).ok();
-    if let Some(meta) = &meta {
-        if meta.backbone != backbone.name() {
-            bail!(
-                "{}: this attention mechanism was trained on {}, not {}",
-                args.am.display(),
-                meta.backbone,
-                backbone.name()
-            );
-        }
-    }
-    let taps = match (&args.layers, &meta) {
-        (Some(layers), _) => parse_layers(layers),
-        (None, Some(meta)) => meta.taps.clone(),
-        (None, None) => backbone.default_taps(),
-    };
-    let version = args
-        .version
-        .or(meta.map(|m| m.version))
-        .unwrap_or(Version::Tame);
-    Ok((taps, version))
-}
-
-fn load_mechanism(
-    path: &Path,
-    taps: &[Tensor],
-    version: Version,
-    device: &Device,
-) -> Result<AttentionMechanism> {
-    let shapes = taps
-        .iter()
-        .map(|t| {
-            let (_, c, h, w) = t.dims4()?;
-            Ok(TapShape::new(c, h, w))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let config = AmConfig::new(version, shapes)?;
-    Ok(AttentionMechanism::load(path, &config, DType::F32, device)?.am)
-}
-
 /// Class indices by decreasing probability.
 fn ranked(probabilities: &[f32]) -> Vec<u32> {
     let mut order: Vec<u32> = (0..probabilities.len() as u32).collect();
@@ -228,26 +270,13 @@ fn ranked(probabilities: &[f32]) -> Vec<u32> {
     order
 }
 
-/// The explanation map for people: c[class] min-max normalised, then resized to 224x224.
-fn explanation_map(class_logits: &Tensor) -> Result<Vec<f32>> {
-    let (min, max) = (
-        class_logits.min_all()?.to_scalar::<f32>()?,
-        class_logits.max_all()?.to_scalar::<f32>()?,
-    );
-    let normalised = if max > min {
-        ((class_logits - min as f64)? / (max - min) as f64)?
-    } else {
-        class_logits.zeros_like()?
-    };
-    let (s1, s2) = normalised.dims2()?;
-    let resized = tame_ops::resize_bilinear(&normalised.reshape((1, 1, s1, s2))?, 224, 224)?;
-    Ok(resized.flatten_all()?.to_vec1::<f32>()?)
-}
-
+/// Writes the crop, then for each class and method the overlay PNG and the .npy map
+/// (TAME's without a method suffix), and a side-by-side PNG when several methods ran.
+/// `maps[m]` is method m's list of 224x224 maps, one per class of `classes`.
 fn write_outputs(
     path: &Path,
     crop: &RgbImage,
-    maps: &Tensor,
+    maps: &[(Method, Vec<Vec<f32>>)],
     classes: &[u32],
     probabilities: &[f32],
     out_dir: &Path,
@@ -259,21 +288,34 @@ fn write_outputs(
     let crop_path = out_dir.join(format!("{stem}.png"));
     write_atomically(&crop_path, &crate::render::png_bytes(crop)?)?;
     let mut explained = Vec::new();
+    let mut grids = Vec::new();
     for (j, &class) in classes.iter().enumerate() {
-        let map = explanation_map(&maps.get(j)?)?;
-        let overlay = out_dir.join(format!("{stem}_{class}_mask.png"));
-        write_atomically(
-            &overlay,
-            &crate::render::png_bytes(&jet_overlay(crop, &map))?,
-        )?;
-        let npy = out_dir.join(format!("{stem}_{class}.npy"));
-        write_atomically(&npy, &npy_bytes(&map, &[224, 224]))?;
-        explained.push(ExplainedClass {
-            class,
-            name: class_name(class as usize).unwrap_or("?"),
-            overlay,
-            map: npy,
-        });
+        let mut panels = vec![crop.clone()];
+        for (method, per_class) in maps {
+            let map = &per_class[j];
+            let suffix = match method {
+                Method::Tame => String::new(),
+                other => format!("_{}", other.name()),
+            };
+            let overlay_image = jet_overlay(crop, map);
+            let overlay = out_dir.join(format!("{stem}_{class}{suffix}_mask.png"));
+            write_atomically(&overlay, &crate::render::png_bytes(&overlay_image)?)?;
+            let npy = out_dir.join(format!("{stem}_{class}{suffix}.npy"));
+            write_atomically(&npy, &npy_bytes(map, &[224, 224]))?;
+            panels.push(overlay_image);
+            explained.push(ExplainedClass {
+                class,
+                name: class_name(class as usize).unwrap_or("?"),
+                method: method.name(),
+                overlay,
+                map: npy,
+            });
+        }
+        if maps.len() > 1 {
+            let grid = out_dir.join(format!("{stem}_{class}_methods.png"));
+            write_atomically(&grid, &crate::render::png_bytes(&side_by_side(&panels))?)?;
+            grids.push(grid);
+        }
     }
     let top5 = ranked(probabilities)
         .into_iter()
@@ -289,6 +331,7 @@ fn write_outputs(
         crop: crop_path,
         top5,
         explained,
+        grids,
     })
 }
 
@@ -304,12 +347,19 @@ fn print_report(report: &ImageReport, model: &str) {
         top.join(", ")
     );
     for e in &report.explained {
+        let by = match e.method {
+            "tame" => String::new(),
+            other => format!(" by {other}"),
+        };
         println!(
-            "  explained {} ({}): {}  {}",
+            "  explained {} ({}){by}: {}  {}",
             e.class,
             e.name,
             e.overlay.display(),
             e.map.display()
         );
+    }
+    for grid in &report.grids {
+        println!("  side by side: {}", grid.display());
     }
 }

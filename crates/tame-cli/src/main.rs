@@ -1,12 +1,15 @@
 //! `tame`: learned explanation maps of image classifiers.
 
 mod common;
+mod compare;
 mod datalist;
 mod device;
 mod eval;
 mod explain;
 mod inspect;
 mod lr_test;
+mod mechanism;
+mod methods;
 mod render;
 mod train;
 
@@ -31,7 +34,8 @@ enum Command {
     /// List every tap (feature node) of a backbone with its output shape for a 224x224 image.
     Inspect(inspect::InspectArgs),
     /// Explanation maps of chosen classes for images: the 224x224 crop, a jet overlay PNG and
-    /// the raw map as .npy, per image and class.
+    /// the raw map as .npy, per image and class, by TAME or a comparison method. With no
+    /// arguments: a built-in photo, EfficientNet-Lite0 and its built-in demo mechanism.
     Explain(explain::ExplainArgs),
     /// Write a training list labelled with the backbone's own top-1 predictions ("model
     /// truth", what TAME trains on) for every image under a folder.
@@ -47,6 +51,9 @@ enum Command {
     /// Average Drop and Increase in Confidence at 100/50/15 % (and optionally ROAD and
     /// insertion/deletion) of a checkpoint or of every epoch of a snapshot folder, as CSV.
     Eval(eval::EvalArgs),
+    /// Run TAME, Grad-CAM, Grad-CAM++, Score-CAM and RISE through the same metrics on the
+    /// same images: one table (Markdown and CSV) with each method's time per image.
+    Compare(compare::CompareArgs),
 }
 
 fn main() {
@@ -59,6 +66,7 @@ fn main() {
         Command::LrTest(args) => lr_test::run(args),
         Command::PlotLr(args) => lr_test::plot(args),
         Command::Eval(args) => eval::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {}", one_line(&err));

@@ -34,6 +34,21 @@ pub fn jet_overlay(image: &RgbImage, map: &[f32]) -> RgbImage {
     out
 }
 
+/// Pictures of one height placed left to right with a white gap between them.
+pub fn side_by_side(panels: &[RgbImage]) -> RgbImage {
+    const GAP: u32 = 4;
+    let height = panels.iter().map(|p| p.height()).max().unwrap_or(0);
+    let width = panels.iter().map(|p| p.width()).sum::<u32>()
+        + GAP * (panels.len() as u32).saturating_sub(1);
+    let mut out = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut x = 0i64;
+    for panel in panels {
+        image::imageops::replace(&mut out, panel, x, 0);
+        x += i64::from(panel.width() + GAP);
+    }
+    out
+}
+
 /// A little-endian float32 .npy file (format version 1.0) holding `values` with `shape`.
 pub fn npy_bytes(values: &[f32], shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();

@@ -1,0 +1,200 @@
+//! `tame compare`: several explanation methods through the same metrics on the same images,
+//! as one table (Markdown and CSV) in the layout of the TAME paper's comparison table.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tame_am::Version;
+use tame_metrics::{EvalConfig, MetricSet, Report};
+
+use crate::common::{write_atomically, ModelArgs};
+use crate::eval::{read_list, Pass};
+use crate::mechanism::{self, MechanismSource};
+use crate::methods::{MethodArgs, Methods};
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Methods to compare, separated by commas (tame, gradcam, gradcam++, scorecam, rise), or
+    /// all.
+    #[arg(long, default_value = "all")]
+    methods: Methods,
+
+    /// Folder the list's image paths are relative to.
+    #[arg(long)]
+    val_dir: PathBuf,
+
+    /// Images to evaluate, `relative/path label` per line (each image is explained for the
+    /// backbone's own prediction).
+    #[arg(long, default_value = "datalist/Evaluation_2000.txt")]
+    test_list: PathBuf,
+
+    /// TAME's attention mechanism (a checkpoint). Default for efficientnet-lite0: the
+    /// built-in demo mechanism.
+    #[arg(long)]
+    am: Option<PathBuf>,
+
+    /// Taps TAME's mechanism reads. Default: the checkpoint's.
+    #[arg(long)]
+    layers: Option<String>,
+
+    /// TAME's mechanism version. Default: the checkpoint's.
+    #[arg(long)]
+    version: Option<Version>,
+
+    /// Metrics, separated by commas: ad-ic, road, insdel.
+    #[arg(long, default_value = "ad-ic")]
+    metrics: MetricSet,
+
+    /// The Markdown table to write; the CSV goes next to it (same stem, .csv).
+    #[arg(long, default_value = "comparison.md")]
+    out: PathBuf,
+
+    /// Images per forward pass of the metrics.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+
+    /// Seed of ROAD's imputation noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    #[command(flatten)]
+    method_args: MethodArgs,
+}
+
+/// One method's row.
+struct Row {
+    title: &'static str,
+    report: Report,
+    seconds_per_image: f64,
+}
+
+pub fn run(args: CompareArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let list = read_list(&args.test_list, &args.val_dir)?;
+    let (backbone, device) = args.model.load()?;
+    let methods = &args.methods.0;
+    let mechanism = if MethodArgs::needs_mechanism(methods) {
+        let source = MechanismSource::for_backbone(args.am.as_deref(), args.model.model)?;
+        Some(mechanism::load(
+            &source,
+            args.layers.as_deref(),
+            args.version,
+            backbone.as_ref(),
+            &device,
+        )?)
+    } else {
+        None
+    };
+    // Every method is set up before any runs, so a bad setting fails fast.
+    let explainers = methods
+        .iter()
+        .map(|&m| {
+            let explainer = args
+                .method_args
+                .build(m, backbone.as_ref(), mechanism.as_ref())?;
+            Ok((m, explainer))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = EvalConfig {
+        metrics: args.metrics,
+        ..EvalConfig::default()
+    };
+    config.road.seed = args.seed;
+    let pass = Pass {
+        backbone: backbone.as_ref(),
+        val_dir: &args.val_dir,
+        batch_size: args.batch_size,
+        device: &device,
+    };
+
+    let mut rows = Vec::new();
+    for (method, explainer) in &explainers {
+        let started = Instant::now();
+        let report =
+            pass.run_with_message(explainer.as_ref(), &list, &config, method.name(), 0, None)?;
+        let seconds_per_image = started.elapsed().as_secs_f64() / list.len() as f64;
+        eprintln!("{}: {seconds_per_image:.2} s per image", method.title());
+        rows.push(Row {
+            title: method.title(),
+            report,
+            seconds_per_image,
+        });
+    }
+
+    let (header, lines) = table(&rows, &args.metrics)?;
+    let mut markdown = format!(
+        "Comparison on {} ({} images), backbone {}. AD: lower is better; IC: higher is better; \
+         time: metrics included, per image.\n\n| {} |\n|{}|\n",
+        args.test_list.display(),
+        list.len(),
+        backbone.name(),
+        header.join(" | "),
+        header.iter().map(|_| "---").collect::<Vec<_>>().join("|"),
+    );
+    let mut csv = format!("{}\n", header.join(","));
+    for line in &lines {
+        writeln!(markdown, "| {} |", line.join(" | "))?;
+        writeln!(csv, "{}", line.join(","))?;
+    }
+    let csv_path = args.out.with_extension("csv");
+    write_atomically(&args.out, markdown.as_bytes())?;
+    write_atomically(&csv_path, csv.as_bytes())?;
+    print!("{markdown}");
+    eprintln!("wrote {} and {}", args.out.display(), csv_path.display());
+    Ok(())
+}
+
+/// The header and the rows of the table: AD/IC at the three levels, ROAD as the mean
+/// survival over the removal fractions (MoRF: lower is better; LeRF: higher), insertion and
+/// deletion AUC, and seconds per image.
+fn table(rows: &[Row], metrics: &MetricSet) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let mut header = vec!["Method".to_string()];
+    if metrics.ad_ic {
+        for level in ["100%", "50%", "15%"] {
+            header.push(format!("AD({level})"));
+            header.push(format!("IC({level})"));
+        }
+    }
+    if metrics.road {
+        header.extend(["ROAD MoRF survival".into(), "ROAD LeRF survival".into()]);
+    }
+    if metrics.insdel {
+        header.extend(["Insertion AUC".into(), "Deletion AUC".into()]);
+    }
+    header.push("s/image".into());
+    let mut lines = Vec::new();
+    for row in rows {
+        let mut line = vec![row.title.to_string()];
+        if let Some(r) = &row.report.ad_ic {
+            for level in 0..3 {
+                line.push(format!("{:.2}", r.ad[level]));
+                line.push(format!("{:.2}", r.ic[level]));
+            }
+        }
+        if let Some(r) = &row.report.road {
+            let mean = |curve: &[(f64, f64)]| {
+                curve.iter().map(|p| p.0).sum::<f64>() / curve.len().max(1) as f64
+            };
+            line.push(format!("{:.3}", mean(&r.morf)));
+            line.push(format!("{:.3}", mean(&r.lerf)));
+        }
+        if let Some(r) = &row.report.insdel {
+            line.push(format!("{:.4}", r.insertion));
+            line.push(format!("{:.4}", r.deletion));
+        }
+        line.push(format!("{:.2}", row.seconds_per_image));
+        if line.len() != header.len() {
+            bail!("{}: a selected metric gave no result", row.title);
+        }
+        lines.push(line);
+    }
+    Ok((header, lines))
+}
