@@ -7,12 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use tame_am::Version;
 use tame_metrics::{EvalConfig, MetricSet, Report};
 
 use crate::common::{write_atomically, ModelArgs};
 use crate::eval::{read_list, Pass};
-use crate::mechanism::{self, MechanismSource};
+use crate::mechanism::MechanismArgs;
 use crate::methods::{MethodArgs, Methods};
 
 #[derive(Args)]
@@ -34,18 +33,8 @@ pub struct CompareArgs {
     #[arg(long, default_value = "datalist/Evaluation_2000.txt")]
     test_list: PathBuf,
 
-    /// TAME's attention mechanism (a checkpoint). Default for efficientnet-lite0: the
-    /// built-in demo mechanism.
-    #[arg(long)]
-    am: Option<PathBuf>,
-
-    /// Taps TAME's mechanism reads. Default: the checkpoint's.
-    #[arg(long)]
-    layers: Option<String>,
-
-    /// TAME's mechanism version. Default: the checkpoint's.
-    #[arg(long)]
-    version: Option<Version>,
+    #[command(flatten)]
+    mechanism: MechanismArgs,
 
     /// Metrics, separated by commas: ad-ic, road, insdel.
     #[arg(long, default_value = "ad-ic")]
@@ -81,18 +70,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let list = read_list(&args.test_list, &args.val_dir)?;
     let (backbone, device) = args.model.load()?;
     let methods = &args.methods.0;
-    let mechanism = if MethodArgs::needs_mechanism(methods) {
-        let source = MechanismSource::for_backbone(args.am.as_deref(), args.model.model)?;
-        Some(mechanism::load(
-            &source,
-            args.layers.as_deref(),
-            args.version,
-            backbone.as_ref(),
-            &device,
-        )?)
-    } else {
-        None
-    };
+    let mechanism =
+        args.mechanism
+            .load_for(methods, args.model.model, backbone.as_ref(), &device)?;
     // Every method is set up before any runs, so a bad setting fails fast.
     let explainers = methods
         .iter()

@@ -16,7 +16,7 @@ use tame_data::{decode_rgb, explain_transform, load_rgb, to_chw_f32, RgbImage, I
 use tame_metrics::normalize_maps;
 
 use crate::common::{find_images, write_atomically, ModelArgs};
-use crate::mechanism::{self, MechanismSource};
+use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::render::{jet_overlay, npy_bytes, side_by_side};
 
@@ -33,21 +33,8 @@ pub struct ExplainArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// The trained attention mechanism: a tame checkpoint (.safetensors with its .json) or a
-    /// reference PyTorch checkpoint (.pt/.pth). Default for efficientnet-lite0: the built-in
-    /// demo mechanism (trained on a few photos; see its model card).
-    #[arg(long)]
-    am: Option<PathBuf>,
-
-    /// Taps the mechanism reads, separated by spaces or commas. Default: the checkpoint's
-    /// (from its .json), else the backbone's default taps.
-    #[arg(long)]
-    layers: Option<String>,
-
-    /// Mechanism version: TAME, Noskipconnection, NoskipNobatchnorm, Sigmoidinfeaturebranch.
-    /// Default: the checkpoint's, else TAME.
-    #[arg(long)]
-    version: Option<Version>,
+    #[command(flatten)]
+    mechanism: MechanismArgs,
 
     /// Class to explain (0..999); repeat for several. Default: the top prediction.
     #[arg(long = "label", conflicts_with = "top_k")]
@@ -145,18 +132,9 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     let methods = &args.method.0;
 
     let (backbone, device) = args.model.load()?;
-    let mechanism = if MethodArgs::needs_mechanism(methods) {
-        let source = MechanismSource::for_backbone(args.am.as_deref(), args.model.model)?;
-        Some(mechanism::load(
-            &source,
-            args.layers.as_deref(),
-            args.version,
-            backbone.as_ref(),
-            &device,
-        )?)
-    } else {
-        None
-    };
+    let mechanism =
+        args.mechanism
+            .load_for(methods, args.model.model, backbone.as_ref(), &device)?;
     let explainers = methods
         .iter()
         .map(|&m| {

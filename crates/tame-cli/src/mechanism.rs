@@ -152,3 +152,48 @@ pub fn load(
         version,
     })
 }
+
+/// `--am`, `--layers`, `--version`: the mechanism of the commands that explain.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MechanismArgs {
+    /// The trained attention mechanism: a tame checkpoint (.safetensors with its .json) or a
+    /// reference PyTorch checkpoint (.pt/.pth). Default for efficientnet-lite0: the built-in
+    /// demo mechanism (trained on a few photos; see its model card).
+    #[arg(long)]
+    pub am: Option<PathBuf>,
+
+    /// Taps the mechanism reads, separated by spaces or commas. Default: the checkpoint's
+    /// (from its .json), else the backbone's default taps.
+    #[arg(long)]
+    pub layers: Option<String>,
+
+    /// Mechanism version: TAME, Noskipconnection, NoskipNobatchnorm, Sigmoidinfeaturebranch.
+    /// Default: the checkpoint's, else TAME.
+    #[arg(long)]
+    pub version: Option<Version>,
+}
+
+impl MechanismArgs {
+    /// The mechanism TAME needs among `methods` (none when TAME is not asked for): `--am`, or
+    /// the built-in demo for the backbone that has one.
+    pub fn load_for(
+        &self,
+        methods: &[crate::methods::Method],
+        kind: BackboneKind,
+        backbone: &dyn Backbone,
+        device: &Device,
+    ) -> Result<Option<LoadedMechanism>> {
+        if !methods.contains(&crate::methods::Method::Tame) {
+            return Ok(None);
+        }
+        let source = MechanismSource::for_backbone(self.am.as_deref(), kind)?;
+        load(
+            &source,
+            self.layers.as_deref(),
+            self.version,
+            backbone,
+            device,
+        )
+        .map(Some)
+    }
+}

@@ -132,11 +132,6 @@ pub struct MethodArgs {
 }
 
 impl MethodArgs {
-    /// Whether any method needs an attention mechanism.
-    pub fn needs_mechanism(methods: &[Method]) -> bool {
-        methods.contains(&Method::Tame)
-    }
-
     /// The explainer of `method` over `backbone` (`mechanism` is needed for TAME only).
     pub fn build<'a>(
         &self,
