@@ -67,12 +67,38 @@ pub fn synthetic_am(config: &AmConfig) -> AttentionMechanism {
     AttentionMechanism::from_tensors(config, tensors, DType::F32, &dev).unwrap()
 }
 
+/// The evaluation crops (lossless PNG) of the images of the loop-parity fixtures: the
+/// reference decodes the same pixels (JPEG decoders differ by a level here and there).
+pub const PARITY_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tame-metrics/tests/fixtures"
+);
+pub const PARITY_IMAGES: [(&str, u32); 4] = [
+    ("162_166.eval.png", 162),
+    ("232.eval.png", 232),
+    ("409_aclock.eval.png", 409),
+    ("805_soccer_ball.eval.png", 805),
+];
+
 /// A loader of the first `count` sample images.
 pub fn loader(count: usize, batch: usize, shuffle: bool, augment: bool, seed: u64) -> Loader {
-    let text: String = IMAGES[..count]
-        .iter()
-        .map(|(f, y)| format!("{f} {y}\n"))
-        .collect();
+    list_loader(&IMAGES[..count], SAMPLE_DIR, batch, shuffle, augment, seed)
+}
+
+/// The loop-parity images in order, evaluation transform.
+pub fn parity_loader(batch: usize) -> Loader {
+    list_loader(&PARITY_IMAGES, PARITY_DIR, batch, false, false, 0)
+}
+
+fn list_loader(
+    images: &[(&str, u32)],
+    dir: &str,
+    batch: usize,
+    shuffle: bool,
+    augment: bool,
+    seed: u64,
+) -> Loader {
+    let text: String = images.iter().map(|(f, y)| format!("{f} {y}\n")).collect();
     let list = ImageList::parse(&text, "samples.txt").unwrap();
     let config = LoaderConfig {
         batch_size: batch,
@@ -87,7 +113,7 @@ pub fn loader(count: usize, batch: usize, shuffle: bool, augment: bool, seed: u6
         },
         strict: true,
     };
-    Loader::new(list, SAMPLE_DIR, config).unwrap()
+    Loader::new(list, dir, config).unwrap()
 }
 
 pub fn config(
