@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tame_am::{AttentionMechanism, CheckpointMeta, Version};
+use tame_am::{AttentionMechanism, Version};
 use tame_backbones::Backbone;
 use tame_data::{ImageList, Loader, LoaderConfig};
 use tame_metrics::{
@@ -16,6 +16,7 @@ use tame_metrics::{
 };
 
 use crate::common::{batch_tensor, write_atomically, ModelArgs};
+use crate::mechanism::MechanismSource;
 
 /// The header of the main CSV, as the reference writes it.
 pub const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
@@ -107,21 +108,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
 
     let (backbone, device) = args.model.load()?;
-    let meta = match files.first() {
-        Some((_, path)) if tame_am::sidecar_path(path).exists() => {
-            Some(CheckpointMeta::read(path)?)
-        }
-        _ => None,
-    };
-    let taps = match (&args.layers, &meta) {
-        (Some(layers), _) => crate::common::parse_layers(layers),
-        (None, Some(meta)) => meta.taps.clone(),
-        (None, None) => backbone.default_taps(),
-    };
-    let version = args
-        .version
-        .or(meta.as_ref().map(|m| m.version))
-        .unwrap_or(Version::Tame);
+    // The first checkpoint's sidecar tells the taps and version of the whole folder.
+    let first = MechanismSource::File(files[0].1.clone());
+    let (taps, version) = crate::mechanism::layout(
+        &first,
+        args.layers.as_deref(),
+        args.version,
+        backbone.as_ref(),
+    )?;
     let config = crate::mechanism::config(backbone.as_ref(), &taps, version, &device)?;
     // Every checkpoint is read before any evaluation, so one that does not fit fails fast.
     let snapshots = files

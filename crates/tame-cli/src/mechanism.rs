@@ -47,7 +47,11 @@ impl MechanismSource {
 
     fn meta(&self) -> Result<Option<CheckpointMeta>> {
         match self {
-            Self::File(path) => Ok(CheckpointMeta::read(path).ok()),
+            // No sidecar (a reference checkpoint) is fine; an unreadable one is an error.
+            Self::File(path) if tame_am::sidecar_path(path).exists() => {
+                Ok(Some(CheckpointMeta::read(path)?))
+            }
+            Self::File(_) => Ok(None),
             Self::Demo => Ok(Some(
                 serde_json::from_str(DEMO_META).context("the built-in demo sidecar")?,
             )),
