@@ -1,18 +1,23 @@
 //! `tame compare`: several explanation methods through the same metrics on the same images,
-//! as one table (Markdown and CSV) in the layout of the TAME paper's comparison table.
+//! as one table (Markdown and CSV) in the layout of the TAME paper's comparison table, and a
+//! picture grid of the methods' maps on the first images.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
 use clap::Args;
-use tame_metrics::{EvalConfig, MetricSet, Report};
+use tame_backbones::{Backbone, Mode};
+use tame_data::{eval_transform, load_rgb, to_chw_f32, RgbImage, IMAGE_LEN};
+use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
 use crate::common::{write_atomically, ModelArgs};
 use crate::eval::{read_list, Pass};
 use crate::mechanism::MechanismArgs;
-use crate::methods::{MethodArgs, Methods};
+use crate::methods::{Method, MethodArgs, Methods};
+use crate::render::{jet_overlay, png_bytes, rows_of};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -51,6 +56,12 @@ pub struct CompareArgs {
     /// Seed of ROAD's imputation noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+
+    /// Images in the side-by-side grid written next to the table (`<out stem>_grid.png`: one
+    /// row per image, the first N of the list; the crop, then each method's map of the
+    /// backbone's top class, in the table's order). 0: no grid.
+    #[arg(long, default_value_t = 8)]
+    grid_images: usize,
 
     #[command(flatten)]
     method_args: MethodArgs,
@@ -125,11 +136,69 @@ pub fn run(args: CompareArgs) -> Result<()> {
         writeln!(csv, "{}", line.join(","))?;
     }
     let csv_path = args.out.with_extension("csv");
+    let grid_path = args.out.with_file_name(format!(
+        "{}_grid.png",
+        args.out.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    let grid = match args.grid_images {
+        0 => None,
+        count => {
+            let paths: Vec<PathBuf> = list
+                .entries()
+                .iter()
+                .take(count)
+                .map(|e| e.resolve(&args.val_dir))
+                .collect();
+            Some(grid(&paths, &explainers, backbone.as_ref(), &device)?)
+        }
+    };
     write_atomically(&args.out, markdown.as_bytes())?;
     write_atomically(&csv_path, csv.as_bytes())?;
     print!("{markdown}");
     eprintln!("wrote {} and {}", args.out.display(), csv_path.display());
+    if let Some(grid) = grid {
+        write_atomically(&grid_path, &png_bytes(&grid)?)?;
+        let columns: Vec<&str> = explainers.iter().map(|(m, _)| m.title()).collect();
+        eprintln!(
+            "wrote {} (columns: image, {})",
+            grid_path.display(),
+            columns.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// The picture grid: one row per image (its evaluation crop, then each method's overlay of
+/// the backbone's top class).
+fn grid(
+    paths: &[PathBuf],
+    explainers: &[(Method, Box<dyn Explainer + '_>)],
+    backbone: &dyn Backbone,
+    device: &Device,
+) -> Result<RgbImage> {
+    let mut rows = Vec::new();
+    for path in paths {
+        let crop = eval_transform(&load_rgb(path)?);
+        let mut pixels = vec![0f32; IMAGE_LEN];
+        to_chw_f32(&crop, &mut pixels);
+        let image = Tensor::from_vec(pixels, (1, 3, 224, 224), device)?;
+        let mut class = None;
+        let mut row = vec![crop.clone()];
+        // Each method reads its own taps; the first pass also gives the class.
+        for (_, explainer) in explainers {
+            let request = backbone.tap_request(explainer.taps(), class.is_none())?;
+            let out = backbone.forward(&image, &request, Mode::Eval)?;
+            if class.is_none() {
+                let logits = out.logits.context("the backbone returned no logits")?;
+                class = Some(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+            }
+            let classes = class.as_deref().unwrap_or_default();
+            let map = normalize_maps(&explainer.explain(&image, &out.taps, classes)?, 224, 224)?;
+            row.push(jet_overlay(&crop, &map.flatten_all()?.to_vec1::<f32>()?));
+        }
+        rows.push(row);
+    }
+    Ok(rows_of(&rows))
 }
 
 /// The header and the rows of the table: AD/IC at the three levels, ROAD as the mean

@@ -34,9 +34,11 @@ pub fn jet_overlay(image: &RgbImage, map: &[f32]) -> RgbImage {
     out
 }
 
+/// White space between the panels of a picture grid, in pixels.
+const GAP: u32 = 4;
+
 /// Pictures of one height placed left to right with a white gap between them.
 pub fn side_by_side(panels: &[RgbImage]) -> RgbImage {
-    const GAP: u32 = 4;
     let height = panels.iter().map(|p| p.height()).max().unwrap_or(0);
     let width = panels.iter().map(|p| p.width()).sum::<u32>()
         + GAP * (panels.len() as u32).saturating_sub(1);
@@ -45,6 +47,21 @@ pub fn side_by_side(panels: &[RgbImage]) -> RgbImage {
     for panel in panels {
         image::imageops::replace(&mut out, panel, x, 0);
         x += i64::from(panel.width() + GAP);
+    }
+    out
+}
+
+/// Rows of pictures (each row as [`side_by_side`]) stacked top to bottom with the same gap.
+pub fn rows_of(rows: &[Vec<RgbImage>]) -> RgbImage {
+    let strips: Vec<RgbImage> = rows.iter().map(|r| side_by_side(r)).collect();
+    let width = strips.iter().map(|s| s.width()).max().unwrap_or(0);
+    let height = strips.iter().map(|s| s.height()).sum::<u32>()
+        + GAP * (strips.len() as u32).saturating_sub(1);
+    let mut out = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut y = 0i64;
+    for strip in &strips {
+        image::imageops::replace(&mut out, strip, 0, y);
+        y += i64::from(strip.height() + GAP);
     }
     out
 }
@@ -93,5 +110,19 @@ mod tests {
         let t = candle_core::Tensor::read_npy(&path).unwrap();
         assert_eq!(t.dims(), &[2, 3]);
         assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values);
+    }
+
+    #[test]
+    fn rows_are_stacked_with_white_gaps() {
+        let red = RgbImage::from_pixel(3, 2, image::Rgb([255, 0, 0]));
+        let blue = RgbImage::from_pixel(3, 2, image::Rgb([0, 0, 255]));
+        let grid = rows_of(&[vec![red.clone(), blue.clone()], vec![blue, red]]);
+        assert_eq!(grid.dimensions(), (3 + GAP + 3, 2 + GAP + 2));
+        assert_eq!(grid.get_pixel(0, 0).0, [255, 0, 0]);
+        assert_eq!(grid.get_pixel(3 + GAP, 0).0, [0, 0, 255]);
+        assert_eq!(grid.get_pixel(3, 0).0, [255, 255, 255]);
+        assert_eq!(grid.get_pixel(0, 2).0, [255, 255, 255]);
+        assert_eq!(grid.get_pixel(0, 2 + GAP).0, [0, 0, 255]);
+        assert_eq!(grid.get_pixel(3 + GAP, 2 + GAP).0, [255, 0, 0]);
     }
 }

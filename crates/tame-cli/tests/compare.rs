@@ -47,6 +47,16 @@ fn writes_one_row_per_method_as_markdown_and_csv() {
     let markdown = std::fs::read_to_string(&out).unwrap();
     assert!(markdown.contains("| Grad-CAM |"), "{markdown}");
     assert_eq!(stdout, markdown);
+    // The grid: a row per image, the crop then one overlay per method.
+    let grid = image::open(dir.path().join("table_grid.png")).unwrap();
+    assert_eq!(
+        (grid.width(), grid.height()),
+        (4 * 224 + 3 * 4, 2 * 224 + 4)
+    );
+    assert!(
+        stderr.contains("columns: image, TAME, Grad-CAM, RISE"),
+        "{stderr}"
+    );
 
     // A list line naming a missing image is reported with its line before any work.
     std::fs::write(&list, "162_166.JPEG 162\nnope.JPEG 1\n").unwrap();
