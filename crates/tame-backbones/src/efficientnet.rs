@@ -88,23 +88,23 @@ impl SameConv {
         let (_, c, h, w) = x.dims4()?;
         let (top, bottom) = same_padding(h, self.kernel, self.stride);
         let (left, right) = same_padding(w, self.kernel, self.stride);
-        if self.groups > 1 && self.groups == c && self.weight.dim(0)? == c {
+        let padding = tame_ops::Padding {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        if self.groups == 1 {
+            return Ok(tame_ops::conv2d(x, &self.weight, self.stride, padding)?);
+        }
+        if self.groups == c && self.weight.dim(0)? == c {
             // candle runs grouped convolutions one group at a time: far too slow here.
-            let padding = tame_ops::Padding {
-                top,
-                bottom,
-                left,
-                right,
-            };
             return Ok(tame_ops::depthwise_conv2d(
                 x,
                 &self.weight,
                 self.stride,
                 padding,
             )?);
-        }
-        if top == bottom && left == right && top == left {
-            return Ok(x.conv2d(&self.weight, top, self.stride, 1, self.groups)?);
         }
         let x = x
             .pad_with_zeros(2, top, bottom)?

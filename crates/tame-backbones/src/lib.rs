@@ -6,6 +6,7 @@
 //! pass is differentiable with respect to the input image, so a loss on the logits can be
 //! back-propagated to an input mask.
 
+mod conv;
 mod efficientnet;
 mod error;
 pub mod hub;

@@ -4,7 +4,9 @@
 //! `avgpool`, `flatten`, `fc`.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
+
+use crate::conv::Conv;
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
 
@@ -12,13 +14,8 @@ use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollec
 const STAGES: [(usize, usize); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
 const EXPANSION: usize = 4;
 
-fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        stride,
-        padding: k / 2,
-        ..Default::default()
-    };
-    Ok(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?)
+fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv> {
+    Ok(Conv::new(vb, (cin, cout, k), stride, k / 2, false)?)
 }
 
 fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
@@ -33,13 +30,13 @@ fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
 
 struct Bottleneck {
     name: String,
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm,
-    conv2: Conv2d,
+    conv2: Conv,
     bn2: BatchNorm,
-    conv3: Conv2d,
+    conv3: Conv,
     bn3: BatchNorm,
-    downsample: Option<(Conv2d, BatchNorm)>,
+    downsample: Option<(Conv, BatchNorm)>,
 }
 
 impl Bottleneck {
@@ -106,7 +103,7 @@ impl Bottleneck {
 }
 
 pub struct ResNet50 {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm,
     /// The blocks of each of the four stages.
     layers: Vec<Vec<Bottleneck>>,
@@ -117,11 +114,6 @@ impl ResNet50 {
     /// Builds the network from torchvision parameter names (`conv1.weight`, `bn1.running_mean`,
     /// `layer1.0.conv1.weight`, `fc.weight` ...).
     pub fn new(vb: VarBuilder) -> Result<Self> {
-        let stem = Conv2dConfig {
-            stride: 2,
-            padding: 3,
-            ..Default::default()
-        };
         let mut layers = Vec::new();
         let mut channels = 64;
         for (stage, (blocks, width)) in STAGES.into_iter().enumerate() {
@@ -141,7 +133,7 @@ impl ResNet50 {
             layers.push(stage_blocks);
         }
         Ok(Self {
-            conv1: candle_nn::conv2d_no_bias(3, 64, 7, stem, vb.pp("conv1"))?,
+            conv1: conv(vb.pp("conv1"), 3, 64, 7, 2)?,
             bn1: batch_norm(vb.pp("bn1"), 64)?,
             layers,
             fc: candle_nn::linear(512 * EXPANSION, 1000, vb.pp("fc"))?,

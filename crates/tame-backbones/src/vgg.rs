@@ -4,7 +4,9 @@
 use std::sync::Mutex;
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::conv::Conv;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
@@ -32,7 +34,7 @@ const LAYOUT: [Option<usize>; 18] = [
 ];
 
 enum Layer {
-    Conv(candle_nn::Conv2d),
+    Conv(Conv),
     Linear(Linear),
     Relu,
     MaxPool,
@@ -54,12 +56,8 @@ impl Vgg16 {
         for entry in LAYOUT {
             match entry {
                 Some(out) => {
-                    let cfg = Conv2dConfig {
-                        padding: 1,
-                        ..Default::default()
-                    };
                     let name = format!("features.{}", features.len());
-                    let conv = candle_nn::conv2d(channels, out, 3, cfg, vb.pp(name))?;
+                    let conv = Conv::new(vb.pp(name), (channels, out, 3), 1, 1, true)?;
                     features.push(Layer::Conv(conv));
                     features.push(Layer::Relu);
                     channels = out;

@@ -11,6 +11,11 @@ use tame_backbones::weights::{load_backbone, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind, Mode};
 
 const TOLERANCE: f32 = 1e-4;
+/// In train mode the batch-statistics batch norms of a batch of 2 amplify float32 rounding:
+/// `layer4` computed in f32 is ~1e-4 (relative to its max) away from the same network in f64,
+/// whichever convolution runs it (candle's: 1.02e-4, tame-ops': 0.94e-4, measured), so two
+/// f32 implementations may differ by twice that.
+const TRAIN_TOLERANCE: f32 = 3e-4;
 
 fn fixtures() -> HashMap<String, Tensor> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/backbones.npz");
@@ -33,6 +38,10 @@ fn sample(t: &Tensor) -> Vec<f32> {
 }
 
 fn assert_close(what: &str, ours: &[f32], expected: &Tensor) {
+    assert_close_within(TOLERANCE, what, ours, expected);
+}
+
+fn assert_close_within(tolerance: f32, what: &str, ours: &[f32], expected: &Tensor) {
     let expected = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(ours.len(), expected.len(), "{what}: length");
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -41,8 +50,8 @@ fn assert_close(what: &str, ours: &[f32], expected: &Tensor) {
         .zip(&expected)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(
-        worst <= TOLERANCE * scale,
-        "{what}: max abs difference {worst} exceeds {TOLERANCE} x {scale}"
+        worst <= tolerance * scale,
+        "{what}: max abs difference {worst} exceeds {tolerance} x {scale}"
     );
 }
 
@@ -70,7 +79,12 @@ fn check_forward(
             .unwrap();
         let shape: Vec<usize> = shape.into_iter().map(|d| d as usize).collect();
         assert_eq!(tap.dims(), shape.as_slice(), "{prefix}/{name}: shape");
-        assert_close(
+        let tolerance = match mode {
+            Mode::Train => TRAIN_TOLERANCE,
+            Mode::Eval => TOLERANCE,
+        };
+        assert_close_within(
+            tolerance,
             &format!("{prefix}/{name}"),
             &sample(tap),
             &fx[&format!("{prefix}/{name}")],

