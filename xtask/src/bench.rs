@@ -3,11 +3,14 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
 use clap::Subcommand;
+use tame_am::{AmConfig, AttentionMechanism, TapShape, Version};
 use tame_backbones::weights::{load_backbone, WeightsSpec};
-use tame_backbones::{BackboneKind, Mode};
+use tame_backbones::{Backbone, BackboneKind, Mode};
+use tame_metrics::{normalize_maps, EvalConfig, Evaluator, Explainer, TameExplainer};
+use tame_train::{BackboneMode, TrainConfig, Trainer};
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -18,11 +21,21 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The speed table of the project, per backbone (VGG-16, ResNet-50; synthetic weights,
+    /// the default TAME taps): forward at batch 1, explanation of one class at batch 1,
+    /// a training step at batch 8 (reference backbone mode), AD/IC of one image at the
+    /// three levels. xtask/bench/table_pytorch.py measures the same on the reference side.
+    Table {
+        /// Timed repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Backbones { runs } => backbones(runs),
+        Bench::Table { runs } => table(runs),
     }
 }
 
@@ -61,6 +74,102 @@ fn backbones(runs: usize) -> Result<()> {
                 batch as f64 / secs
             );
         }
+    }
+    Ok(())
+}
+
+/// A freshly initialised TAME mechanism on `backbone`'s default taps.
+fn mechanism(backbone: &dyn Backbone, device: &Device) -> Result<AttentionMechanism> {
+    let shapes = backbone.tap_shapes(224, device)?;
+    let taps = backbone
+        .default_taps()
+        .iter()
+        .map(|name| {
+            let (_, dims) = shapes
+                .iter()
+                .find(|(n, _)| n == name)
+                .context("default tap not among the tap shapes")?;
+            Ok(TapShape::new(dims[1], dims[2], dims[3]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let config = AmConfig::new(Version::Tame, taps)?;
+    Ok(AttentionMechanism::new(&config, 0, DType::F32, device)?)
+}
+
+fn table(runs: usize) -> Result<()> {
+    let device = Device::Cpu;
+    println!(
+        "threads: {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+    );
+    println!("model     work                          median s");
+    let report = |model: &str, work: &str, secs: f64| println!("{model:<9} {work:<29} {secs:>8.3}");
+    for kind in [BackboneKind::Vgg16, BackboneKind::ResNet50] {
+        let net = load_backbone(kind, &WeightsSpec::Synthetic, &device)?;
+        let name = net.name();
+        let one = Tensor::rand(0f32, 1f32, (1, 3, 224, 224), &device)?;
+        let logits = net.tap_request(&[], true)?;
+        let secs = median_seconds(runs, || {
+            net.forward(&one, &logits, Mode::Eval)?;
+            Ok(())
+        })?;
+        report(name, "forward, batch 1", secs);
+
+        let am = mechanism(net.as_ref(), &device)?;
+        let taps = net.default_taps();
+        let explainer = TameExplainer::new(&am, taps.clone())?;
+        let with_taps = net.tap_request(&taps, true)?;
+        // As `tame explain`: one pass for the taps and the prediction, the map of the top
+        // class, normalised and upsampled to the input.
+        let secs = median_seconds(runs, || {
+            let out = net.forward(&one, &with_taps, Mode::Eval)?;
+            let top = out
+                .logits
+                .context("no logits")?
+                .argmax(D::Minus1)?
+                .to_vec1::<u32>()?;
+            let map = normalize_maps(&explainer.explain(&one, &out.taps, &top)?, 224, 224)?;
+            map.flatten_all()?.to_vec1::<f32>()?;
+            Ok(())
+        })?;
+        report(name, "explain, batch 1, one class", secs);
+
+        let config = TrainConfig {
+            backbone: name.to_string(),
+            taps: taps.clone(),
+            epochs: 1,
+            batch_size: 8,
+            max_lr: 1e-4,
+            weight_decay: 5e-4,
+            seed: 0,
+            per_sample_masks: false,
+            backbone_mode: BackboneMode::Reference,
+        };
+        let mut trainer = Trainer::new(
+            net.as_ref(),
+            mechanism(net.as_ref(), &device)?,
+            config,
+            1000,
+        )?;
+        let eight = Tensor::rand(0f32, 1f32, (8, 3, 224, 224), &device)?;
+        let labels: Vec<u32> = (0..8).map(|i| 100 * i + 7).collect();
+        let secs = median_seconds(runs, || {
+            trainer.step(&eight, &labels)?;
+            Ok(())
+        })?;
+        report(name, "training step, batch 8", secs);
+        println!("{:<9} {:<29} {:>8.2}", "", "  (images/s)", 8.0 / secs);
+
+        let evaluator = Evaluator::new(
+            net.as_ref(),
+            &explainer as &dyn Explainer,
+            EvalConfig::default(),
+        )?;
+        let secs = median_seconds(runs, || {
+            evaluator.evaluate(&one, 0)?;
+            Ok(())
+        })?;
+        report(name, "AD/IC, one image, 3 levels", secs);
     }
     Ok(())
 }
