@@ -19,8 +19,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::norm::BatchNorm;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::{Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
@@ -114,13 +116,7 @@ impl SameConv {
 }
 
 fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig {
-        eps: BN_EPS,
-        remove_mean: true,
-        affine: true,
-        momentum: BN_MOMENTUM,
-    };
-    Ok(candle_nn::batch_norm(channels, cfg, vb)?)
+    Ok(BatchNorm::new(vb, channels, BN_EPS, BN_MOMENTUM)?)
 }
 
 fn relu6(x: &Tensor) -> Result<Tensor> {
@@ -182,13 +178,13 @@ impl MbConv {
         let mut node = |suffix: &str, t: Tensor| taps.pass(&format!("{}.{suffix}", self.name), t);
         let mut y = x.clone();
         if let Some((conv, bn)) = &self.expand {
-            y = node("expand", relu6(&bn.forward_t(&conv.forward(&y)?, train)?)?)?;
+            y = node("expand", relu6(&bn.forward(&conv.forward(&y)?, train)?)?)?;
         }
         let y = self.depthwise.forward(&y)?;
-        let y = node("depthwise", relu6(&self.bn1.forward_t(&y, train)?)?)?;
+        let y = node("depthwise", relu6(&self.bn1.forward(&y, train)?)?)?;
         let y = node(
             "project",
-            self.bn2.forward_t(&self.project.forward(&y)?, train)?,
+            self.bn2.forward(&self.project.forward(&y)?, train)?,
         )?;
         let y = if self.residual {
             let y = if train && self.drop_connect > 0.0 {
@@ -359,7 +355,7 @@ impl Backbone for EfficientNetLite0 {
         let x = normalize(images)?;
         let mut x = taps.pass(
             "stem",
-            relu6(&self.bn0.forward_t(&self.stem.forward(&x)?, train)?)?,
+            relu6(&self.bn0.forward(&self.stem.forward(&x)?, train)?)?,
         )?;
         for block in &self.blocks {
             if taps.done() {
@@ -372,7 +368,7 @@ impl Backbone for EfficientNetLite0 {
         }
         let x = taps.pass(
             "head",
-            relu6(&self.bn1.forward_t(&self.conv_head.forward(&x)?, train)?)?,
+            relu6(&self.bn1.forward(&self.conv_head.forward(&x)?, train)?)?,
         )?;
         if taps.done() {
             return taps.finish(None);

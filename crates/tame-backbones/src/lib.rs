@@ -11,6 +11,7 @@ mod efficientnet;
 mod error;
 pub mod hub;
 pub mod imagenet;
+mod norm;
 mod resnet;
 pub mod synthetic;
 mod taps;

@@ -3,10 +3,11 @@
 //! `layerK.J.conv1|bn1|relu|conv2|bn2|relu_1|conv3|bn3|downsample.0|downsample.1|add|relu_2`,
 //! `avgpool`, `flatten`, `fc`.
 
-use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::conv::Conv;
+use crate::norm::BatchNorm;
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
 
@@ -19,13 +20,7 @@ fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Res
 }
 
 fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig {
-        eps: 1e-5,
-        remove_mean: true,
-        affine: true,
-        momentum: 0.1,
-    };
-    Ok(candle_nn::batch_norm(channels, cfg, vb)?)
+    Ok(BatchNorm::new(vb, channels, 1e-5, 0.1)?)
 }
 
 struct Bottleneck {
@@ -66,17 +61,17 @@ impl Bottleneck {
     fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
         let mut node = |suffix: &str, t: Tensor| taps.pass(&format!("{}.{suffix}", self.name), t);
         let y = node("conv1", self.conv1.forward(x)?)?;
-        let y = node("bn1", self.bn1.forward_t(&y, train)?)?;
+        let y = node("bn1", self.bn1.forward(&y, train)?)?;
         let y = node("relu", y.relu()?)?;
         let y = node("conv2", self.conv2.forward(&y)?)?;
-        let y = node("bn2", self.bn2.forward_t(&y, train)?)?;
+        let y = node("bn2", self.bn2.forward(&y, train)?)?;
         let y = node("relu_1", y.relu()?)?;
         let y = node("conv3", self.conv3.forward(&y)?)?;
-        let y = node("bn3", self.bn3.forward_t(&y, train)?)?;
+        let y = node("bn3", self.bn3.forward(&y, train)?)?;
         let identity = match &self.downsample {
             Some((conv, bn)) => {
                 let d = node("downsample.0", conv.forward(x)?)?;
-                node("downsample.1", bn.forward_t(&d, train)?)?
+                node("downsample.1", bn.forward(&d, train)?)?
             }
             None => x.clone(),
         };
@@ -206,7 +201,7 @@ impl Backbone for ResNet50 {
         let x = normalize_imagenet(images)?;
         let x = self.conv1.forward(&x)?;
         let x = taps.pass("conv1", x)?;
-        let x = self.bn1.forward_t(&x, train)?;
+        let x = self.bn1.forward(&x, train)?;
         let x = taps.pass("bn1", x)?;
         let x = x.relu()?;
         let x = taps.pass("relu", x)?;

@@ -1,28 +1,56 @@
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, WithDType};
 use candle_core::{Result, Tensor, D};
+use rayon::prelude::*;
 
 /// Max pooling of a (B, C, H, W) tensor with any kernel, stride and padding (padding counts as
 /// -inf, as in PyTorch's `max_pool2d`; no dilation, floor mode).
 ///
-/// candle's native pool has no backward pass unless kernel == stride, so this takes the
-/// element-wise maximum of the kernel's shifted, subsampled windows instead. At ties the
-/// gradient is split between the tied inputs (PyTorch sends it to one of them); on real
-/// activations ties are measure-zero.
-///
-/// candle's native pool is used only when no gradient is tracked: its backward pass (kernel ==
-/// stride) multiplies the gradient by `ties / kernel²` where it should divide by `ties`, so it
-/// comes out `kernel²` times too small.
+/// candle's native pool has no backward pass unless kernel == stride, and there it multiplies
+/// the gradient by `ties / kernel²` where it should divide by `ties` (`kernel²` times too
+/// small); it is used only when no gradient is tracked. On the CPU (f32/f64) a direct loop
+/// with its own backward pass runs otherwise: as PyTorch, each output's gradient goes to the
+/// first maximum of its window in row-major order. Elsewhere the pool is the element-wise
+/// maximum of the kernel's shifted, subsampled windows, whose gradient is split between tied
+/// inputs.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
+    let (batch, channels, h, w) = x.dims4()?;
     if !x.track_op() && padding == 0 && kernel == stride && h % kernel == 0 && w % kernel == 0 {
         return x.max_pool2d(kernel);
     }
-    if h + 2 * padding < kernel || w + 2 * padding < kernel {
+    if h + 2 * padding < kernel || w + 2 * padding < kernel || stride == 0 {
         candle_core::bail!(
             "max_pool2d: input {h}x{w} is smaller than the {kernel}x{kernel} kernel"
         );
     }
     let out_h = (h + 2 * padding - kernel) / stride + 1;
     let out_w = (w + 2 * padding - kernel) / stride + 1;
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        let pool = Pool {
+            batch,
+            channels,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            out_h,
+            out_w,
+        };
+        return x.contiguous()?.apply_op1(pool);
+    }
+    shifted_window_maximum(x, kernel, stride, padding, (out_h, out_w))
+}
+
+/// The pool as the element-wise maximum of the kernel's shifted, subsampled windows: only
+/// operations candle can back-propagate through, on any device.
+fn shifted_window_maximum(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    (out_h, out_w): (usize, usize),
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
     // Pad so that every window offset can take `out * stride` elements and fold them.
     let padded = pad_neg_inf(x, padding, kernel - 1 + out_h * stride - h - padding, 2)?;
     let padded = pad_neg_inf(
@@ -43,6 +71,147 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
         }
     }
     result.ok_or_else(|| candle_core::Error::Msg("max_pool2d: empty kernel".into()))
+}
+
+/// Sizes of one max pooling.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Pool {
+    fn planes(&self) -> usize {
+        self.batch * self.channels
+    }
+
+    /// The input positions `start..end` (of `0..extent`) under output index `o`'s window.
+    fn window(&self, o: usize, extent: usize) -> std::ops::Range<usize> {
+        let start = o * self.stride;
+        start.saturating_sub(self.padding)
+            ..(start + self.kernel)
+                .saturating_sub(self.padding)
+                .min(extent)
+    }
+
+    /// Index in its plane of the first maximum of output (i, j)'s window (NaN wins, as in
+    /// PyTorch), or None for a window that lies wholly in the padding.
+    fn argmax<T: WithDType>(&self, plane: &[T], i: usize, j: usize) -> Option<usize> {
+        let mut best: Option<(usize, T)> = None;
+        for r in self.window(i, self.h) {
+            for c in self.window(j, self.w) {
+                let v = plane[r * self.w + c];
+                #[allow(clippy::eq_op)] // v != v: NaN
+                let better = best.is_none_or(|(_, b)| v > b || v != v);
+                if better {
+                    best = Some((r * self.w + c, v));
+                }
+            }
+        }
+        best.map(|(index, _)| index)
+    }
+
+    fn forward<T: WithDType>(&self, x: &[T]) -> Vec<T> {
+        let mut out = vec![T::zero(); self.planes() * self.out_h * self.out_w];
+        out.par_chunks_mut(self.out_h * self.out_w)
+            .zip(x.par_chunks(self.h * self.w))
+            .for_each(|(out, plane)| {
+                for i in 0..self.out_h {
+                    for j in 0..self.out_w {
+                        out[i * self.out_w + j] = match self.argmax(plane, i, j) {
+                            Some(index) => plane[index],
+                            None => T::from_f64(f64::NEG_INFINITY),
+                        };
+                    }
+                }
+            });
+        out
+    }
+
+    /// Each output's gradient added to its window's first maximum.
+    fn backward<T: WithDType>(&self, grad_out: &[T], x: &[T]) -> Vec<T> {
+        let mut grad_x = vec![T::zero(); self.planes() * self.h * self.w];
+        grad_x
+            .par_chunks_mut(self.h * self.w)
+            .zip(x.par_chunks(self.h * self.w))
+            .zip(grad_out.par_chunks(self.out_h * self.out_w))
+            .for_each(|((gx, plane), gy)| {
+                for i in 0..self.out_h {
+                    for j in 0..self.out_w {
+                        if let Some(index) = self.argmax(plane, i, j) {
+                            gx[index] += gy[i * self.out_w + j];
+                        }
+                    }
+                }
+            });
+        grad_x
+    }
+}
+
+fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage[start..end]),
+        None => candle_core::bail!("max_pool2d: expected a contiguous operand"),
+    }
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        "tame-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match storage {
+            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout)?)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout)?)),
+            _ => candle_core::bail!("max_pool2d: f32 or f64 expected"),
+        };
+        let shape = Shape::from((self.batch, self.channels, self.out_h, self.out_w));
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _out: &Tensor, grad_out: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad_out
+                .contiguous()?
+                .apply_op2_no_bwd(x, &PoolGrad(*self))?,
+        ))
+    }
+}
+
+/// (grad_out, x) -> grad_x of [`Pool`].
+struct PoolGrad(Pool);
+
+impl CustomOp2 for PoolGrad {
+    fn name(&self) -> &'static str {
+        "tame-max-pool2d-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(x)) => {
+                CpuStorage::F32(self.0.backward(contiguous(g, l1)?, contiguous(x, l2)?))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(x)) => {
+                CpuStorage::F64(self.0.backward(contiguous(g, l1)?, contiguous(x, l2)?))
+            }
+            _ => candle_core::bail!("max_pool2d: f32 or f64 operands of one type expected"),
+        };
+        Ok((out, Shape::from(l2.dims())))
+    }
 }
 
 /// Elements `start, start + stride, ...` (`count` of them) along `dim` (2 or 3).
@@ -164,6 +333,36 @@ mod tests {
             let x = seeded(&[2, 2, h, w], 5, &Device::Cpu)?;
             assert_gradients_match(&x, |t| max_pool2d(t, k, s, p))?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn direct_loop_equals_the_shifted_window_maximum() -> Result<()> {
+        for (h, w, k, s, p) in [(7, 9, 3, 2, 1), (8, 8, 2, 2, 0), (6, 5, 3, 1, 1)] {
+            let x = candle_core::Var::from_tensor(&seeded(&[2, 3, h, w], 4, &Device::Cpu)?)?;
+            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let direct = max_pool2d(x.as_tensor(), k, s, p)?;
+            let composed = shifted_window_maximum(x.as_tensor(), k, s, p, (oh, ow))?;
+            let diff = (direct - composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert_eq!(diff, 0.0, "{h}x{w} k{k} s{s} p{p}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradient_of_a_tie_goes_to_the_first_maximum() -> Result<()> {
+        // One 2x2 window of equal values: PyTorch sends the whole gradient to (0, 0).
+        let x =
+            candle_core::Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F64, &Device::Cpu)?)?;
+        let grads = (max_pool2d(x.as_tensor(), 2, 2, 0)? * 3.0)?
+            .sum_all()?
+            .backward()?;
+        let g = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        assert_eq!(g, vec![3.0, 0.0, 0.0, 0.0]);
         Ok(())
     }
 

@@ -1,0 +1,66 @@
+//! The batch norm layer of ResNet-50 and EfficientNet-Lite0: parameters by PyTorch's names,
+//! the arithmetic in [`tame_ops::batch_norm_eval`] / [`tame_ops::batch_norm_train`] (one pass
+//! each way instead of candle_nn's chain of broadcasts), running statistics updated in memory
+//! in train mode as PyTorch updates them.
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::VarBuilder;
+
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm {
+    /// `<vb>.weight`, `.bias`, `.running_mean`, `.running_var` of `channels` each.
+    pub fn new(vb: VarBuilder, channels: usize, eps: f64, momentum: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(channels, "weight")?,
+            bias: vb.get(channels, "bias")?,
+            running_mean: Var::from_tensor(&vb.get(channels, "running_mean")?)?,
+            running_var: Var::from_tensor(&vb.get(channels, "running_var")?)?,
+            eps,
+            momentum,
+        })
+    }
+
+    /// Eval: the running statistics. Train: the batch's, and the running ones move towards
+    /// them by `momentum` (the variance unbiased, as PyTorch).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            // Detached: the statistics are Vars only so that train mode can update them in
+            // place; no gradient should flow to them.
+            return tame_ops::batch_norm_eval(
+                x,
+                &self.weight,
+                &self.bias,
+                &self.running_mean.as_tensor().detach(),
+                &self.running_var.as_tensor().detach(),
+                self.eps,
+            );
+        }
+        let (y, stats) = tame_ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+        let m = self.momentum;
+        let n = stats.count as f64;
+        let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (stats.mean * m)?)?;
+        let var =
+            ((self.running_var.as_tensor() * (1.0 - m))? + (stats.var * (m * n / (n - 1.0)))?)?;
+        self.running_mean
+            .set(&mean.to_dtype(self.running_mean.dtype())?)?;
+        self.running_var
+            .set(&var.to_dtype(self.running_var.dtype())?)?;
+        Ok(y)
+    }
+
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+}
