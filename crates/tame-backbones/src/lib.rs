@@ -152,8 +152,10 @@ pub fn normalize_imagenet(images: &Tensor) -> Result<Tensor> {
     let mean = Tensor::new(&IMAGENET_MEAN, dev)?
         .to_dtype(images.dtype())?
         .reshape((1, 3, 1, 1))?;
-    let inv_std = Tensor::new(&IMAGENET_STD.map(|s| 1.0 / s), dev)?
+    // Divided, as torchvision's Normalize: a multiplication by the float32 reciprocal moves
+    // a float64 input by ~1e-7, which the synthetic networks' large logits make visible.
+    let std = Tensor::new(&IMAGENET_STD, dev)?
         .to_dtype(images.dtype())?
         .reshape((1, 3, 1, 1))?;
-    Ok(images.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?)
+    Ok(images.broadcast_sub(&mean)?.broadcast_div(&std)?)
 }

@@ -4,23 +4,28 @@ use candle_core::{DType, Device, Result, Tensor};
 /// interpolation with PyTorch's `align_corners=False` rule: source coordinate
 /// `(dst + 0.5) * in/out - 0.5`, clamped at 0, the right neighbour clamped at the border.
 ///
-/// Coordinates are computed in f32, as PyTorch does for f32 tensors, so the weights agree bit
-/// for bit in the common cases.
+/// Coordinates are computed in the tensor's precision as PyTorch does (f64 for f64 tensors,
+/// f32 otherwise: each step is rounded to f32, which gives f32 arithmetic's results
+/// exactly), so the weights agree bit for bit in the common cases.
 pub fn bilinear_matrix(
     output: usize,
     input: usize,
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
-    let mut weights = vec![0f32; output * input];
-    let scale = input as f32 / output as f32;
+    let round = |v: f64| match dtype {
+        DType::F64 => v,
+        _ => v as f32 as f64,
+    };
+    let mut weights = vec![0f64; output * input];
+    let scale = round(input as f64 / output as f64);
     for dst in 0..output {
-        let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
+        let src = round(round(scale * round(dst as f64 + 0.5)) - 0.5).max(0.0);
         let left = (src as usize).min(input - 1);
         let right = (left + 1).min(input - 1);
-        let lambda = src - left as f32;
-        weights[dst * input + left] += 1.0 - lambda;
-        weights[dst * input + right] += lambda;
+        let lambda = round(src - left as f64);
+        weights[dst * input + left] = round(weights[dst * input + left] + round(1.0 - lambda));
+        weights[dst * input + right] = round(weights[dst * input + right] + lambda);
     }
     Tensor::from_vec(weights, (output, input), device)?.to_dtype(dtype)
 }

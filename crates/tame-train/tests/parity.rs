@@ -1,14 +1,18 @@
 //! The whole training loop against the reference PyTorch loop on synthetic weights
 //! (fixtures: `xtask/fixtures/make_train_fixtures.py`): 4 sample images (their evaluation
 //! crops as PNG, so that both sides decode the same pixels), batch 2, 2 epochs,
-//! no shuffling or augmentation. Per-step learning rate and losses within 1e-3 relative; the
-//! final mechanism within 2e-2 of each tensor's largest value.
+//! no shuffling or augmentation, in the fixture's float type: per-step learning rate and
+//! losses, and the final mechanism relative to each tensor's largest value, within the
+//! case's tolerances.
 
 mod common;
 
 use std::sync::atomic::AtomicBool;
 
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use serde_json::Value;
+use tame_backbones::synthetic::SyntheticWeights;
 use tame_backbones::BackboneKind;
 use tame_train::{BackboneMode, Trainer};
 
@@ -19,12 +23,30 @@ fn close(got: f64, want: f64, rel: f64) -> bool {
     (got - want).abs() <= rel * want.abs().max(1e-3)
 }
 
-fn check(kind: BackboneKind, mode: BackboneMode, fixture: &str) {
+/// Relative tolerances of a case.
+struct Tolerances {
+    /// Per-step learning rate and loss terms.
+    steps: f64,
+    /// The final mechanism's tensors, relative to each one's largest sampled value.
+    state: f64,
+}
+
+fn check(kind: BackboneKind, mode: BackboneMode, fixture: &str, tolerances: Tolerances) {
     let f: Value = serde_json::from_str(fixture).unwrap();
     let max_lr = f["max_lr"].as_f64().unwrap();
-    let backbone = backbone(kind);
+    let dtype = match f["dtype"].as_str().unwrap() {
+        "float64" => DType::F64,
+        _ => DType::F32,
+    };
+    let backbone = kind
+        .build(VarBuilder::from_backend(
+            Box::new(SyntheticWeights),
+            dtype,
+            Device::Cpu,
+        ))
+        .unwrap();
     let loader = parity_loader(2);
-    let am = synthetic_am(&am_config(kind));
+    let am = synthetic_am_in(&am_config(kind), dtype);
     let mut trainer = Trainer::new(
         backbone.as_ref(),
         am,
@@ -58,7 +80,7 @@ fn check(kind: BackboneKind, mode: BackboneMode, fixture: &str) {
         ] {
             let w = want[key].as_f64().unwrap();
             assert!(
-                close(row[col], w, 1e-3),
+                close(row[col], w, tolerances.steps),
                 "step {}: {key} {} vs reference {w}",
                 i + 1,
                 row[col]
@@ -67,28 +89,29 @@ fn check(kind: BackboneKind, mode: BackboneMode, fixture: &str) {
     }
     let state: std::collections::HashMap<_, _> =
         trainer.am().state_dict().unwrap().into_iter().collect();
-    // The final tensors after 8 steps: float32 noise in the gradients (the synthetic
-    // backbones' logits are in the thousands, so the softmax is nearly saturated) builds up
-    // through momentum, so each sampled tensor is compared relative to its largest value.
+    // Each sampled tensor of the final mechanism, relative to its largest value.
     for (name, sample) in f["state"].as_object().unwrap() {
-        let got = state[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = state[name]
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let idx: Vec<usize> = serde_json::from_value(sample["indices"].clone()).unwrap();
         let want: Vec<f64> = serde_json::from_value(sample["values"].clone()).unwrap();
         let scale = want.iter().fold(1e-6f64, |m, w| m.max(w.abs()));
         let worst = idx
             .iter()
             .zip(&want)
-            .map(|(&i, &w)| (got[i] as f64 - w).abs() / scale)
+            .map(|(&i, &w)| (got[i] - w).abs() / scale)
             .fold(0.0, f64::max);
         assert!(
-            worst <= STATE_TOLERANCE,
+            worst <= tolerances.state,
             "{name}: differs from the reference by {worst:.2e} of its largest value"
         );
     }
 }
-
-/// Final-state tolerance, relative to each tensor's largest sampled value.
-const STATE_TOLERANCE: f64 = 2e-2;
 
 #[test]
 fn vgg16_eval_mode_matches_reference_loop() {
@@ -96,15 +119,28 @@ fn vgg16_eval_mode_matches_reference_loop() {
         BackboneKind::Vgg16,
         BackboneMode::Eval,
         include_str!("fixtures/train_vgg16_eval.json"),
+        // float32 noise in the gradients (the synthetic backbone's logits are in the
+        // thousands, so the softmax is nearly saturated) builds up through momentum.
+        Tolerances {
+            steps: 1e-3,
+            state: 2e-2,
+        },
     );
 }
 
+/// In float64 on both sides: with the backbone's batch statistics taken over 2 images,
+/// float32 rounding alone moves the final `attn.bns.0.bias` by ~6 % of its size (PyTorch's
+/// own float32 run against its float64 run), more than any tolerance that would still test
+/// the loop. In float64 the two loops agree to ~1e-12 (measured).
 #[test]
-#[ignore = "per-step losses match within 1e-3, but the final attn.bns.0.bias differs by 12 % of its largest value (train-mode backbone): to be explained"]
 fn resnet50_reference_mode_matches_reference_loop() {
     check(
         BackboneKind::ResNet50,
         BackboneMode::Reference,
         include_str!("fixtures/train_resnet50_reference.json"),
+        Tolerances {
+            steps: 1e-8,
+            state: 1e-9,
+        },
     );
 }

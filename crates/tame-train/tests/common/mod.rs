@@ -55,6 +55,11 @@ pub fn taps(kind: BackboneKind) -> (Vec<String>, Vec<TapShape>) {
 
 /// Every tensor filled by the synthetic formula, as `load_synthetic(am)` does in PyTorch.
 pub fn synthetic_am(config: &AmConfig) -> AttentionMechanism {
+    synthetic_am_in(config, DType::F32)
+}
+
+/// [`synthetic_am`] in `dtype`.
+pub fn synthetic_am_in(config: &AmConfig, dtype: DType) -> AttentionMechanism {
     let dev = Device::Cpu;
     let tensors = config.state_layout().into_iter().map(|(name, shape)| {
         let t = if name.ends_with("num_batches_tracked") {
@@ -64,7 +69,7 @@ pub fn synthetic_am(config: &AmConfig) -> AttentionMechanism {
         };
         (name, t)
     });
-    AttentionMechanism::from_tensors(config, tensors, DType::F32, &dev).unwrap()
+    AttentionMechanism::from_tensors(config, tensors, dtype, &dev).unwrap()
 }
 
 /// The evaluation crops (lossless PNG) of the images of the loop-parity fixtures: the
