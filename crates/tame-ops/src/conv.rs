@@ -13,6 +13,11 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::contiguous;
+
+/// The name errors give.
+const OP: &str = "conv2d";
+
 use crate::depthwise::Padding;
 
 /// Convolution of `x` (B, C_in, H, W) with `weight` (C_out, C_in, K_h, K_w) after zero
@@ -26,7 +31,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> R
     let (c_out, w_in, k_h, k_w) = weight.dims4()?;
     if w_in != c_in {
         candle_core::bail!(
-            "conv2d: weight {:?} expects {w_in} input channels, the input has {c_in}",
+            "{OP}: weight {:?} expects {w_in} input channels, the input has {c_in}",
             weight.dims()
         );
     }
@@ -34,7 +39,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> R
         || h + padding.top + padding.bottom < k_h
         || w + padding.left + padding.right < k_w
     {
-        candle_core::bail!("conv2d: input {h}x{w} is smaller than the {k_h}x{k_w} filter");
+        candle_core::bail!("{OP}: input {h}x{w} is smaller than the {k_h}x{k_w} filter");
     }
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         let padded = x
@@ -158,13 +163,6 @@ impl ConvOp {
     }
 }
 
-fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage[start..end]),
-        None => candle_core::bail!("conv2d: expected contiguous operands"),
-    }
-}
-
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
         match self.pass {
@@ -183,12 +181,12 @@ impl CustomOp2 for ConvOp {
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(self.run(contiguous(a, l1)?, contiguous(b, l2)?))
+                CpuStorage::F32(self.run(contiguous(a, l1, OP)?, contiguous(b, l2, OP)?))
             }
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(self.run(contiguous(a, l1)?, contiguous(b, l2)?))
+                CpuStorage::F64(self.run(contiguous(a, l1, OP)?, contiguous(b, l2, OP)?))
             }
-            _ => candle_core::bail!("conv2d: f32 or f64 operands of one type expected"),
+            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
         };
         Ok((out, self.output_shape()))
     }
@@ -201,7 +199,7 @@ impl CustomOp2 for ConvOp {
         grad_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if self.pass != Pass::Forward {
-            candle_core::bail!("conv2d: no second derivative");
+            candle_core::bail!("{OP}: no second derivative");
         }
         let grad_out = grad_out.contiguous()?;
         // Frozen backbones track no weight: skip that GEMM entirely.
@@ -546,7 +544,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, seeded};
+    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
 
     /// candle's convolution on the explicitly padded input.
     fn reference(x: &Tensor, w: &Tensor, stride: usize, p: Padding) -> Tensor {
@@ -555,21 +553,6 @@ mod tests {
             .pad_with_zeros(3, p.left, p.right)
             .unwrap()
             .conv2d(w, 0, stride, 1, 1)
-            .unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
             .unwrap()
     }
 

@@ -9,6 +9,11 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::contiguous;
+
+/// The name errors give.
+const OP: &str = "depthwise_conv2d";
+
 /// Zero padding of the four sides, in pixels (TensorFlow's "SAME" padding is asymmetric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Padding {
@@ -46,13 +51,13 @@ pub fn depthwise_conv2d(
     let (wc, one, kh, kw) = weight.dims4()?;
     if wc != c || one != 1 || kh != kw {
         candle_core::bail!(
-            "depthwise_conv2d: weight {:?} does not fit {c} channels with square filters",
+            "{OP}: weight {:?} does not fit {c} channels with square filters",
             weight.dims()
         );
     }
     if stride == 0 || h + padding.top + padding.bottom < kh || w + padding.left + padding.right < kw
     {
-        candle_core::bail!("depthwise_conv2d: input {h}x{w} is smaller than the {kh}x{kw} filter");
+        candle_core::bail!("{OP}: input {h}x{w} is smaller than the {kh}x{kw} filter");
     }
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         let padded = x
@@ -124,13 +129,6 @@ impl Geometry {
 }
 
 struct DepthwiseOp(Geometry);
-
-fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage[start..end]),
-        None => candle_core::bail!("depthwise_conv2d: expected contiguous operands"),
-    }
-}
 
 /// out[b, c] += correlation of x[b, c] with filter c (one plane per task).
 fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
@@ -236,12 +234,12 @@ impl CustomOp2 for DepthwiseOp {
         let shape = Shape::from((g.batch, g.channels, g.out_h, g.out_w));
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(forward(g, contiguous(x, l1)?, contiguous(w, l2)?))
+                CpuStorage::F32(forward(g, contiguous(x, l1, OP)?, contiguous(w, l2, OP)?))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(forward(g, contiguous(x, l1)?, contiguous(w, l2)?))
+                CpuStorage::F64(forward(g, contiguous(x, l1, OP)?, contiguous(w, l2, OP)?))
             }
-            _ => candle_core::bail!("depthwise_conv2d: f32 or f64 operands of one type expected"),
+            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
         };
         Ok((out, shape))
     }
@@ -258,7 +256,7 @@ impl CustomOp2 for DepthwiseOp {
         let (gx, gw) = match x.dtype() {
             DType::F32 => grads::<f32>(g, x, weight, &grad_out)?,
             DType::F64 => grads::<f64>(g, x, weight, &grad_out)?,
-            dtype => candle_core::bail!("depthwise_conv2d: no backward pass for {dtype:?}"),
+            dtype => candle_core::bail!("{OP}: no backward pass for {dtype:?}"),
         };
         Ok((Some(gx), gw))
     }
@@ -292,7 +290,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, seeded};
+    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
 
     /// candle's grouped convolution on the explicitly padded input.
     fn reference(x: &Tensor, w: &Tensor, stride: usize, p: Padding) -> Tensor {
@@ -302,21 +300,6 @@ mod tests {
             .pad_with_zeros(3, p.left, p.right)
             .unwrap()
             .conv2d(w, 0, stride, 1, c)
-            .unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
             .unwrap()
     }
 

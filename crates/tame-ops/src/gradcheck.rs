@@ -51,3 +51,16 @@ pub fn assert_gradients_match(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>)
     }
     Ok(())
 }
+
+/// The largest absolute difference between two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .and_then(|d| {
+            d.abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()
+        })
+        .expect("tensors of one shape")
+}

@@ -21,3 +21,16 @@ pub use resize::{bilinear_matrix, resize_bilinear};
 
 #[cfg(test)]
 mod gradcheck;
+
+/// The data of a contiguous operand of a custom op (callers make operands contiguous first;
+/// `op` names the operation in the error otherwise).
+fn contiguous<'a, T: candle_core::WithDType>(
+    storage: &'a [T],
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage[start..end]),
+        None => candle_core::bail!("{op}: expected contiguous operands"),
+    }
+}

@@ -10,6 +10,11 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use candle_core::{WithDType, D};
 use rayon::prelude::*;
 
+use crate::contiguous;
+
+/// The name errors give.
+const OP: &str = "batch_norm";
+
 /// PyTorch's `batch_norm` in eval mode: `(x - mean) / sqrt(var + eps) * weight + bias` per
 /// channel, with the running statistics. Gradients flow to `x` only (the other operands must
 /// not be tracked on the fast path; if any is, candle's operations are used).
@@ -60,7 +65,7 @@ pub fn batch_norm_train(
     let (b, c, h, w) = x.dims4()?;
     let count = b * h * w;
     if count < 2 {
-        candle_core::bail!("batch_norm: train mode needs more than one value per channel");
+        candle_core::bail!("{OP}: train mode needs more than one value per channel");
     }
     if !fast_path(x, &[weight, bias]) {
         let mean = x
@@ -115,13 +120,6 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
     t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
 }
 
-fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage[start..end]),
-        None => candle_core::bail!("batch_norm: expected a contiguous operand"),
-    }
-}
-
 /// (B, C, H, W) -> (2, C): each channel's mean and biased variance, accumulated in f64.
 struct Moments;
 
@@ -157,9 +155,13 @@ impl CustomOp1 for Moments {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = layout.shape().dims4()?;
         let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(Self::compute(contiguous(x, layout)?, c, h * w)),
-            CpuStorage::F64(x) => CpuStorage::F64(Self::compute(contiguous(x, layout)?, c, h * w)),
-            _ => candle_core::bail!("batch_norm: f32 or f64 expected"),
+            CpuStorage::F32(x) => {
+                CpuStorage::F32(Self::compute(contiguous(x, layout, OP)?, c, h * w))
+            }
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(Self::compute(contiguous(x, layout, OP)?, c, h * w))
+            }
+            _ => candle_core::bail!("{OP}: f32 or f64 expected"),
         };
         Ok((out, Shape::from((2, c))))
     }
@@ -263,9 +265,9 @@ impl CustomOp1 for ChannelAffine {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (_, _, h, w) = layout.shape().dims4()?;
         let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout)?, h * w)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout)?, h * w)),
-            _ => candle_core::bail!("batch_norm: f32 or f64 expected"),
+            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout, OP)?, h * w)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout, OP)?, h * w)),
+            _ => candle_core::bail!("{OP}: f32 or f64 expected"),
         };
         Ok((out, layout.shape().clone()))
     }
@@ -296,16 +298,16 @@ impl CustomOp2 for ChannelAffineGrad {
         let (_, _, h, w) = l2.shape().dims4()?;
         let out = match (s1, s2) {
             (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32(self.0.backward(
-                contiguous(g, l1)?,
-                contiguous(x, l2)?,
+                contiguous(g, l1, OP)?,
+                contiguous(x, l2, OP)?,
                 h * w,
             )),
             (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64(self.0.backward(
-                contiguous(g, l1)?,
-                contiguous(x, l2)?,
+                contiguous(g, l1, OP)?,
+                contiguous(x, l2, OP)?,
                 h * w,
             )),
-            _ => candle_core::bail!("batch_norm: f32 or f64 operands of one type expected"),
+            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
         };
         Ok((out, l2.shape().clone()))
     }
@@ -316,22 +318,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, seeded};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
 
     /// Per-channel operands: weight, bias, running mean, positive running variance.
     fn operands(c: usize) -> Result<[Tensor; 4]> {

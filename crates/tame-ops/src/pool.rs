@@ -2,6 +2,11 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, WithDT
 use candle_core::{Result, Tensor, D};
 use rayon::prelude::*;
 
+use crate::contiguous;
+
+/// The name errors give.
+const OP: &str = "max_pool2d";
+
 /// Max pooling of a (B, C, H, W) tensor with any kernel, stride and padding (padding counts as
 /// -inf, as in PyTorch's `max_pool2d`; no dilation, floor mode).
 ///
@@ -18,9 +23,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
         return x.max_pool2d(kernel);
     }
     if h + 2 * padding < kernel || w + 2 * padding < kernel || stride == 0 {
-        candle_core::bail!(
-            "max_pool2d: input {h}x{w} is smaller than the {kernel}x{kernel} kernel"
-        );
+        candle_core::bail!("{OP}: input {h}x{w} is smaller than the {kernel}x{kernel} kernel");
     }
     let out_h = (h + 2 * padding - kernel) / stride + 1;
     let out_w = (w + 2 * padding - kernel) / stride + 1;
@@ -70,7 +73,7 @@ fn shifted_window_maximum(
             });
         }
     }
-    result.ok_or_else(|| candle_core::Error::Msg("max_pool2d: empty kernel".into()))
+    result.ok_or_else(|| candle_core::Error::Msg(format!("{OP}: empty kernel")))
 }
 
 /// Sizes of one max pooling.
@@ -155,13 +158,6 @@ impl Pool {
     }
 }
 
-fn contiguous<'a, T: WithDType>(storage: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage[start..end]),
-        None => candle_core::bail!("max_pool2d: expected a contiguous operand"),
-    }
-}
-
 impl CustomOp1 for Pool {
     fn name(&self) -> &'static str {
         "tame-max-pool2d"
@@ -169,9 +165,9 @@ impl CustomOp1 for Pool {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout)?)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout)?)),
-            _ => candle_core::bail!("max_pool2d: f32 or f64 expected"),
+            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout, OP)?)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout, OP)?)),
+            _ => candle_core::bail!("{OP}: f32 or f64 expected"),
         };
         let shape = Shape::from((self.batch, self.channels, self.out_h, self.out_w));
         Ok((out, shape))
@@ -202,13 +198,15 @@ impl CustomOp2 for PoolGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(x)) => {
-                CpuStorage::F32(self.0.backward(contiguous(g, l1)?, contiguous(x, l2)?))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(x)) => {
-                CpuStorage::F64(self.0.backward(contiguous(g, l1)?, contiguous(x, l2)?))
-            }
-            _ => candle_core::bail!("max_pool2d: f32 or f64 operands of one type expected"),
+            (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32(
+                self.0
+                    .backward(contiguous(g, l1, OP)?, contiguous(x, l2, OP)?),
+            ),
+            (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64(
+                self.0
+                    .backward(contiguous(g, l1, OP)?, contiguous(x, l2, OP)?),
+            ),
+            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
         };
         Ok((out, Shape::from(l2.dims())))
     }
