@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::contiguous;
+use crate::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "conv2d";
@@ -153,8 +153,11 @@ impl ConvOp {
             Pass::WeightGrad => Shape::from((g.c_out, g.c_in, g.k_h, g.k_w)),
         }
     }
+}
 
-    fn run<T: WithDType>(&self, a: &[T], b: &[T]) -> Vec<T> {
+impl FloatKernel for ConvOp {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        let (a, b) = (operands[0], operands[1]);
         match self.pass {
             Pass::Forward => forward(&self.g, a, b),
             Pass::InputGrad => input_grad(&self.g, a, b),
@@ -179,15 +182,7 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(self.run(contiguous(a, l1, OP)?, contiguous(b, l2, OP)?))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(self.run(contiguous(a, l1, OP)?, contiguous(b, l2, OP)?))
-            }
-            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
-        };
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
         Ok((out, self.output_shape()))
     }
 

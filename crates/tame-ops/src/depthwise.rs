@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::contiguous;
+use crate::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "depthwise_conv2d";
@@ -218,6 +218,12 @@ fn grad_weight<T: WithDType>(g: &Geometry, grad_out: &[T], x: &[T]) -> Vec<T> {
     grad
 }
 
+impl FloatKernel for DepthwiseOp {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        forward(&self.0, operands[0], operands[1])
+    }
+}
+
 impl CustomOp2 for DepthwiseOp {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
@@ -232,15 +238,7 @@ impl CustomOp2 for DepthwiseOp {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let shape = Shape::from((g.batch, g.channels, g.out_h, g.out_w));
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(forward(g, contiguous(x, l1, OP)?, contiguous(w, l2, OP)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(forward(g, contiguous(x, l1, OP)?, contiguous(w, l2, OP)?))
-            }
-            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
-        };
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
         Ok((out, shape))
     }
 

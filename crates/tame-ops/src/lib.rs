@@ -22,15 +22,55 @@ pub use resize::{bilinear_matrix, resize_bilinear};
 #[cfg(test)]
 mod gradcheck;
 
-/// The data of a contiguous operand of a custom op (callers make operands contiguous first;
-/// `op` names the operation in the error otherwise).
-fn contiguous<'a, T: candle_core::WithDType>(
-    storage: &'a [T],
-    layout: &candle_core::Layout,
+/// The arithmetic of a custom op on the contiguous data of its operands, all of one float
+/// type.
+trait FloatKernel {
+    fn run<T: candle_core::WithDType>(&self, operands: &[&[T]]) -> Vec<T>;
+}
+
+/// Runs `kernel` on f32 or f64 CPU operands (callers make them contiguous first; `op` names
+/// the operation in the errors).
+fn run_float_kernel(
+    kernel: &impl FloatKernel,
+    operands: &[(&candle_core::CpuStorage, &candle_core::Layout)],
     op: &str,
-) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage[start..end]),
-        None => candle_core::bail!("{op}: expected contiguous operands"),
+) -> candle_core::Result<candle_core::CpuStorage> {
+    use candle_core::CpuStorage;
+    fn data<'a, T>(
+        operands: &[(&'a CpuStorage, &candle_core::Layout)],
+        of_type: fn(&CpuStorage) -> Option<&Vec<T>>,
+        op: &str,
+    ) -> candle_core::Result<Vec<&'a [T]>> {
+        operands
+            .iter()
+            .map(|&(storage, layout)| {
+                let values = of_type(storage).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "{op}: f32 or f64 operands of one type expected"
+                    ))
+                })?;
+                match layout.contiguous_offsets() {
+                    Some((start, end)) => Ok(&values[start..end]),
+                    None => candle_core::bail!("{op}: expected contiguous operands"),
+                }
+            })
+            .collect()
     }
+    fn f32s(s: &CpuStorage) -> Option<&Vec<f32>> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn f64s(s: &CpuStorage) -> Option<&Vec<f64>> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    Ok(match operands.first().map(|o| o.0) {
+        Some(CpuStorage::F32(_)) => CpuStorage::F32(kernel.run(&data(operands, f32s, op)?)),
+        Some(CpuStorage::F64(_)) => CpuStorage::F64(kernel.run(&data(operands, f64s, op)?)),
+        _ => candle_core::bail!("{op}: f32 or f64 operands of one type expected"),
+    })
 }

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use candle_core::{WithDType, D};
 use rayon::prelude::*;
 
-use crate::contiguous;
+use crate::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "batch_norm";
@@ -35,9 +35,11 @@ pub fn batch_norm_eval(
             .broadcast_mul(&scale.reshape(c)?)?
             .broadcast_add(&shift.reshape(c)?);
     }
+    let (_, _, h, w) = x.dims4()?;
     let op = ChannelAffine {
         scale: values(&scale)?,
         shift: values(&shift)?,
+        plane: h * w,
         train: None,
     };
     x.contiguous()?.apply_op1(op)
@@ -91,7 +93,10 @@ pub fn batch_norm_train(
         return Ok((y, stats));
     }
     let x = x.contiguous()?;
-    let moments = x.apply_op1_no_bwd(&Moments)?;
+    let moments = x.apply_op1_no_bwd(&Moments {
+        channels: c,
+        plane: h * w,
+    })?;
     let mean = moments.get(0)?;
     let var = moments.get(1)?;
     let inv_std = (&var + eps)?.sqrt()?.recip()?;
@@ -100,6 +105,7 @@ pub fn batch_norm_train(
     let op = ChannelAffine {
         scale: values(&scale)?,
         shift: values(&shift)?,
+        plane: h * w,
         train: Some(TrainTerms {
             mean: values(&mean)?,
             inv_std: values(&inv_std)?,
@@ -121,10 +127,15 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// (B, C, H, W) -> (2, C): each channel's mean and biased variance, accumulated in f64.
-struct Moments;
+struct Moments {
+    channels: usize,
+    /// H x W.
+    plane: usize,
+}
 
-impl Moments {
-    fn compute<T: WithDType>(x: &[T], c: usize, plane: usize) -> Vec<T> {
+impl FloatKernel for Moments {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        let (x, c, plane) = (operands[0], self.channels, self.plane);
         let per_channel: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -153,17 +164,8 @@ impl CustomOp1 for Moments {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, c, h, w) = layout.shape().dims4()?;
-        let out = match storage {
-            CpuStorage::F32(x) => {
-                CpuStorage::F32(Self::compute(contiguous(x, layout, OP)?, c, h * w))
-            }
-            CpuStorage::F64(x) => {
-                CpuStorage::F64(Self::compute(contiguous(x, layout, OP)?, c, h * w))
-            }
-            _ => candle_core::bail!("{OP}: f32 or f64 expected"),
-        };
-        Ok((out, Shape::from((2, c))))
+        let out = run_float_kernel(self, &[(storage, layout)], OP)?;
+        Ok((out, Shape::from((2, self.channels))))
     }
 }
 
@@ -180,11 +182,20 @@ struct TrainTerms {
 struct ChannelAffine {
     scale: Vec<f64>,
     shift: Vec<f64>,
+    /// H x W.
+    plane: usize,
     train: Option<TrainTerms>,
 }
 
+impl FloatKernel for ChannelAffine {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        self.forward(operands[0])
+    }
+}
+
 impl ChannelAffine {
-    fn forward<T: WithDType>(&self, x: &[T], plane: usize) -> Vec<T> {
+    fn forward<T: WithDType>(&self, x: &[T]) -> Vec<T> {
+        let plane = self.plane;
         let c = self.scale.len();
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(plane)
@@ -204,7 +215,8 @@ impl ChannelAffine {
 
     /// Eval: g·scale. Train (x̂ = (x − mean)·inv_std):
     /// scale · (g − mean(g) − x̂ · mean(g·x̂)), the means over the channel's B·H·W values.
-    fn backward<T: WithDType>(&self, g: &[T], x: &[T], plane: usize) -> Vec<T> {
+    fn backward<T: WithDType>(&self, g: &[T], x: &[T]) -> Vec<T> {
+        let plane = self.plane;
         let c = self.scale.len();
         let (mean_g, mean_gx) = match &self.train {
             None => (vec![0.0; c], vec![0.0; c]),
@@ -263,12 +275,7 @@ impl CustomOp1 for ChannelAffine {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, _, h, w) = layout.shape().dims4()?;
-        let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout, OP)?, h * w)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout, OP)?, h * w)),
-            _ => candle_core::bail!("{OP}: f32 or f64 expected"),
-        };
+        let out = run_float_kernel(self, &[(storage, layout)], OP)?;
         Ok((out, layout.shape().clone()))
     }
 
@@ -283,6 +290,12 @@ impl CustomOp1 for ChannelAffine {
 /// (grad_y, x) -> grad_x of [`ChannelAffine`].
 struct ChannelAffineGrad(ChannelAffine);
 
+impl FloatKernel for ChannelAffineGrad {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        self.0.backward(operands[0], operands[1])
+    }
+}
+
 impl CustomOp2 for ChannelAffineGrad {
     fn name(&self) -> &'static str {
         "tame-batch-norm-grad"
@@ -295,20 +308,7 @@ impl CustomOp2 for ChannelAffineGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, _, h, w) = l2.shape().dims4()?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32(self.0.backward(
-                contiguous(g, l1, OP)?,
-                contiguous(x, l2, OP)?,
-                h * w,
-            )),
-            (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64(self.0.backward(
-                contiguous(g, l1, OP)?,
-                contiguous(x, l2, OP)?,
-                h * w,
-            )),
-            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
-        };
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
         Ok((out, l2.shape().clone()))
     }
 }

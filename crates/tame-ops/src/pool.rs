@@ -2,7 +2,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, WithDT
 use candle_core::{Result, Tensor, D};
 use rayon::prelude::*;
 
-use crate::contiguous;
+use crate::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "max_pool2d";
@@ -158,17 +158,19 @@ impl Pool {
     }
 }
 
+impl FloatKernel for Pool {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        self.forward(operands[0])
+    }
+}
+
 impl CustomOp1 for Pool {
     fn name(&self) -> &'static str {
         "tame-max-pool2d"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout, OP)?)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout, OP)?)),
-            _ => candle_core::bail!("{OP}: f32 or f64 expected"),
-        };
+        let out = run_float_kernel(self, &[(storage, layout)], OP)?;
         let shape = Shape::from((self.batch, self.channels, self.out_h, self.out_w));
         Ok((out, shape))
     }
@@ -185,6 +187,12 @@ impl CustomOp1 for Pool {
 /// (grad_out, x) -> grad_x of [`Pool`].
 struct PoolGrad(Pool);
 
+impl FloatKernel for PoolGrad {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        self.0.backward(operands[0], operands[1])
+    }
+}
+
 impl CustomOp2 for PoolGrad {
     fn name(&self) -> &'static str {
         "tame-max-pool2d-grad"
@@ -197,17 +205,7 @@ impl CustomOp2 for PoolGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(x)) => CpuStorage::F32(
-                self.0
-                    .backward(contiguous(g, l1, OP)?, contiguous(x, l2, OP)?),
-            ),
-            (CpuStorage::F64(g), CpuStorage::F64(x)) => CpuStorage::F64(
-                self.0
-                    .backward(contiguous(g, l1, OP)?, contiguous(x, l2, OP)?),
-            ),
-            _ => candle_core::bail!("{OP}: f32 or f64 operands of one type expected"),
-        };
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
         Ok((out, Shape::from(l2.dims())))
     }
 }
