@@ -13,6 +13,7 @@ pub mod hub;
 pub mod imagenet;
 mod norm;
 mod resnet;
+mod safetensors_file;
 pub mod synthetic;
 mod taps;
 mod vgg;

@@ -159,10 +159,8 @@ impl NamedTensors {
             .unwrap_or("")
             .to_ascii_lowercase();
         let tensors: Vec<(String, Tensor)> = match ext.as_str() {
-            "safetensors" => candle_core::safetensors::load(path, device)
-                .map_err(|e| file_error(format!("not a readable safetensors file: {e}")))?
-                .into_iter()
-                .collect(),
+            "safetensors" => crate::safetensors_file::read(path, device)
+                .map_err(|e| file_error(format!("not a readable safetensors file: {e}")))?,
             "pth" | "pt" | "bin" | "ckpt" => tame_pth::read_tensors(path, None)
                 .map_err(|e| file_error(e.to_string()))?
                 .into_iter()
