@@ -1,6 +1,6 @@
 //! The dense convolution layer of VGG-16 and ResNet-50: weights by torchvision's names, the
-//! arithmetic in [`tame_ops::conv2d`] (candle's CPU convolution and its backward pass are
-//! several times slower; see docs/BENCHMARKS.md).
+//! arithmetic in [`tame_ops::conv2d_fused`] (candle's CPU convolution and its backward pass
+//! are several times slower; see docs/BENCHMARKS.md).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -8,7 +8,8 @@ use tame_ops::Padding;
 
 pub struct Conv {
     weight: Tensor,
-    bias: Option<Tensor>,
+    /// Zeros for a convolution without bias: the fused op adds one either way.
+    bias: Tensor,
     stride: usize,
     padding: Padding,
 }
@@ -26,9 +27,9 @@ impl Conv {
         Ok(Self {
             weight: vb.get((cout, cin, k, k), "weight")?,
             bias: if bias {
-                Some(vb.get(cout, "bias")?)
+                vb.get(cout, "bias")?
             } else {
-                None
+                Tensor::zeros(cout, vb.dtype(), vb.device())?
             },
             stride,
             padding: Padding::uniform(padding),
@@ -36,10 +37,16 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = tame_ops::conv2d(x, &self.weight, self.stride, self.padding)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        self.apply(x, false)
+    }
+
+    /// `relu(forward(x))` in one op (one pass over the output, one backward).
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (w, b) = (&self.weight, &self.bias);
+        tame_ops::conv2d_fused(x, w, b, self.stride, self.padding, relu)
     }
 }

@@ -159,7 +159,11 @@ mod tests {
             assert_eq!(t.dims(), expected.dims(), "{name}");
             let (a, b) = (
                 t.flatten_all().unwrap().to_dtype(DType::F64).unwrap(),
-                expected.flatten_all().unwrap().to_dtype(DType::F64).unwrap(),
+                expected
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap(),
             );
             assert_eq!(a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap());
         }

@@ -76,13 +76,18 @@ impl TapCollector<'_> {
     /// Offers `output` as node `name` and returns the tensor the pass continues with: `output`,
     /// or its `Var` copy when `name` is requested under [`TapRequest::with_tap_gradients`].
     pub fn pass(&mut self, name: &str, output: Tensor) -> Result<Tensor> {
-        let output = if self.request.gradients && self.request.names.iter().any(|n| n == name) {
+        let output = if self.request.gradients && self.wants(name) {
             Var::from_tensor(&output)?.as_tensor().clone()
         } else {
             output
         };
         self.offer(name, &output);
         Ok(output)
+    }
+
+    /// Whether node `name` is one of the requested taps.
+    pub fn wants(&self, name: &str) -> bool {
+        self.request.names.iter().any(|n| n == name)
     }
 
     /// True when every tap is collected and no logits are wanted: the pass can stop here.

@@ -141,8 +141,18 @@ impl Backbone for Vgg16 {
     fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput> {
         let mut taps = request.collector();
         let mut x = normalize_imagenet(images)?;
-        for (i, layer) in self.features.iter().enumerate() {
-            x = taps.pass(&format!("features.{i}"), self.apply(layer, &x, mode)?)?;
+        let mut layers = self.features.iter().enumerate().peekable();
+        while let Some((i, layer)) = layers.next() {
+            let name = format!("features.{i}");
+            x = match (layer, layers.peek()) {
+                // A convolution and its ReLU run as one op unless the convolution's own
+                // output is a tap.
+                (Layer::Conv(conv), Some((_, Layer::Relu))) if !taps.wants(&name) => {
+                    let (i, _) = layers.next().expect("peeked");
+                    taps.pass(&format!("features.{i}"), conv.forward_relu(&x)?)?
+                }
+                _ => taps.pass(&name, self.apply(layer, &x, mode)?)?,
+            };
             if taps.done() {
                 return taps.finish(None);
             }

@@ -9,7 +9,9 @@
 //! and the input gradient is the transposed GEMM followed by col2im. 1x1 stride-1 convolutions
 //! skip the column matrix altogether.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -27,6 +29,23 @@ use crate::depthwise::Padding;
 /// f32/f64 on the CPU run the GEMM path here, forward and backward; anything else goes to
 /// candle's `conv2d` on the explicitly padded input.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
+    let (c_out, ..) = weight.dims4()?;
+    let no_bias = Tensor::zeros(c_out, weight.dtype(), weight.device())?;
+    conv2d_fused(x, weight, &no_bias, stride, padding, false)
+}
+
+/// [`conv2d`] plus a per-channel `bias` (C_out), then ReLU when `relu`: PyTorch's
+/// `relu(conv2d(x, weight, bias, stride))`, with the bias and the ReLU applied to each tile
+/// of the output while it is still in cache, and one backward pass for all three (the ReLU's
+/// gradient mask comes from the output itself).
+pub fn conv2d_fused(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: Padding,
+    relu: bool,
+) -> Result<Tensor> {
     let (batch, c_in, h, w) = x.dims4()?;
     let (c_out, w_in, k_h, k_w) = weight.dims4()?;
     if w_in != c_in {
@@ -41,11 +60,17 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> R
     {
         candle_core::bail!("{OP}: input {h}x{w} is smaller than the {k_h}x{k_w} filter");
     }
+    if bias.dims() != [c_out] {
+        candle_core::bail!("{OP}: bias {:?} for {c_out} output channels", bias.dims());
+    }
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         let padded = x
             .pad_with_zeros(2, padding.top, padding.bottom)?
             .pad_with_zeros(3, padding.left, padding.right)?;
-        return padded.conv2d(weight, 0, stride, 1, 1);
+        let y = padded
+            .conv2d(weight, 0, stride, 1, 1)?
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let g = Geometry {
         batch,
@@ -61,8 +86,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> R
         out_h: (h + padding.top + padding.bottom - k_h) / stride + 1,
         out_w: (w + padding.left + padding.right - k_w) / stride + 1,
     };
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, ConvOp::new(g, Pass::Forward))
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        FusedConv { g, relu },
+    )
 }
 
 /// Sizes of one convolution.
@@ -123,55 +151,137 @@ impl Geometry {
     }
 }
 
-/// Which product the op computes; the two gradients are ops of their own so that they run on
-/// storages directly (no copies) and can themselves be applied to any tensors.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Pass {
-    /// (x, weight) -> y.
-    Forward,
-    /// (grad_y, weight) -> grad_x.
-    InputGrad,
-    /// (grad_y, x) -> grad_weight.
-    WeightGrad,
-}
-
-struct ConvOp {
+/// The forward op: (x, weight, bias) -> y, ReLU included when `relu`.
+struct FusedConv {
     g: Geometry,
-    pass: Pass,
+    relu: bool,
 }
 
-impl ConvOp {
-    fn new(g: Geometry, pass: Pass) -> Self {
-        Self { g, pass }
+impl FloatKernel for FusedConv {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        forward(&self.g, operands[0], operands[1], operands[2], self.relu)
+    }
+}
+
+impl CustomOp3 for FusedConv {
+    fn name(&self) -> &'static str {
+        "tame-conv2d"
     }
 
-    fn output_shape(&self) -> Shape {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2), (s3, l3)], OP)?;
         let g = &self.g;
-        match self.pass {
-            Pass::Forward => Shape::from((g.batch, g.c_out, g.out_h, g.out_w)),
-            Pass::InputGrad => Shape::from((g.batch, g.c_in, g.h, g.w)),
-            Pass::WeightGrad => Shape::from((g.c_out, g.c_in, g.k_h, g.k_w)),
-        }
+        Ok((out, Shape::from((g.batch, g.c_out, g.out_h, g.out_w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        out: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The gradient before the ReLU: zero wherever the output is.
+        let grad = if self.relu {
+            grad_out.contiguous()?.apply_op2_no_bwd(out, &ReluMask)?
+        } else {
+            grad_out.contiguous()?
+        };
+        // Frozen backbones track no weight or bias: skip those products entirely.
+        let grad_x = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(weight, &GradOp::new(self.g, Grad::Input))?)
+        } else {
+            None
+        };
+        let grad_w = if weight.track_op() {
+            Some(grad.apply_op2_no_bwd(x, &GradOp::new(self.g, Grad::Weight))?)
+        } else {
+            None
+        };
+        let grad_b = if bias.track_op() {
+            Some(grad.sum(vec![0, 2, 3])?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 
-impl FloatKernel for ConvOp {
+/// (grad_y, y) -> grad_y where y > 0, else 0: the backward pass of a fused ReLU.
+struct ReluMask;
+
+impl FloatKernel for ReluMask {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        operands[0]
+            .iter()
+            .zip(operands[1])
+            .map(|(&g, &y)| if y > T::zero() { g } else { T::zero() })
+            .collect()
+    }
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "tame-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Which gradient a [`GradOp`] computes; each is an op of its own so that it runs on
+/// storages directly (no copies).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Grad {
+    /// (grad_y, weight) -> grad_x.
+    Input,
+    /// (grad_y, x) -> grad_weight.
+    Weight,
+}
+
+struct GradOp {
+    g: Geometry,
+    of: Grad,
+}
+
+impl GradOp {
+    fn new(g: Geometry, of: Grad) -> Self {
+        Self { g, of }
+    }
+}
+
+impl FloatKernel for GradOp {
     fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
         let (a, b) = (operands[0], operands[1]);
-        match self.pass {
-            Pass::Forward => forward(&self.g, a, b),
-            Pass::InputGrad => input_grad(&self.g, a, b),
-            Pass::WeightGrad => weight_grad(&self.g, a, b),
+        match self.of {
+            Grad::Input => input_grad(&self.g, a, b),
+            Grad::Weight => weight_grad(&self.g, a, b),
         }
     }
 }
 
-impl CustomOp2 for ConvOp {
+impl CustomOp2 for GradOp {
     fn name(&self) -> &'static str {
-        match self.pass {
-            Pass::Forward => "tame-conv2d",
-            Pass::InputGrad => "tame-conv2d-input-grad",
-            Pass::WeightGrad => "tame-conv2d-weight-grad",
+        match self.of {
+            Grad::Input => "tame-conv2d-input-grad",
+            Grad::Weight => "tame-conv2d-weight-grad",
         }
     }
 
@@ -183,32 +293,12 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
-        Ok((out, self.output_shape()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _out: &Tensor,
-        grad_out: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if self.pass != Pass::Forward {
-            candle_core::bail!("{OP}: no second derivative");
-        }
-        let grad_out = grad_out.contiguous()?;
-        // Frozen backbones track no weight: skip that GEMM entirely.
-        let grad_x = if x.track_op() {
-            Some(grad_out.apply_op2_no_bwd(weight, &ConvOp::new(self.g, Pass::InputGrad))?)
-        } else {
-            None
+        let g = &self.g;
+        let shape = match self.of {
+            Grad::Input => Shape::from((g.batch, g.c_in, g.h, g.w)),
+            Grad::Weight => Shape::from((g.c_out, g.c_in, g.k_h, g.k_w)),
         };
-        let grad_w = if weight.track_op() {
-            Some(grad_out.apply_op2_no_bwd(x, &ConvOp::new(self.g, Pass::WeightGrad))?)
-        } else {
-            None
-        };
-        Ok((grad_x, grad_w))
+        Ok((out, shape))
     }
 }
 
@@ -368,37 +458,60 @@ fn tiles(g: &Geometry) -> impl Iterator<Item = std::ops::Range<usize>> {
         .map(move |r| r..(r + step).min(out_h))
 }
 
-/// y[b] = W (c_out x patch) · col(x[b]), tile by tile, written in place into NCHW.
-fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); g.batch * g.c_out * g.out_plane()];
+/// y[b] = W (c_out x patch) · col(x[b]) + bias, tile by tile, written in place into NCHW;
+/// each tile goes through the ReLU right after its GEMM when `relu`.
+fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T], bias: &[T], relu: bool) -> Vec<T> {
+    let plane = g.out_plane();
+    let mut y = Vec::with_capacity(g.batch * g.c_out * plane);
+    for _ in 0..g.batch {
+        for &b in bias {
+            y.extend(std::iter::repeat_n(b, plane));
+        }
+    }
     let w_view = View::row_major(0, g.patch());
     let mut col = Vec::new();
     for (image, out) in x
         .chunks(g.c_in * g.in_plane())
-        .zip(y.chunks_mut(g.c_out * g.out_plane()))
+        .zip(y.chunks_mut(g.c_out * plane))
     {
         if g.is_pointwise() {
             let x_view = View::row_major(0, g.in_plane());
-            let y_view = View::row_major(0, g.out_plane());
-            let dims = (g.c_out, g.out_plane(), g.c_in);
-            gemm(dims, out, y_view, false, weight, w_view, image, x_view);
+            let y_view = View::row_major(0, plane);
+            let dims = (g.c_out, plane, g.c_in);
+            gemm(dims, out, y_view, true, weight, w_view, image, x_view);
+            if relu {
+                clamp_negatives(out);
+            }
             continue;
         }
         for rows in tiles(g) {
             let width = rows.len() * g.out_w;
             col.resize(g.patch() * width, T::zero());
             im2col(g, image, rows.clone(), &mut col);
+            let start = rows.start * g.out_w;
             let y_view = View {
-                offset: rows.start * g.out_w,
-                rs: g.out_plane(),
+                offset: start,
+                rs: plane,
                 cs: 1,
             };
             let col_view = View::row_major(0, width);
             let dims = (g.c_out, width, g.patch());
-            gemm(dims, out, y_view, false, weight, w_view, &col, col_view);
+            gemm(dims, out, y_view, true, weight, w_view, &col, col_view);
+            if relu {
+                out.par_chunks_mut(plane)
+                    .for_each(|channel| clamp_negatives(&mut channel[start..start + width]));
+            }
         }
     }
     y
+}
+
+fn clamp_negatives<T: WithDType>(values: &mut [T]) {
+    for v in values {
+        if *v < T::zero() {
+            *v = T::zero();
+        }
+    }
 }
 
 /// The input gradient of a stride-1 convolution is itself a stride-1 convolution of
@@ -447,7 +560,8 @@ fn flipped_transposed<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec<T> {
 fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> {
     if !g.is_pointwise() {
         if let Some(t) = transposed_geometry(g) {
-            return forward(&t, grad_y, &flipped_transposed(g, weight));
+            let no_bias = vec![T::zero(); t.c_out];
+            return forward(&t, grad_y, &flipped_transposed(g, weight), &no_bias, false);
         }
     }
     let mut grad_x = vec![T::zero(); g.batch * g.c_in * g.in_plane()];
@@ -663,6 +777,52 @@ mod tests {
                 .sum_all()?
                 .backward()?;
             for v in [&xv, &kv] {
+                let (a, b) = (ours.get(v).unwrap(), theirs.get(v).unwrap());
+                assert!(max_abs_diff(a, b) < 1e-12, "case {i}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_bias_and_relu_match_the_separate_ops_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, &(b, c, h, w, o, kh, kw, s, p)) in CASES.iter().enumerate() {
+            let x = seeded(&[b, c, h, w], i as u64, &dev)?;
+            let k = seeded(&[o, c, kh, kw], 50 + i as u64, &dev)?;
+            let bias = seeded(&[o], 70 + i as u64, &dev)?;
+            let separate = |x: &Tensor, k: &Tensor, bias: &Tensor| {
+                reference(x, k, s, p)
+                    .broadcast_add(&bias.reshape((1, o, 1, 1))?)?
+                    .relu()
+            };
+            let ours = conv2d_fused(&x, &k, &bias, s, p, true)?;
+            assert!(max_abs_diff(&ours, &separate(&x, &k, &bias)?) < 1e-12);
+            // Some outputs on each side of zero, or the ReLU is not exercised.
+            let positive = ours.gt(0.0)?.to_dtype(DType::F64)?.mean_all()?;
+            let positive = positive.to_scalar::<f64>()?;
+            assert!(positive > 0.1 && positive < 0.9, "case {i}: {positive}");
+            let no_relu = conv2d_fused(&x, &k, &bias, s, p, false)?;
+            let expected = reference(&x, &k, s, p).broadcast_add(&bias.reshape((1, o, 1, 1))?)?;
+            assert!(max_abs_diff(&no_relu, &expected) < 1e-12);
+
+            assert_gradients_match(&x, |x| conv2d_fused(x, &k, &bias, s, p, true))?;
+            assert_gradients_match(&k, |k| conv2d_fused(&x, k, &bias, s, p, true))?;
+            assert_gradients_match(&bias, |bias| conv2d_fused(&x, &k, bias, s, p, true))?;
+
+            // All three at once, against candle's backward of the separate ops.
+            let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
+            if (ph - kh) % s != 0 || (pw - kw) % s != 0 {
+                continue;
+            }
+            let r = seeded(ours.dims(), 9, &dev)?;
+            let vars = [x, k, bias].map(|t| Var::from_tensor(&t).unwrap());
+            let [xv, kv, bv] = vars.each_ref().map(|v| v.as_tensor());
+            let ours = (conv2d_fused(xv, kv, bv, s, p, true)? * &r)?
+                .sum_all()?
+                .backward()?;
+            let theirs = (separate(xv, kv, bv)? * &r)?.sum_all()?.backward()?;
+            for v in [xv, kv, bv] {
                 let (a, b) = (ours.get(v).unwrap(), theirs.get(v).unwrap());
                 assert!(max_abs_diff(a, b) < 1e-12, "case {i}");
             }
