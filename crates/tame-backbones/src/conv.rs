@@ -36,17 +36,6 @@ impl Conv {
         })
     }
 
-    /// The convolution followed by the per-channel affine map `y * scale + shift`: the
-    /// weights scaled per output channel, the bias scaled and shifted.
-    pub fn scaled(&self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
-        Ok(Self {
-            weight: self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?,
-            bias: ((&self.bias * scale)? + shift)?,
-            stride: self.stride,
-            padding: self.padding,
-        })
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, false)
     }

@@ -7,7 +7,6 @@
 //! back-propagated to an input mask.
 
 mod conv;
-mod conv_bn;
 mod efficientnet;
 mod error;
 pub mod hub;

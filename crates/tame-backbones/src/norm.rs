@@ -56,14 +56,6 @@ impl BatchNorm {
         Ok(y)
     }
 
-    /// The eval-mode map as `x * scale + shift` per channel (running statistics, detached).
-    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
-        let var = self.running_var.as_tensor().detach();
-        let scale = (&self.weight / (var + self.eps)?.sqrt()?)?;
-        let shift = (&self.bias - (self.running_mean.as_tensor().detach() * &scale)?)?;
-        Ok((scale, shift))
-    }
-
     pub fn running_mean(&self) -> &Tensor {
         self.running_mean.as_tensor()
     }

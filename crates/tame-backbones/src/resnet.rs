@@ -7,7 +7,6 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::conv::Conv;
-use crate::conv_bn::{ConvBn, Nodes};
 use crate::norm::BatchNorm;
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
@@ -16,79 +15,68 @@ use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollec
 const STAGES: [(usize, usize); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
 const EXPANSION: usize = 4;
 
-/// A `k x k` convolution without bias (`<conv>.weight`) and its batch norm (`<bn>.*`).
-fn conv_bn(
-    (conv, bn): (VarBuilder, VarBuilder),
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-) -> Result<ConvBn> {
-    Ok(ConvBn::new(
-        Conv::new(conv, (cin, cout, k), stride, k / 2, false)?,
-        BatchNorm::new(bn, cout, 1e-5, 0.1)?,
-    ))
+fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv> {
+    Ok(Conv::new(vb, (cin, cout, k), stride, k / 2, false)?)
+}
+
+fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
+    Ok(BatchNorm::new(vb, channels, 1e-5, 0.1)?)
 }
 
 struct Bottleneck {
     name: String,
-    /// conv1 + bn1, conv2 + bn2, conv3 + bn3.
-    pairs: [ConvBn; 3],
-    downsample: Option<ConvBn>,
+    conv1: Conv,
+    bn1: BatchNorm,
+    conv2: Conv,
+    bn2: BatchNorm,
+    conv3: Conv,
+    bn3: BatchNorm,
+    downsample: Option<(Conv, BatchNorm)>,
 }
 
 impl Bottleneck {
     fn new(vb: VarBuilder, name: String, cin: usize, width: usize, stride: usize) -> Result<Self> {
         let cout = width * EXPANSION;
-        let pair = |c: &str, b: &str| (vb.pp(c), vb.pp(b));
         let downsample = if stride != 1 || cin != cout {
-            let ds = pair("downsample.0", "downsample.1");
-            Some(conv_bn(ds, cin, cout, 1, stride)?)
+            let ds = vb.pp("downsample");
+            Some((
+                conv(ds.pp("0"), cin, cout, 1, stride)?,
+                batch_norm(ds.pp("1"), cout)?,
+            ))
         } else {
             None
         };
         Ok(Self {
-            pairs: [
-                conv_bn(pair("conv1", "bn1"), cin, width, 1, 1)?,
-                conv_bn(pair("conv2", "bn2"), width, width, 3, stride)?,
-                conv_bn(pair("conv3", "bn3"), width, cout, 1, 1)?,
-            ],
+            conv1: conv(vb.pp("conv1"), cin, width, 1, 1)?,
+            bn1: batch_norm(vb.pp("bn1"), width)?,
+            conv2: conv(vb.pp("conv2"), width, width, 3, stride)?,
+            bn2: batch_norm(vb.pp("bn2"), width)?,
+            conv3: conv(vb.pp("conv3"), width, cout, 1, 1)?,
+            bn3: batch_norm(vb.pp("bn3"), cout)?,
             downsample,
             name,
         })
     }
 
     fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
-        let node = |suffix: &str| format!("{}.{suffix}", self.name);
-        let names = [
-            ["conv1", "bn1", "relu"],
-            ["conv2", "bn2", "relu_1"],
-            ["conv3", "bn3", ""],
-        ]
-        .map(|n| n.map(node));
-        let mut y = x.clone();
-        for (pair, [conv, bn, relu]) in self.pairs.iter().zip(&names) {
-            let relu = (!relu.ends_with('.')).then_some(relu.as_str());
-            y = pair.forward(&y, train, Nodes { conv, bn, relu }, taps)?;
-        }
+        let mut node = |suffix: &str, t: Tensor| taps.pass(&format!("{}.{suffix}", self.name), t);
+        let y = node("conv1", self.conv1.forward(x)?)?;
+        let y = node("bn1", self.bn1.forward(&y, train)?)?;
+        let y = node("relu", y.relu()?)?;
+        let y = node("conv2", self.conv2.forward(&y)?)?;
+        let y = node("bn2", self.bn2.forward(&y, train)?)?;
+        let y = node("relu_1", y.relu()?)?;
+        let y = node("conv3", self.conv3.forward(&y)?)?;
+        let y = node("bn3", self.bn3.forward(&y, train)?)?;
         let identity = match &self.downsample {
-            Some(pair) => {
-                let (conv, bn) = (&node("downsample.0"), &node("downsample.1"));
-                pair.forward(
-                    x,
-                    train,
-                    Nodes {
-                        conv,
-                        bn,
-                        relu: None,
-                    },
-                    taps,
-                )?
+            Some((conv, bn)) => {
+                let d = node("downsample.0", conv.forward(x)?)?;
+                node("downsample.1", bn.forward(&d, train)?)?
             }
             None => x.clone(),
         };
-        let y = taps.pass(&node("add"), (y + identity)?)?;
-        let y = taps.pass(&node("relu_2"), y.relu()?)?;
+        let y = node("add", (y + identity)?)?;
+        let y = node("relu_2", y.relu()?)?;
         taps.pass(&self.name, y)
     }
 
@@ -110,8 +98,8 @@ impl Bottleneck {
 }
 
 pub struct ResNet50 {
-    /// conv1 + bn1.
-    stem: ConvBn,
+    conv1: Conv,
+    bn1: BatchNorm,
     /// The blocks of each of the four stages.
     layers: Vec<Vec<Bottleneck>>,
     fc: Linear,
@@ -140,7 +128,8 @@ impl ResNet50 {
             layers.push(stage_blocks);
         }
         Ok(Self {
-            stem: conv_bn((vb.pp("conv1"), vb.pp("bn1")), 3, 64, 7, 2)?,
+            conv1: conv(vb.pp("conv1"), 3, 64, 7, 2)?,
+            bn1: batch_norm(vb.pp("bn1"), 64)?,
             layers,
             fc: candle_nn::linear(512 * EXPANSION, 1000, vb.pp("fc"))?,
         })
@@ -151,8 +140,8 @@ impl ResNet50 {
     /// The running mean and variance of batch norm `name` (`bn1`, `layer4.2.bn3`,
     /// `layer1.0.downsample.1` ...), as updated by train-mode passes.
     pub fn running_stats(&self, name: &str) -> Option<(Tensor, Tensor)> {
-        let pair = if name == "bn1" {
-            &self.stem
+        let bn = if name == "bn1" {
+            &self.bn1
         } else {
             let (block_name, leaf) = name.rsplit_once('.').and_then(|(head, leaf)| {
                 if leaf == "1" {
@@ -168,14 +157,13 @@ impl ResNet50 {
                 .flatten()
                 .find(|b| b.name == block_name)?;
             match leaf {
-                "bn1" => &block.pairs[0],
-                "bn2" => &block.pairs[1],
-                "bn3" => &block.pairs[2],
-                "downsample.1" => block.downsample.as_ref()?,
+                "bn1" => &block.bn1,
+                "bn2" => &block.bn2,
+                "bn3" => &block.bn3,
+                "downsample.1" => &block.downsample.as_ref()?.1,
                 _ => return None,
             }
         };
-        let bn = pair.bn();
         Some((bn.running_mean().clone(), bn.running_var().clone()))
     }
 }
@@ -211,12 +199,12 @@ impl Backbone for ResNet50 {
         let train = mode == Mode::Train;
         let mut taps = request.collector();
         let x = normalize_imagenet(images)?;
-        let stem = Nodes {
-            conv: "conv1",
-            bn: "bn1",
-            relu: Some("relu"),
-        };
-        let x = self.stem.forward(&x, train, stem, &mut taps)?;
+        let x = self.conv1.forward(&x)?;
+        let x = taps.pass("conv1", x)?;
+        let x = self.bn1.forward(&x, train)?;
+        let x = taps.pass("bn1", x)?;
+        let x = x.relu()?;
+        let x = taps.pass("relu", x)?;
         let mut x = taps.pass("maxpool", tame_ops::max_pool2d(&x, 3, 2, 1)?)?;
         for (stage, blocks) in self.layers.iter().enumerate() {
             for block in blocks {
@@ -237,71 +225,5 @@ impl Backbone for ResNet50 {
         let logits = self.fc.forward(&x)?;
         taps.offer("fc", &logits);
         taps.finish(Some(logits))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::{DType, Device};
-
-    use super::*;
-
-    /// logits and `layer4` of an eval pass; `unfolded` also requests every convolution's own
-    /// output, which keeps each batch norm apart from its convolution.
-    fn eval_pass(net: &ResNet50, image: &Tensor, unfolded: bool) -> Vec<Tensor> {
-        let mut taps = vec!["layer4".to_string()];
-        if unfolded {
-            let convs = ["conv1", "conv2", "conv3", "downsample.0"];
-            taps.extend(
-                net.tap_names()
-                    .into_iter()
-                    .filter(|n| convs.iter().any(|c| n.ends_with(c))),
-            );
-        }
-        let out = net
-            .forward(image, &net.tap_request(&taps, true).unwrap(), Mode::Eval)
-            .unwrap();
-        vec![out.logits.unwrap(), out.taps[0].clone()]
-    }
-
-    fn max_relative_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        diff.to_scalar::<f64>().unwrap() / scale
-    }
-
-    #[test]
-    fn folded_batch_norms_equal_the_separate_ones_and_follow_train_mode_updates() {
-        let dev = Device::Cpu;
-        let vb = VarBuilder::from_backend(
-            Box::new(crate::synthetic::SyntheticWeights),
-            DType::F64,
-            dev.clone(),
-        );
-        let net = ResNet50::new(vb).unwrap();
-        let image = Tensor::rand(0f64, 1f64, (1, 3, 64, 64), &dev).unwrap();
-
-        let folded = eval_pass(&net, &image, false);
-        let separate = eval_pass(&net, &image, true);
-        for (a, b) in folded.iter().zip(&separate) {
-            assert!(max_relative_diff(a, b) < 1e-10);
-        }
-
-        // A train-mode pass moves every running statistic: the folded weights must follow.
-        let batch = Tensor::rand(0f64, 1f64, (2, 3, 64, 64), &dev).unwrap();
-        let request = net.tap_request(&[], true).unwrap();
-        net.forward(&batch, &request, Mode::Train).unwrap();
-        let refolded = eval_pass(&net, &image, false);
-        let separate = eval_pass(&net, &image, true);
-        for (a, b) in refolded.iter().zip(&separate) {
-            assert!(max_relative_diff(a, b) < 1e-10);
-        }
-        assert!(max_relative_diff(&refolded[0], &folded[0]) > 1e-6);
     }
 }
