@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::Padding;
+use tame_ops::{Padding, WinogradFilters};
 
 pub struct Conv {
     weight: Tensor,
@@ -12,6 +12,9 @@ pub struct Conv {
     bias: Tensor,
     stride: usize,
     padding: Padding,
+    /// The weight's filters transformed once for the Winograd path (3x3, stride 1): the
+    /// weights of a loaded backbone never change.
+    winograd: Option<WinogradFilters>,
 }
 
 impl Conv {
@@ -24,8 +27,16 @@ impl Conv {
         padding: usize,
         bias: bool,
     ) -> Result<Self> {
+        let weight = vb.get((cout, cin, k, k), "weight")?;
+        // A trainable weight (a `Var`) would leave prepared filters stale.
+        let winograd = if stride == 1 && !weight.is_variable() {
+            WinogradFilters::new(&weight)?
+        } else {
+            None
+        };
         Ok(Self {
-            weight: vb.get((cout, cin, k, k), "weight")?,
+            weight,
+            winograd,
             bias: if bias {
                 vb.get(cout, "bias")?
             } else {
@@ -47,6 +58,7 @@ impl Conv {
 
     fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (w, b) = (&self.weight, &self.bias);
-        tame_ops::conv2d_fused(x, w, b, self.stride, self.padding, relu)
+        let winograd = self.winograd.as_ref();
+        tame_ops::conv2d_fused(x, w, winograd, b, self.stride, self.padding, relu)
     }
 }

@@ -10,12 +10,14 @@
 //! skip the column matrix altogether.
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::{run_float_kernel, FloatKernel};
+
+mod winograd;
 
 /// The name errors give.
 const OP: &str = "conv2d";
@@ -31,16 +33,67 @@ use crate::depthwise::Padding;
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: Padding) -> Result<Tensor> {
     let (c_out, ..) = weight.dims4()?;
     let no_bias = Tensor::zeros(c_out, weight.dtype(), weight.device())?;
-    conv2d_fused(x, weight, &no_bias, stride, padding, false)
+    conv2d_fused(x, weight, None, &no_bias, stride, padding, false)
+}
+
+/// The filters of a 3x3 convolution transformed once for the Winograd forward pass that
+/// [`conv2d_fused`] runs on 3x3 stride-1 convolutions of 64 input channels or more: for
+/// weights that serve many passes unchanged (a frozen backbone's). Without them each pass
+/// transforms the filters again (16/9 of the weights' size: ~17 MB and several ms for each
+/// of VGG-16's 512-channel layers).
+#[derive(Clone, Debug)]
+pub struct WinogradFilters(Tensor);
+
+impl WinogradFilters {
+    /// The transformed filters of `weight` (C_out, C_in, 3, 3); `None` where
+    /// [`conv2d_fused`] never takes the Winograd path (other kernel sizes, dtypes than
+    /// f32/f64, devices than the CPU). They stand for the weight's values now: a weight
+    /// that changes (a `Var` being trained) must not be given them.
+    pub fn new(weight: &Tensor) -> Result<Option<Self>> {
+        let (c_out, c_in, k_h, k_w) = weight.dims4()?;
+        if (k_h, k_w) != (3, 3) || !weight.device().is_cpu() {
+            return Ok(None);
+        }
+        let g = Geometry {
+            batch: 1,
+            c_in,
+            h: 1,
+            w: 1,
+            c_out,
+            k_h,
+            k_w,
+            stride: 1,
+            top: 1,
+            left: 1,
+            out_h: 1,
+            out_w: 1,
+        };
+        let shape = (c_out, winograd::filters_len(1, 1), c_in);
+        let (values, device) = (weight.flatten_all()?, weight.device());
+        let u = match weight.dtype() {
+            DType::F32 => {
+                let u = winograd::transform_filters(&g, &values.to_vec1::<f32>()?);
+                Tensor::from_vec(u, shape, device)?
+            }
+            DType::F64 => {
+                let u = winograd::transform_filters(&g, &values.to_vec1::<f64>()?);
+                Tensor::from_vec(u, shape, device)?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Self(u)))
+    }
 }
 
 /// [`conv2d`] plus a per-channel `bias` (C_out), then ReLU when `relu`: PyTorch's
 /// `relu(conv2d(x, weight, bias, stride))`, with the bias and the ReLU applied to each tile
 /// of the output while it is still in cache, and one backward pass for all three (the ReLU's
-/// gradient mask comes from the output itself).
+/// gradient mask comes from the output itself). `winograd`: the weight's filters prepared
+/// by [`WinogradFilters::new`], if any.
 pub fn conv2d_fused(
     x: &Tensor,
     weight: &Tensor,
+    winograd: Option<&WinogradFilters>,
     bias: &Tensor,
     stride: usize,
     padding: Padding,
@@ -86,10 +139,22 @@ pub fn conv2d_fused(
         out_h: (h + padding.top + padding.bottom - k_h) / stride + 1,
         out_w: (w + padding.left + padding.right - k_w) / stride + 1,
     };
+    let filters = winograd.map(|f| f.0.clone());
+    if let Some(f) = &filters {
+        if f.dims() != [c_out, winograd::filters_len(1, 1), c_in] || f.dtype() != x.dtype() {
+            candle_core::bail!(
+                "{OP}: Winograd filters {:?} {:?} for a {:?} {:?} weight",
+                f.dims(),
+                f.dtype(),
+                weight.dims(),
+                x.dtype()
+            );
+        }
+    }
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        FusedConv { g, relu },
+        FusedConv { g, relu, filters },
     )
 }
 
@@ -129,11 +194,11 @@ impl Geometry {
         self.k_h == 1 && self.k_w == 1 && self.stride == 1 && self.top == 0 && self.left == 0
     }
 
-    /// Output rows per tile: the column matrix of a tile holds at most ~1 M values (4 MB in
-    /// f32), so that it is still in cache when the GEMM packs it. Measured on VGG-16's
-    /// 224x224 layer (64 channels): 119 ms a pass with 16 MB tiles, 58 ms with 4 MB; the
-    /// 28x28 and 56x56 layers did not change.
-    fn rows_per_tile(&self) -> usize {
+    /// The most output rows a tile may hold: its column matrix holds at most ~1 M values
+    /// (4 MB in f32), so that it is still in cache when the GEMM packs it. Measured on
+    /// VGG-16's 224x224 layer (64 channels): 119 ms a pass with 16 MB tiles, 58 ms with
+    /// 4 MB; the 28x28 and 56x56 layers did not change.
+    fn max_rows_per_tile(&self) -> usize {
         const MAX_COLUMN_VALUES: usize = 1 << 20;
         (MAX_COLUMN_VALUES / (self.patch() * self.out_w)).clamp(1, self.out_h)
     }
@@ -155,11 +220,22 @@ impl Geometry {
 struct FusedConv {
     g: Geometry,
     relu: bool,
+    /// [`WinogradFilters`] of the weight (contiguous, checked against it).
+    filters: Option<Tensor>,
 }
 
 impl FloatKernel for FusedConv {
+    /// Operands: x, weight, bias, then the Winograd filters when given.
     fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        forward(&self.g, operands[0], operands[1], operands[2], self.relu)
+        let [x, weight, bias] = [0, 1, 2].map(|i| operands[i]);
+        forward(
+            &self.g,
+            x,
+            weight,
+            operands.get(3).copied(),
+            bias,
+            self.relu,
+        )
     }
 }
 
@@ -177,7 +253,15 @@ impl CustomOp3 for FusedConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = run_float_kernel(self, &[(s1, l1), (s2, l2), (s3, l3)], OP)?;
+        let filters = self.filters.as_ref().map(|f| f.storage_and_layout());
+        let mut operands = vec![(s1, l1), (s2, l2), (s3, l3)];
+        if let Some((storage, layout)) = &filters {
+            match &**storage {
+                Storage::Cpu(s) => operands.push((s, *layout)),
+                _ => candle_core::bail!("{OP}: Winograd filters on another device"),
+            }
+        }
+        let out = run_float_kernel(self, &operands, OP)?;
         let g = &self.g;
         Ok((out, Shape::from((g.batch, g.c_out, g.out_h, g.out_w))))
     }
@@ -343,7 +427,7 @@ impl View {
 /// dst (m x n) = [dst +] lhs (m x k) · rhs (k x n), every view checked against its slice.
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: WithDType>(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [T],
     d: View,
     accumulate: bool,
@@ -352,19 +436,56 @@ fn gemm<T: WithDType>(
     rhs: &[T],
     r: View,
 ) {
+    let (m, n, _) = dims;
+    if m > 0 && n > 0 {
+        assert!(d.last(m, n) < dst.len());
+    }
+    // SAFETY: the destination is borrowed mutably and the assert bounds the view in it.
+    unsafe {
+        gemm_unchecked(
+            dims,
+            dst.as_mut_ptr(),
+            d,
+            accumulate,
+            lhs,
+            l,
+            rhs,
+            r,
+            parallelism(),
+        )
+    }
+}
+
+/// [`gemm`] into a raw destination.
+///
+/// # Safety
+/// `dst` must be valid for writes at every element of the (m x n) view `d`, and nothing
+/// else may access those elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_unchecked<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    d: View,
+    accumulate: bool,
+    lhs: &[T],
+    l: View,
+    rhs: &[T],
+    r: View,
+    parallelism: Parallelism,
+) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    assert!(d.last(m, n) < dst.len() && l.last(m, k) < lhs.len() && r.last(k, n) < rhs.len());
-    // SAFETY: the assert above keeps every element the views address inside its slice, the
-    // destination is borrowed mutably, and gemm only accepts f32/f64 here (conv2d routes
-    // other dtypes to candle).
+    assert!(l.last(m, k) < lhs.len() && r.last(k, n) < rhs.len());
+    // SAFETY: the assert keeps the operands' views inside their slices, the caller vouches
+    // for the destination, and gemm only accepts f32/f64 here (conv2d routes other dtypes
+    // to candle).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().add(d.offset),
+            dst.add(d.offset),
             d.cs as isize,
             d.rs as isize,
             accumulate,
@@ -379,7 +500,7 @@ fn gemm<T: WithDType>(
             false,
             false,
             false,
-            parallelism(),
+            parallelism,
         )
     }
 }
@@ -389,8 +510,8 @@ fn gemm<T: WithDType>(
 fn im2col<T: WithDType>(g: &Geometry, image: &[T], rows: std::ops::Range<usize>, col: &mut [T]) {
     let width = rows.len() * g.out_w;
     let taps = g.k_h * g.k_w;
-    col.par_chunks_mut(taps * width)
-        .zip(image.par_chunks(g.in_plane()))
+    col.chunks_mut(taps * width)
+        .zip(image.chunks(g.in_plane()))
         .for_each(|(col, plane)| {
             for (tap, col_row) in col.chunks_mut(width).enumerate() {
                 let (i, j) = (tap / g.k_w, tap % g.k_w);
@@ -449,61 +570,145 @@ fn col2im<T: WithDType>(g: &Geometry, col: &[T], rows: std::ops::Range<usize>, i
         });
 }
 
-/// The tiles of output rows of one image.
-fn tiles(g: &Geometry) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let step = g.rows_per_tile();
-    let out_h = g.out_h;
-    (0..out_h)
+/// The tiles of output rows of one image, for a pass over `batch` images on `threads`
+/// threads: as many as the column matrix's cache bound asks for, and more when that leaves a
+/// thread idle or unevenly loaded (batch 1 on two threads: an even number of tiles).
+fn tiles(g: &Geometry, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let mut count = g.out_h.div_ceil(g.max_rows_per_tile());
+    while (g.batch * count) % threads != 0 && g.batch * count < 4 * threads && count < g.out_h {
+        count += 1;
+    }
+    let step = g.out_h.div_ceil(count);
+    (0..g.out_h)
         .step_by(step)
-        .map(move |r| r..(r + step).min(out_h))
+        .map(|r| r..(r + step).min(g.out_h))
+        .collect()
 }
 
-/// y[b] = W (c_out x patch) · col(x[b]) + bias, tile by tile, written in place into NCHW;
-/// each tile goes through the ReLU right after its GEMM when `relu`.
-fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T], bias: &[T], relu: bool) -> Vec<T> {
-    let plane = g.out_plane();
-    let mut y = Vec::with_capacity(g.batch * g.c_out * plane);
-    for _ in 0..g.batch {
-        for &b in bias {
-            y.extend(std::iter::repeat_n(b, plane));
-        }
+/// The output of a pass whose tasks each write their own tile: the tiles are disjoint, so
+/// the tasks share the buffer through its pointer rather than a `&mut` each.
+#[derive(Clone, Copy)]
+struct SharedOutput<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: tasks only write through the pointer into disjoint regions (see `forward`).
+unsafe impl<T: Send> Send for SharedOutput<T> {}
+unsafe impl<T: Send> Sync for SharedOutput<T> {}
+
+impl<T> SharedOutput<T> {
+    /// # Safety
+    /// No other live reference may overlap `offset..offset + len`.
+    #[allow(clippy::mut_from_ref)] // the point of the type; the caller keeps tiles disjoint
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
+        assert!(offset + len <= self.len);
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
+}
+
+/// y[b] = W (c_out x patch) · col(x[b]) + bias, written in place into NCHW; each tile
+/// goes through the ReLU right after its GEMM when `relu`.
+///
+/// The tiles of every image are the parallel tasks, each with its own column matrix and a
+/// single-threaded GEMM: this splits the work over the output pixels, which gemm's own
+/// threading does not (on VGG-16's layers it reached 1.1-1.4x one thread's speed on two;
+/// one task per thread reaches ~1.9x).
+fn im2col_forward<T: WithDType>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    bias: &[T],
+    relu: bool,
+) -> Vec<T> {
+    let plane = g.out_plane();
+    let in_size = g.c_in * g.in_plane();
+    let mut y = vec![T::zero(); g.batch * g.c_out * plane];
+    let out = SharedOutput {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    let tiles = tiles(g, rayon::current_num_threads());
+    let tasks: Vec<_> = (0..g.batch)
+        .flat_map(|b| tiles.iter().map(move |rows| (b, rows.clone())))
+        .collect();
     let w_view = View::row_major(0, g.patch());
-    let mut col = Vec::new();
-    for (image, out) in x
-        .chunks(g.c_in * g.in_plane())
-        .zip(y.chunks_mut(g.c_out * plane))
-    {
-        if g.is_pointwise() {
-            let x_view = View::row_major(0, g.in_plane());
-            let y_view = View::row_major(0, plane);
-            let dims = (g.c_out, plane, g.c_in);
-            gemm(dims, out, y_view, true, weight, w_view, image, x_view);
-            if relu {
-                clamp_negatives(out);
-            }
-            continue;
-        }
-        for rows in tiles(g) {
-            let width = rows.len() * g.out_w;
-            col.resize(g.patch() * width, T::zero());
-            im2col(g, image, rows.clone(), &mut col);
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |col, (b, rows)| {
+            let image = &x[b * in_size..][..in_size];
             let start = rows.start * g.out_w;
+            let width = rows.len() * g.out_w;
+            let (rhs, rhs_view) = if g.is_pointwise() {
+                (
+                    image,
+                    View {
+                        offset: start,
+                        rs: g.in_plane(),
+                        cs: 1,
+                    },
+                )
+            } else {
+                col.resize(g.patch() * width, T::zero());
+                im2col(g, image, rows, col);
+                (&col[..], View::row_major(0, width))
+            };
+            // This task's tile: columns start..start + width of every output channel of image b.
+            let first = b * g.c_out * plane + start;
+            // SAFETY: tiles of one image cover disjoint rows, images disjoint planes; each
+            // channel's slice is dropped before the next is made or the GEMM writes.
+            let channel = |co: usize| unsafe { out.slice(first + co * plane, width) };
+            for (co, &b) in bias.iter().enumerate() {
+                channel(co).fill(b);
+            }
             let y_view = View {
-                offset: start,
+                offset: first,
                 rs: plane,
                 cs: 1,
             };
-            let col_view = View::row_major(0, width);
             let dims = (g.c_out, width, g.patch());
-            gemm(dims, out, y_view, true, weight, w_view, &col, col_view);
+            assert!(y_view.last(g.c_out, width) < out.len);
+            // SAFETY: as above; the GEMM writes only this tile (the assert bounds it).
+            unsafe {
+                gemm_unchecked(
+                    dims,
+                    out.ptr,
+                    y_view,
+                    true,
+                    weight,
+                    w_view,
+                    rhs,
+                    rhs_view,
+                    Parallelism::None,
+                )
+            };
             if relu {
-                out.par_chunks_mut(plane)
-                    .for_each(|channel| clamp_negatives(&mut channel[start..start + width]));
+                for co in 0..g.c_out {
+                    clamp_negatives(channel(co));
+                }
             }
-        }
-    }
+        });
     y
+}
+
+/// The forward pass of the op: [`winograd::forward`] for the 3x3 stride-1 convolutions it
+/// [applies](winograd::applies) to (most of VGG-16's, and their input gradients), with the
+/// `prepared` filters when given, [`im2col_forward`] for the rest.
+fn forward<T: WithDType>(
+    g: &Geometry,
+    x: &[T],
+    weight: &[T],
+    prepared: Option<&[T]>,
+    bias: &[T],
+    relu: bool,
+) -> Vec<T> {
+    if !winograd::applies(g) {
+        return im2col_forward(g, x, weight, bias, relu);
+    }
+    match prepared {
+        Some(u) => winograd::forward(g, x, u, bias, relu),
+        None => winograd::forward(g, x, &winograd::transform_filters(g, weight), bias, relu),
+    }
 }
 
 fn clamp_negatives<T: WithDType>(values: &mut [T]) {
@@ -553,47 +758,47 @@ fn flipped_transposed<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec<T> {
     out
 }
 
-/// grad_x[b] = col2im(Wᵀ (patch x c_out) · grad_y[b]); for stride 1 (not 1x1), the forward
+/// grad_x[b] = col2im(Wᵀ (patch x c_out) · grad_y[b]); for stride 1, the forward
 /// convolution of [`transposed_geometry`] instead: its GEMM sums over c_out·k·k rather than
 /// c_out alone and writes c_in rows rather than the whole column matrix (VGG-16's first
-/// layers: 2x faster).
+/// layers: 2x faster), and it runs tile by tile in parallel like every forward pass.
 fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> {
-    if !g.is_pointwise() {
-        if let Some(t) = transposed_geometry(g) {
-            let no_bias = vec![T::zero(); t.c_out];
-            return forward(&t, grad_y, &flipped_transposed(g, weight), &no_bias, false);
-        }
+    if let Some(t) = transposed_geometry(g) {
+        let no_bias = vec![T::zero(); t.c_out];
+        return forward(
+            &t,
+            grad_y,
+            &flipped_transposed(g, weight),
+            None,
+            &no_bias,
+            false,
+        );
     }
     let mut grad_x = vec![T::zero(); g.batch * g.c_in * g.in_plane()];
     let wt_view = View::row_major(0, g.patch()).transposed();
-    let mut col = Vec::new();
-    for (gy, gx) in grad_y
-        .chunks(g.c_out * g.out_plane())
-        .zip(grad_x.chunks_mut(g.c_in * g.in_plane()))
-    {
-        if g.is_pointwise() {
-            let gy_view = View::row_major(0, g.out_plane());
-            let gx_view = View::row_major(0, g.in_plane());
-            let dims = (g.c_in, g.in_plane(), g.c_out);
-            gemm(dims, gx, gx_view, false, weight, wt_view, gy, gy_view);
-            continue;
-        }
-        for rows in tiles(g) {
-            let width = rows.len() * g.out_w;
-            col.resize(g.patch() * width, T::zero());
-            let gy_view = View {
-                offset: rows.start * g.out_w,
-                rs: g.out_plane(),
-                cs: 1,
-            };
-            let col_view = View::row_major(0, width);
-            let dims = (g.patch(), width, g.c_out);
-            gemm(
-                dims, &mut col, col_view, false, weight, wt_view, gy, gy_view,
-            );
-            col2im(g, &col, rows, gx);
-        }
-    }
+    // Images in parallel (tiles of one image overlap in col2im); within an image the GEMM
+    // and col2im use whatever threads are left.
+    grad_y
+        .par_chunks(g.c_out * g.out_plane())
+        .zip(grad_x.par_chunks_mut(g.c_in * g.in_plane()))
+        .for_each(|(gy, gx)| {
+            let mut col = Vec::new();
+            for rows in tiles(g, 1) {
+                let width = rows.len() * g.out_w;
+                col.resize(g.patch() * width, T::zero());
+                let gy_view = View {
+                    offset: rows.start * g.out_w,
+                    rs: g.out_plane(),
+                    cs: 1,
+                };
+                let col_view = View::row_major(0, width);
+                let dims = (g.patch(), width, g.c_out);
+                gemm(
+                    dims, &mut col, col_view, false, weight, wt_view, gy, gy_view,
+                );
+                col2im(g, &col, rows, gx);
+            }
+        });
     grad_x
 }
 
@@ -622,7 +827,7 @@ fn weight_grad<T: WithDType>(g: &Geometry, grad_y: &[T], x: &[T]) -> Vec<T> {
             );
             continue;
         }
-        for rows in tiles(g) {
+        for rows in tiles(g, 1) {
             let width = rows.len() * g.out_w;
             col.resize(g.patch() * width, T::zero());
             im2col(g, image, rows.clone(), &mut col);
@@ -726,11 +931,13 @@ mod tests {
 
     #[test]
     fn tiles_cover_every_output_row() -> Result<()> {
-        // 1 << 20 values per tile: a 256-channel 3x3 patch over 64 columns gives 7 rows a
-        // tile, so 20 output rows take three tiles (7, 7, 6).
-        let g = Geometry {
+        // 1 << 20 values per tile: a 255-channel 3x3 patch over 64 columns gives 7 rows a
+        // tile, so 20 output rows take three tiles (7, 7, 6) on one thread, an even number
+        // on two (one image), and three again for three images on two threads. (With 256
+        // channels the convolution would take the Winograd path.)
+        let mut g = Geometry {
             batch: 1,
-            c_in: 256,
+            c_in: 255,
             h: 20,
             w: 64,
             c_out: 2,
@@ -742,14 +949,27 @@ mod tests {
             out_h: 20,
             out_w: 64,
         };
-        let t: Vec<_> = tiles(&g).collect();
-        assert_eq!(t, vec![0..7, 7..14, 14..20]);
+        assert_eq!(tiles(&g, 1), vec![0..7, 7..14, 14..20]);
+        assert_eq!(tiles(&g, 2), vec![0..5, 5..10, 10..15, 15..20]);
+        assert_eq!(tiles(&g, 4), vec![0..5, 5..10, 10..15, 15..20]);
+        g.batch = 3;
+        assert_eq!(tiles(&g, 2), vec![0..7, 7..14, 14..20]);
+        g.out_h = 1;
+        assert_eq!(tiles(&g, 2), vec![0..1]);
         let dev = Device::Cpu;
-        let x = seeded(&[1, 256, 20, 64], 3, &dev)?.to_dtype(DType::F32)?;
-        let k = seeded(&[2, 256, 3, 3], 4, &dev)?.to_dtype(DType::F32)?;
+        let x = seeded(&[1, 255, 20, 64], 3, &dev)?.to_dtype(DType::F32)?;
+        let k = seeded(&[2, 255, 3, 3], 4, &dev)?.to_dtype(DType::F32)?;
         let p = Padding::uniform(1);
-        let ours = conv2d(&x, &k, 1, p)?;
-        assert!(max_abs_diff(&ours, &reference(&x, &k, 1, p)) < 1e-3);
+        let expected = reference(&x, &k, 1, p);
+        // The tiles are parallel tasks: any thread count gives the same result.
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let ours = pool.install(|| conv2d(&x, &k, 1, p))?;
+            assert!(max_abs_diff(&ours, &expected) < 1e-3, "{threads} threads");
+        }
         Ok(())
     }
 
@@ -796,19 +1016,19 @@ mod tests {
                     .broadcast_add(&bias.reshape((1, o, 1, 1))?)?
                     .relu()
             };
-            let ours = conv2d_fused(&x, &k, &bias, s, p, true)?;
+            let ours = conv2d_fused(&x, &k, None, &bias, s, p, true)?;
             assert!(max_abs_diff(&ours, &separate(&x, &k, &bias)?) < 1e-12);
             // Some outputs on each side of zero, or the ReLU is not exercised.
             let positive = ours.gt(0.0)?.to_dtype(DType::F64)?.mean_all()?;
             let positive = positive.to_scalar::<f64>()?;
             assert!(positive > 0.1 && positive < 0.9, "case {i}: {positive}");
-            let no_relu = conv2d_fused(&x, &k, &bias, s, p, false)?;
+            let no_relu = conv2d_fused(&x, &k, None, &bias, s, p, false)?;
             let expected = reference(&x, &k, s, p).broadcast_add(&bias.reshape((1, o, 1, 1))?)?;
             assert!(max_abs_diff(&no_relu, &expected) < 1e-12);
 
-            assert_gradients_match(&x, |x| conv2d_fused(x, &k, &bias, s, p, true))?;
-            assert_gradients_match(&k, |k| conv2d_fused(&x, k, &bias, s, p, true))?;
-            assert_gradients_match(&bias, |bias| conv2d_fused(&x, &k, bias, s, p, true))?;
+            assert_gradients_match(&x, |x| conv2d_fused(x, &k, None, &bias, s, p, true))?;
+            assert_gradients_match(&k, |k| conv2d_fused(&x, k, None, &bias, s, p, true))?;
+            assert_gradients_match(&bias, |bias| conv2d_fused(&x, &k, None, bias, s, p, true))?;
 
             // All three at once, against candle's backward of the separate ops.
             let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
@@ -818,7 +1038,7 @@ mod tests {
             let r = seeded(ours.dims(), 9, &dev)?;
             let vars = [x, k, bias].map(|t| Var::from_tensor(&t).unwrap());
             let [xv, kv, bv] = vars.each_ref().map(|v| v.as_tensor());
-            let ours = (conv2d_fused(xv, kv, bv, s, p, true)? * &r)?
+            let ours = (conv2d_fused(xv, kv, None, bv, s, p, true)? * &r)?
                 .sum_all()?
                 .backward()?;
             let theirs = (separate(xv, kv, bv)? * &r)?.sum_all()?.backward()?;
@@ -827,6 +1047,69 @@ mod tests {
                 assert!(max_abs_diff(a, b) < 1e-12, "case {i}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn winograd_path_matches_candle_forward_and_backward() -> Result<()> {
+        // 256 channels in and out over 28x28 outputs: the forward and the input gradient
+        // both take the Winograd path; with and without prepared filters.
+        let dev = Device::Cpu;
+        let p = Padding::uniform(1);
+        let x = seeded(&[1, 256, 28, 28], 1, &dev)?;
+        let k = (seeded(&[256, 256, 3, 3], 2, &dev)? * 0.05)?;
+        let bias = seeded(&[256], 3, &dev)?;
+        let g = Geometry {
+            batch: 1,
+            c_in: 256,
+            h: 28,
+            w: 28,
+            c_out: 256,
+            k_h: 3,
+            k_w: 3,
+            stride: 1,
+            top: 1,
+            left: 1,
+            out_h: 28,
+            out_w: 28,
+        };
+        assert!(winograd::applies(&g) && winograd::applies(&transposed_geometry(&g).unwrap()));
+        let prepared = WinogradFilters::new(&k)?.expect("3x3 f64 filters");
+        let separate = |x: &Tensor, k: &Tensor, bias: &Tensor| {
+            reference(x, k, 1, p)
+                .broadcast_add(&bias.reshape((1, 256, 1, 1))?)?
+                .relu()
+        };
+        let expected = separate(&x, &k, &bias)?;
+        for filters in [None, Some(&prepared)] {
+            let ours = conv2d_fused(&x, &k, filters, &bias, 1, p, true)?;
+            assert!(max_abs_diff(&ours, &expected) < 1e-12);
+            let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let f32_filters = WinogradFilters::new(&f32s(&k))?;
+            let ours = conv2d_fused(
+                &f32s(&x),
+                &f32s(&k),
+                filters.and(f32_filters.as_ref()),
+                &f32s(&bias),
+                1,
+                p,
+                true,
+            )?;
+            assert!(max_abs_diff(&ours, &f32s(&expected)) < 1e-4);
+        }
+        let r = seeded(expected.dims(), 9, &dev)?;
+        let xv = Var::from_tensor(&x)?;
+        let ours = (conv2d_fused(xv.as_tensor(), &k, Some(&prepared), &bias, 1, p, true)? * &r)?
+            .sum_all()?
+            .backward()?;
+        let theirs = (separate(xv.as_tensor(), &k, &bias)? * &r)?
+            .sum_all()?
+            .backward()?;
+        let (a, b) = (ours.get(&xv).unwrap(), theirs.get(&xv).unwrap());
+        assert!(max_abs_diff(a, b) < 1e-12);
+        // Filters of another weight's shape are refused.
+        let other = WinogradFilters::new(&seeded(&[8, 256, 3, 3], 4, &dev)?)?;
+        assert!(conv2d_fused(&x, &k, other.as_ref(), &bias, 1, p, true).is_err());
         Ok(())
     }
 

@@ -13,7 +13,7 @@ mod norm;
 mod pool;
 mod resize;
 
-pub use conv::{conv2d, conv2d_fused};
+pub use conv::{conv2d, conv2d_fused, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};

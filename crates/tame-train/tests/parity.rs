@@ -120,9 +120,12 @@ fn vgg16_eval_mode_matches_reference_loop() {
         BackboneMode::Eval,
         include_str!("fixtures/train_vgg16_eval.json"),
         // float32 noise in the gradients (the synthetic backbone's logits are in the
-        // thousands, so the softmax is nearly saturated) builds up through momentum.
+        // thousands, so the softmax is nearly saturated) builds up through momentum. It
+        // shows at step 3, where every term moves by 1e-4..1e-3 (the others stay near
+        // 1e-7): the smoothness term by 9.2e-4 with the im2col convolution and by 2.2e-3
+        // with the Winograd one (measured; both round differently from oneDNN's).
         Tolerances {
-            steps: 1e-3,
+            steps: 5e-3,
             state: 2e-2,
         },
     );
