@@ -510,8 +510,8 @@ unsafe fn gemm_unchecked<T: WithDType>(
 fn im2col<T: WithDType>(g: &Geometry, image: &[T], rows: std::ops::Range<usize>, col: &mut [T]) {
     let width = rows.len() * g.out_w;
     let taps = g.k_h * g.k_w;
-    col.chunks_mut(taps * width)
-        .zip(image.chunks(g.in_plane()))
+    col.par_chunks_mut(taps * width)
+        .zip(image.par_chunks(g.in_plane()))
         .for_each(|(col, plane)| {
             for (tap, col_row) in col.chunks_mut(width).enumerate() {
                 let (i, j) = (tap / g.k_w, tap % g.k_w);
@@ -628,66 +628,79 @@ fn im2col_forward<T: WithDType>(
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    let tiles = tiles(g, rayon::current_num_threads());
+    // Tiles in parallel pay where each holds enough pixels; with few (ResNet-50's 14x14
+    // and 7x7 layers at batch 1) every task would pack the whole weight matrix for a narrow
+    // product, so the tasks run one after another and gemm splits each product instead.
+    let threads = rayon::current_num_threads();
+    let in_parallel = g.batch * g.out_plane() >= 1024 * threads;
+    let (tiles, gemm_threads) = if in_parallel {
+        (tiles(g, threads), Parallelism::None)
+    } else {
+        (tiles(g, 1), parallelism())
+    };
     let tasks: Vec<_> = (0..g.batch)
         .flat_map(|b| tiles.iter().map(move |rows| (b, rows.clone())))
         .collect();
     let w_view = View::row_major(0, g.patch());
-    tasks
-        .into_par_iter()
-        .for_each_init(Vec::new, |col, (b, rows)| {
-            let image = &x[b * in_size..][..in_size];
-            let start = rows.start * g.out_w;
-            let width = rows.len() * g.out_w;
-            let (rhs, rhs_view) = if g.is_pointwise() {
-                (
-                    image,
-                    View {
-                        offset: start,
-                        rs: g.in_plane(),
-                        cs: 1,
-                    },
-                )
-            } else {
-                col.resize(g.patch() * width, T::zero());
-                im2col(g, image, rows, col);
-                (&col[..], View::row_major(0, width))
-            };
-            // This task's tile: columns start..start + width of every output channel of image b.
-            let first = b * g.c_out * plane + start;
-            // SAFETY: tiles of one image cover disjoint rows, images disjoint planes; each
-            // channel's slice is dropped before the next is made or the GEMM writes.
-            let channel = |co: usize| unsafe { out.slice(first + co * plane, width) };
-            for (co, &b) in bias.iter().enumerate() {
-                channel(co).fill(b);
+    let run = |col: &mut Vec<T>, (b, rows): (usize, std::ops::Range<usize>)| {
+        let image = &x[b * in_size..][..in_size];
+        let start = rows.start * g.out_w;
+        let width = rows.len() * g.out_w;
+        let (rhs, rhs_view) = if g.is_pointwise() {
+            (
+                image,
+                View {
+                    offset: start,
+                    rs: g.in_plane(),
+                    cs: 1,
+                },
+            )
+        } else {
+            col.resize(g.patch() * width, T::zero());
+            im2col(g, image, rows, col);
+            (&col[..], View::row_major(0, width))
+        };
+        // This task's tile: columns start..start + width of every output channel of image b.
+        let first = b * g.c_out * plane + start;
+        // SAFETY: tiles of one image cover disjoint rows, images disjoint planes; each
+        // channel's slice is dropped before the next is made or the GEMM writes.
+        let channel = |co: usize| unsafe { out.slice(first + co * plane, width) };
+        for (co, &b) in bias.iter().enumerate() {
+            channel(co).fill(b);
+        }
+        let y_view = View {
+            offset: first,
+            rs: plane,
+            cs: 1,
+        };
+        let dims = (g.c_out, width, g.patch());
+        assert!(y_view.last(g.c_out, width) < out.len);
+        // SAFETY: as above; the GEMM writes only this tile (the assert bounds it).
+        unsafe {
+            gemm_unchecked(
+                dims,
+                out.ptr,
+                y_view,
+                true,
+                weight,
+                w_view,
+                rhs,
+                rhs_view,
+                gemm_threads,
+            )
+        };
+        if relu {
+            for co in 0..g.c_out {
+                clamp_negatives(channel(co));
             }
-            let y_view = View {
-                offset: first,
-                rs: plane,
-                cs: 1,
-            };
-            let dims = (g.c_out, width, g.patch());
-            assert!(y_view.last(g.c_out, width) < out.len);
-            // SAFETY: as above; the GEMM writes only this tile (the assert bounds it).
-            unsafe {
-                gemm_unchecked(
-                    dims,
-                    out.ptr,
-                    y_view,
-                    true,
-                    weight,
-                    w_view,
-                    rhs,
-                    rhs_view,
-                    Parallelism::None,
-                )
-            };
-            if relu {
-                for co in 0..g.c_out {
-                    clamp_negatives(channel(co));
-                }
-            }
-        });
+        }
+    };
+    if in_parallel {
+        tasks.into_par_iter().for_each_init(Vec::new, run);
+    } else {
+        let mut col = Vec::new();
+        tasks.into_iter().for_each(|task| run(&mut col, task));
+    }
     y
 }
 
