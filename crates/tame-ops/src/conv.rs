@@ -68,7 +68,7 @@ impl WinogradFilters {
             out_h: 1,
             out_w: 1,
         };
-        let shape = (c_out, winograd::filters_len(1, 1), c_in);
+        let shape = (c_out, winograd::POSITIONS, c_in);
         let (values, device) = (weight.flatten_all()?, weight.device());
         let u = match weight.dtype() {
             DType::F32 => {
@@ -141,7 +141,7 @@ pub fn conv2d_fused(
     };
     let filters = winograd.map(|f| f.0.clone());
     if let Some(f) = &filters {
-        if f.dims() != [c_out, winograd::filters_len(1, 1), c_in] || f.dtype() != x.dtype() {
+        if f.dims() != [c_out, winograd::POSITIONS, c_in] || f.dtype() != x.dtype() {
             candle_core::bail!(
                 "{OP}: Winograd filters {:?} {:?} for a {:?} {:?} weight",
                 f.dims(),

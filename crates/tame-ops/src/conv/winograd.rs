@@ -16,7 +16,7 @@ use super::{clamp_negatives, gemm_unchecked, Geometry, SharedOutput, View};
 use candle_core::WithDType;
 
 /// Positions of the 4x4 transform: one GEMM each.
-const POSITIONS: usize = 16;
+pub(super) const POSITIONS: usize = 16;
 
 /// Whether [`forward`] computes this convolution: 3x3, stride 1, with enough input
 /// channels and output pixels that the transforms and the 16 GEMMs beat one GEMM over
@@ -25,11 +25,6 @@ const POSITIONS: usize = 16;
 /// or at 14x14.
 pub(super) fn applies(g: &Geometry) -> bool {
     g.k_h == 3 && g.k_w == 3 && g.stride == 1 && g.c_in >= 256 && g.batch * g.out_plane() >= 28 * 28
-}
-
-/// Values in the transformed filters of a convolution `c_in -> c_out`.
-pub(super) fn filters_len(c_out: usize, c_in: usize) -> usize {
-    POSITIONS * c_out * c_in
 }
 
 /// Block columns (2-pixel output columns) and block rows of the output.
@@ -51,7 +46,7 @@ pub(super) fn transform_filters<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec
             r[2],
         ]
     };
-    let mut u = vec![T::zero(); filters_len(g.c_out, g.c_in)];
+    let mut u = vec![T::zero(); g.c_out * POSITIONS * g.c_in];
     u.par_chunks_mut(POSITIONS * g.c_in)
         .zip(weight.par_chunks(9 * g.c_in))
         .for_each(|(u, filters)| {
@@ -249,7 +244,7 @@ pub(super) fn forward<T: WithDType>(
     bias: &[T],
     relu: bool,
 ) -> Vec<T> {
-    assert_eq!(u.len(), filters_len(g.c_out, g.c_in));
+    assert_eq!(u.len(), g.c_out * POSITIONS * g.c_in);
     let (across, _) = blocks(g);
     let in_size = g.c_in * g.in_plane();
     let mut y = vec![T::zero(); g.batch * g.c_out * g.out_plane()];
