@@ -12,11 +12,12 @@ import torchvision
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--runs", type=int, default=5)
+p.add_argument("--model", choices=["vgg16", "resnet50"], help="only this backbone")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 print(f"torch {torch.__version__}, threads: {torch.get_num_threads()}")
 print("model     batch  median s/batch  images/s")
-for name in ["vgg16", "resnet50"]:
+for name in [args.model] if args.model else ["vgg16", "resnet50"]:
     net = getattr(torchvision.models, name)(weights=None).eval()
     for batch in [1, 8]:
         x = torch.rand(batch, 3, 224, 224)

@@ -7,7 +7,7 @@ taps, the class map min-max normalised and upsampled to 224x224); one training s
 (the reference loop of TAME-SPEC section 4, backbone in train mode, SGD-Nesterov); AD/IC of
 one image at the three keep levels (TAME-SPEC section 6).
 
-    python xtask/bench/table_pytorch.py --threads 2 --runs 5
+    python xtask/bench/table_pytorch.py --threads 2 --runs 5 [--model resnet50] [--work train]
 """
 import argparse
 import math
@@ -32,6 +32,8 @@ LEVELS = [1.0, 0.5, 0.15]
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--runs", type=int, default=5)
+p.add_argument("--model", choices=list(TAPS), help="only this backbone")
+p.add_argument("--work", choices=["forward", "explain", "train", "ad-ic"], help="only this row")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -58,6 +60,10 @@ def keep(e, f):
     return flat.reshape(e.shape)
 
 
+def wants(work):
+    return args.work in (None, work)
+
+
 def report(model, work, secs):
     print(f"{model:<9} {work:<29} {secs:>8.3f}", flush=True)
 
@@ -65,6 +71,8 @@ def report(model, work, secs):
 print(f"torch {torch.__version__}, threads: {torch.get_num_threads()}")
 print("model     work                          median s")
 for name, taps in TAPS.items():
+    if args.model and name != args.model:
+        continue
     net = getattr(torchvision.models, name)(weights=None).eval()
     for q in net.parameters():
         q.requires_grad_(False)
@@ -77,7 +85,8 @@ for name, taps in TAPS.items():
     def forward():
         with torch.inference_mode():
             net((one - MEAN) / STD)
-    report(name, "forward, batch 1", median_seconds(forward))
+    if wants("forward"):
+        report(name, "forward, batch 1", median_seconds(forward))
 
     with torch.no_grad():
         net((one - MEAN) / STD)
@@ -90,7 +99,8 @@ for name, taps in TAPS.items():
             e = c[0, k]
             e = (e - e.min()) / (e.max() - e.min())
             F.interpolate(e[None, None], size=(224, 224), mode="bilinear", align_corners=False)
-    report(name, "explain, batch 1, one class", median_seconds(explain))
+    if wants("explain"):
+        report(name, "explain, batch 1, one class", median_seconds(explain))
 
     am.train()
     weights = [q for n, q in am.named_parameters() if "weight" in n]
@@ -117,9 +127,10 @@ for name, taps in TAPS.items():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    secs = median_seconds(train_step)
-    report(name, "training step, batch 8", secs)
-    print(f"{'':<9} {'  (images/s)':<29} {8 / secs:>8.2f}")
+    if wants("train"):
+        secs = median_seconds(train_step)
+        report(name, "training step, batch 8", secs)
+        print(f"{'':<9} {'  (images/s)':<29} {8 / secs:>8.2f}")
 
     net.eval()
     am.eval()
@@ -134,4 +145,5 @@ for name, taps in TAPS.items():
             e = F.interpolate(e[None, None], size=(224, 224), mode="bilinear", align_corners=False)
             for f in LEVELS:
                 net((one * keep(e[0, 0], f)[None, None] - MEAN) / STD).softmax(1)[0, k]
-    report(name, "AD/IC, one image, 3 levels", median_seconds(ad_ic))
+    if wants("ad-ic"):
+        report(name, "AD/IC, one image, 3 levels", median_seconds(ad_ic))

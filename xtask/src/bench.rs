@@ -20,6 +20,9 @@ pub enum Bench {
         /// Timed repetitions per measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Only this backbone (vgg16, resnet50, efficientnet-lite0); all when left out.
+        #[arg(long)]
+        model: Option<BackboneKind>,
     },
     /// The speed table of the project, per backbone (VGG-16, ResNet-50; synthetic weights,
     /// the default TAME taps): forward at batch 1, explanation of one class at batch 1,
@@ -29,13 +32,28 @@ pub enum Bench {
         /// Timed repetitions per measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Only this backbone (vgg16 or resnet50); both when left out.
+        #[arg(long)]
+        model: Option<BackboneKind>,
+        /// Only this row of the table; all when left out.
+        #[arg(long, value_enum)]
+        work: Option<Work>,
     },
+}
+
+/// The rows of the speed table.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Work {
+    Forward,
+    Explain,
+    Train,
+    AdIc,
 }
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
-        Bench::Backbones { runs } => backbones(runs),
-        Bench::Table { runs } => table(runs),
+        Bench::Backbones { runs, model } => backbones(runs, model),
+        Bench::Table { runs, model, work } => table(runs, model, work),
     }
 }
 
@@ -51,14 +69,22 @@ fn median_seconds(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64>
     Ok(times[times.len() / 2])
 }
 
-fn backbones(runs: usize) -> Result<()> {
+/// `all`, or only `only` when one is given.
+fn selected(all: &[BackboneKind], only: Option<BackboneKind>) -> Vec<BackboneKind> {
+    all.iter()
+        .copied()
+        .filter(|&k| only.is_none_or(|o| o == k))
+        .collect()
+}
+
+fn backbones(runs: usize, model: Option<BackboneKind>) -> Result<()> {
     let device = Device::Cpu;
     println!(
         "threads: {}",
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
     );
     println!("model     batch  median s/batch  images/s");
-    for kind in BackboneKind::ALL {
+    for kind in selected(&BackboneKind::ALL, model) {
         let net = load_backbone(kind, &WeightsSpec::Synthetic, &device)?;
         let request = net.tap_request(&[], true)?;
         for batch in [1, 8] {
@@ -96,7 +122,8 @@ fn mechanism(backbone: &dyn Backbone, device: &Device) -> Result<AttentionMechan
     Ok(AttentionMechanism::new(&config, 0, DType::F32, device)?)
 }
 
-fn table(runs: usize) -> Result<()> {
+fn table(runs: usize, model: Option<BackboneKind>, work: Option<Work>) -> Result<()> {
+    let wants = |row: Work| work.is_none_or(|w| w == row);
     let device = Device::Cpu;
     println!(
         "threads: {}",
@@ -104,72 +131,87 @@ fn table(runs: usize) -> Result<()> {
     );
     println!("model     work                          median s");
     let report = |model: &str, work: &str, secs: f64| println!("{model:<9} {work:<29} {secs:>8.3}");
-    for kind in [BackboneKind::Vgg16, BackboneKind::ResNet50] {
+    let kinds = [BackboneKind::Vgg16, BackboneKind::ResNet50];
+    if let Some(other) = model.filter(|m| !kinds.contains(m)) {
+        anyhow::bail!(
+            "the speed table covers vgg16 and resnet50, not {}",
+            other.name()
+        );
+    }
+    for kind in selected(&kinds, model) {
         let net = load_backbone(kind, &WeightsSpec::Synthetic, &device)?;
         let name = net.name();
         let one = Tensor::rand(0f32, 1f32, (1, 3, 224, 224), &device)?;
-        let logits = net.tap_request(&[], true)?;
-        let secs = median_seconds(runs, || {
-            net.forward(&one, &logits, Mode::Eval)?;
-            Ok(())
-        })?;
-        report(name, "forward, batch 1", secs);
+        if wants(Work::Forward) {
+            let logits = net.tap_request(&[], true)?;
+            let secs = median_seconds(runs, || {
+                net.forward(&one, &logits, Mode::Eval)?;
+                Ok(())
+            })?;
+            report(name, "forward, batch 1", secs);
+        }
 
         let am = mechanism(net.as_ref(), &device)?;
         let taps = net.default_taps();
         let explainer = TameExplainer::new(&am, taps.clone())?;
         let with_taps = net.tap_request(&taps, true)?;
-        // As `tame explain`: one pass for the taps and the prediction, the map of the top
-        // class, normalised and upsampled to the input.
-        let secs = median_seconds(runs, || {
-            let out = net.forward(&one, &with_taps, Mode::Eval)?;
-            let top = out
-                .logits
-                .context("no logits")?
-                .argmax(D::Minus1)?
-                .to_vec1::<u32>()?;
-            let map = normalize_maps(&explainer.explain(&one, &out.taps, &top)?, 224, 224)?;
-            map.flatten_all()?.to_vec1::<f32>()?;
-            Ok(())
-        })?;
-        report(name, "explain, batch 1, one class", secs);
+        if wants(Work::Explain) {
+            // As `tame explain`: one pass for the taps and the prediction, the map of the top
+            // class, normalised and upsampled to the input.
+            let secs = median_seconds(runs, || {
+                let out = net.forward(&one, &with_taps, Mode::Eval)?;
+                let top = out
+                    .logits
+                    .context("no logits")?
+                    .argmax(D::Minus1)?
+                    .to_vec1::<u32>()?;
+                let map = normalize_maps(&explainer.explain(&one, &out.taps, &top)?, 224, 224)?;
+                map.flatten_all()?.to_vec1::<f32>()?;
+                Ok(())
+            })?;
+            report(name, "explain, batch 1, one class", secs);
+        }
 
-        let config = TrainConfig {
-            backbone: name.to_string(),
-            taps: taps.clone(),
-            epochs: 1,
-            batch_size: 8,
-            max_lr: 1e-4,
-            weight_decay: 5e-4,
-            seed: 0,
-            per_sample_masks: false,
-            backbone_mode: BackboneMode::Reference,
-        };
-        let mut trainer = Trainer::new(
-            net.as_ref(),
-            mechanism(net.as_ref(), &device)?,
-            config,
-            1000,
-        )?;
-        let eight = Tensor::rand(0f32, 1f32, (8, 3, 224, 224), &device)?;
-        let labels: Vec<u32> = (0..8).map(|i| 100 * i + 7).collect();
-        let secs = median_seconds(runs, || {
-            trainer.step(&eight, &labels)?;
-            Ok(())
-        })?;
-        report(name, "training step, batch 8", secs);
-        println!("{:<9} {:<29} {:>8.2}", "", "  (images/s)", 8.0 / secs);
+        if wants(Work::Train) {
+            let config = TrainConfig {
+                backbone: name.to_string(),
+                taps: taps.clone(),
+                epochs: 1,
+                batch_size: 8,
+                max_lr: 1e-4,
+                weight_decay: 5e-4,
+                seed: 0,
+                per_sample_masks: false,
+                backbone_mode: BackboneMode::Reference,
+            };
+            let mut trainer = Trainer::new(
+                net.as_ref(),
+                mechanism(net.as_ref(), &device)?,
+                config,
+                1000,
+            )?;
+            let eight = Tensor::rand(0f32, 1f32, (8, 3, 224, 224), &device)?;
+            let labels: Vec<u32> = (0..8).map(|i| 100 * i + 7).collect();
+            let secs = median_seconds(runs, || {
+                trainer.step(&eight, &labels)?;
+                Ok(())
+            })?;
+            report(name, "training step, batch 8", secs);
+            println!("{:<9} {:<29} {:>8.2}", "", "  (images/s)", 8.0 / secs);
+        }
 
-        let evaluator = Evaluator::new(
-            net.as_ref(),
-            &explainer as &dyn Explainer,
-            EvalConfig::default(),
-        )?;
-        let secs = median_seconds(runs, || {
-            evaluator.evaluate(&one, 0)?;
-            Ok(())
-        })?;
-        report(name, "AD/IC, one image, 3 levels", secs);
+        if wants(Work::AdIc) {
+            let evaluator = Evaluator::new(
+                net.as_ref(),
+                &explainer as &dyn Explainer,
+                EvalConfig::default(),
+            )?;
+            let secs = median_seconds(runs, || {
+                evaluator.evaluate(&one, 0)?;
+                Ok(())
+            })?;
+            report(name, "AD/IC, one image, 3 levels", secs);
+        }
     }
     Ok(())
 }

@@ -27,12 +27,23 @@ impl Conv1x1 {
         self.weight.as_tensor().reshape(self.out_in()?)
     }
 
-    /// (B, in, L) -> (B, out, L).
+    /// (B, in, L) -> (B, out, L), as a convolution: its weight gradient is one product per
+    /// image accumulated in place, where a matrix product broadcast over the batch would
+    /// make a (B, out, in) gradient and then reduce it.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (o, _) = self.out_in()?;
-        self.matrix()?
-            .broadcast_matmul(x)?
-            .broadcast_add(&self.bias.as_tensor().reshape((1, o, 1))?)
+        let (b, c, l) = x.dims3()?;
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let no_padding = tame_ops::Padding::uniform(0);
+        tame_ops::conv2d_fused(
+            &x.reshape((b, c, l, 1))?,
+            weight,
+            None,
+            bias,
+            1,
+            no_padding,
+            false,
+        )?
+        .reshape((b, (), l))
     }
 }
 
@@ -93,5 +104,45 @@ impl BatchNorm {
 
     pub fn batches_tracked(&self) -> i64 {
         self.batches_tracked.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>())
+            .unwrap()
+    }
+
+    /// The convolution form of the 1x1 layer against the plain broadcast matrix product, for
+    /// the output and the gradients of the input, the weight and the bias (float64).
+    #[test]
+    fn conv1x1_equals_the_broadcast_matrix_product() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let rand = |shape: &[usize]| Tensor::randn(0f64, 1.0, shape, &dev);
+        let layer = Conv1x1 {
+            weight: Var::from_tensor(&rand(&[5, 3, 1, 1])?)?,
+            bias: Var::from_tensor(&rand(&[5])?)?,
+        };
+        let x = Var::from_tensor(&rand(&[2, 3, 7])?)?;
+        let r = rand(&[2, 5, 7])?;
+        let ours = layer.forward(x.as_tensor())?;
+        let plain = layer
+            .matrix()?
+            .broadcast_matmul(x.as_tensor())?
+            .broadcast_add(&layer.bias.as_tensor().reshape((1, 5, 1))?)?;
+        assert_eq!(ours.dtype(), DType::F64);
+        assert!(max_abs_diff(&ours, &plain) < 1e-12);
+        let g1 = (ours * &r)?.sum_all()?.backward()?;
+        let g2 = (plain * &r)?.sum_all()?.backward()?;
+        for t in [x.as_tensor(), layer.weight.as_tensor(), layer.bias.as_tensor()] {
+            assert!(max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-12);
+        }
+        Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! The batch norm layer of ResNet-50 and EfficientNet-Lite0: parameters by PyTorch's names,
 //! the arithmetic in [`tame_ops::batch_norm_eval`] / [`tame_ops::batch_norm_train`] (one pass
-//! each way instead of candle_nn's chain of broadcasts), running statistics updated in memory
+//! each way instead of candle_nn's chain of broadcasts, the ReLU and residual addition that
+//! follow fused in), running statistics updated in memory
 //! in train mode as PyTorch updates them.
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use tame_ops::Epilogue;
 
 pub struct BatchNorm {
     weight: Tensor,
@@ -31,6 +33,12 @@ impl BatchNorm {
     /// Eval: the running statistics. Train: the batch's, and the running ones move towards
     /// them by `momentum` (the variance unbiased, as PyTorch).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_then(x, train, Epilogue::default())
+    }
+
+    /// [`forward`](Self::forward) followed by `then` (a residual addition, a ReLU) in the
+    /// same pass.
+    pub fn forward_then(&self, x: &Tensor, train: bool, then: Epilogue) -> Result<Tensor> {
         if !train {
             // Detached: the statistics are Vars only so that train mode can update them in
             // place; no gradient should flow to them.
@@ -41,9 +49,10 @@ impl BatchNorm {
                 &self.running_mean.as_tensor().detach(),
                 &self.running_var.as_tensor().detach(),
                 self.eps,
+                then,
             );
         }
-        let (y, stats) = tame_ops::batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+        let (y, stats) = tame_ops::batch_norm_train(x, &self.weight, &self.bias, self.eps, then)?;
         let m = self.momentum;
         let n = stats.count as f64;
         let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (stats.mean * m)?)?;

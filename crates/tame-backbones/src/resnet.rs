@@ -5,6 +5,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use tame_ops::Epilogue;
 
 use crate::conv::Conv;
 use crate::norm::BatchNorm;
@@ -21,6 +22,23 @@ fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Res
 
 fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
     Ok(BatchNorm::new(vb, channels, 1e-5, 0.1)?)
+}
+
+/// `relu(bn(x))`, as one op unless the batch norm's own output is asked for as a tap.
+fn bn_relu(
+    bn: &BatchNorm,
+    x: &Tensor,
+    train: bool,
+    taps: &mut TapCollector,
+    bn_name: &str,
+    relu_name: &str,
+) -> Result<Tensor> {
+    let y = if taps.wants(bn_name) {
+        taps.pass(bn_name, bn.forward(x, train)?)?.relu()?
+    } else {
+        bn.forward_then(x, train, Epilogue::relu())?
+    };
+    taps.pass(relu_name, y)
 }
 
 struct Bottleneck {
@@ -59,24 +77,29 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
-        let mut node = |suffix: &str, t: Tensor| taps.pass(&format!("{}.{suffix}", self.name), t);
-        let y = node("conv1", self.conv1.forward(x)?)?;
-        let y = node("bn1", self.bn1.forward(&y, train)?)?;
-        let y = node("relu", y.relu()?)?;
-        let y = node("conv2", self.conv2.forward(&y)?)?;
-        let y = node("bn2", self.bn2.forward(&y, train)?)?;
-        let y = node("relu_1", y.relu()?)?;
-        let y = node("conv3", self.conv3.forward(&y)?)?;
-        let y = node("bn3", self.bn3.forward(&y, train)?)?;
+        let name = |suffix: &str| format!("{}.{suffix}", self.name);
+        let y = taps.pass(&name("conv1"), self.conv1.forward(x)?)?;
+        let y = bn_relu(&self.bn1, &y, train, taps, &name("bn1"), &name("relu"))?;
+        let y = taps.pass(&name("conv2"), self.conv2.forward(&y)?)?;
+        let y = bn_relu(&self.bn2, &y, train, taps, &name("bn2"), &name("relu_1"))?;
+        let y = taps.pass(&name("conv3"), self.conv3.forward(&y)?)?;
         let identity = match &self.downsample {
             Some((conv, bn)) => {
-                let d = node("downsample.0", conv.forward(x)?)?;
-                node("downsample.1", bn.forward(&d, train)?)?
+                let d = taps.pass(&name("downsample.0"), conv.forward(x)?)?;
+                taps.pass(&name("downsample.1"), bn.forward(&d, train)?)?
             }
             None => x.clone(),
         };
-        let y = node("add", (y + identity)?)?;
-        let y = node("relu_2", y.relu()?)?;
+        let (bn3, add) = (name("bn3"), name("add"));
+        let y = if taps.wants(&bn3) || taps.wants(&add) {
+            let y = taps.pass(&bn3, self.bn3.forward(&y, train)?)?;
+            let y = taps.pass(&add, (y + identity)?)?;
+            y.relu()?
+        } else {
+            self.bn3
+                .forward_then(&y, train, Epilogue::add_relu(&identity))?
+        };
+        let y = taps.pass(&name("relu_2"), y)?;
         taps.pass(&self.name, y)
     }
 
@@ -201,10 +224,7 @@ impl Backbone for ResNet50 {
         let x = normalize_imagenet(images)?;
         let x = self.conv1.forward(&x)?;
         let x = taps.pass("conv1", x)?;
-        let x = self.bn1.forward(&x, train)?;
-        let x = taps.pass("bn1", x)?;
-        let x = x.relu()?;
-        let x = taps.pass("relu", x)?;
+        let x = bn_relu(&self.bn1, &x, train, &mut taps, "bn1", "relu")?;
         let mut x = taps.pass("maxpool", tame_ops::max_pool2d(&x, 3, 2, 1)?)?;
         for (stage, blocks) in self.layers.iter().enumerate() {
             for block in blocks {
@@ -225,5 +245,52 @@ impl Backbone for ResNet50 {
         let logits = self.fc.forward(&x)?;
         taps.offer("fc", &logits);
         taps.finish(Some(logits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::synthetic::SyntheticWeights;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Asking for a batch norm's or an addition's own output keeps it apart from the ReLU
+    /// after it; the results are those of the fused ops either way, to the bit.
+    #[test]
+    fn fused_and_separate_batch_norm_paths_agree() -> Result<()> {
+        let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, Device::Cpu);
+        let net = ResNet50::new(vb)?;
+        let images = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu)?;
+        let outputs = ["relu", "layer1.0.relu", "layer1.0", "layer1.1"].map(String::from);
+        let parts = ["bn1", "layer1.0.bn1", "layer1.0.add", "layer1.1.bn3"].map(String::from);
+        for mode in [Mode::Eval, Mode::Train] {
+            let fused = net.forward(&images, &net.tap_request(&outputs, false)?, mode)?;
+            let all: Vec<String> = outputs.iter().chain(&parts).cloned().collect();
+            let split = net.forward(&images, &net.tap_request(&all, false)?, mode)?;
+            for (a, b) in fused.taps.iter().zip(&split.taps) {
+                assert!(max_abs_diff(a, b) == 0.0);
+            }
+            let [bn1, bn1_block, add, _] = &split.taps[4..] else {
+                unreachable!()
+            };
+            assert!(max_abs_diff(&split.taps[0], &bn1.relu()?) == 0.0);
+            assert!(max_abs_diff(&split.taps[1], &bn1_block.relu()?) == 0.0);
+            assert!(max_abs_diff(&split.taps[2], &add.relu()?) == 0.0);
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::{run_float_kernel, FloatKernel};
+use crate::{clamp_negatives, run_float_kernel, FloatKernel, ReluMask};
 
 mod winograd;
 
@@ -297,36 +297,6 @@ impl CustomOp3 for FusedConv {
             None
         };
         Ok((grad_x, grad_w, grad_b))
-    }
-}
-
-/// (grad_y, y) -> grad_y where y > 0, else 0: the backward pass of a fused ReLU.
-struct ReluMask;
-
-impl FloatKernel for ReluMask {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        operands[0]
-            .iter()
-            .zip(operands[1])
-            .map(|(&g, &y)| if y > T::zero() { g } else { T::zero() })
-            .collect()
-    }
-}
-
-impl CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "tame-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
-        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -721,14 +691,6 @@ fn forward<T: WithDType>(
     match prepared {
         Some(u) => winograd::forward(g, x, u, bias, relu),
         None => winograd::forward(g, x, &winograd::transform_filters(g, weight), bias, relu),
-    }
-}
-
-fn clamp_negatives<T: WithDType>(values: &mut [T]) {
-    for v in values {
-        if *v < T::zero() {
-            *v = T::zero();
-        }
     }
 }
 

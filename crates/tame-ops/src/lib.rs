@@ -15,7 +15,7 @@ mod resize;
 
 pub use conv::{conv2d, conv2d_fused, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
-pub use norm::{batch_norm_eval, batch_norm_train, BatchStats};
+pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::{bilinear_matrix, resize_bilinear};
 
@@ -73,4 +73,44 @@ fn run_float_kernel(
         Some(CpuStorage::F64(_)) => CpuStorage::F64(kernel.run(&data(operands, f64s, op)?)),
         _ => candle_core::bail!("{op}: f32 or f64 operands of one type expected"),
     })
+}
+
+/// ReLU in place.
+fn clamp_negatives<T: candle_core::WithDType>(values: &mut [T]) {
+    for v in values {
+        if *v < T::zero() {
+            *v = T::zero();
+        }
+    }
+}
+
+/// (grad_y, y) -> grad_y where y > 0, else 0: the backward pass of a ReLU fused into the op
+/// that produced y (PyTorch's: no gradient where the output is zero).
+struct ReluMask;
+
+impl FloatKernel for ReluMask {
+    fn run<T: candle_core::WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        operands[0]
+            .iter()
+            .zip(operands[1])
+            .map(|(&g, &y)| if y > T::zero() { g } else { T::zero() })
+            .collect()
+    }
+}
+
+impl candle_core::CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "tame-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], "relu")?;
+        Ok((out, l1.shape().clone()))
+    }
 }

@@ -12,7 +12,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{clamp_negatives, gemm_unchecked, Geometry, SharedOutput, View};
+use super::{gemm_unchecked, Geometry, SharedOutput, View};
+use crate::clamp_negatives;
 use candle_core::WithDType;
 
 /// Positions of the 4x4 transform: one GEMM each.
