@@ -140,7 +140,11 @@ mod tests {
         assert!(max_abs_diff(&ours, &plain) < 1e-12);
         let g1 = (ours * &r)?.sum_all()?.backward()?;
         let g2 = (plain * &r)?.sum_all()?.backward()?;
-        for t in [x.as_tensor(), layer.weight.as_tensor(), layer.bias.as_tensor()] {
+        for t in [
+            x.as_tensor(),
+            layer.weight.as_tensor(),
+            layer.bias.as_tensor(),
+        ] {
             assert!(max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-12);
         }
         Ok(())

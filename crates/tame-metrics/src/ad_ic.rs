@@ -24,7 +24,8 @@ pub struct AdIcScores {
 /// `pixels` are the images (n, `dims`) in [0, 1], `maps` their normalised maps (n, H, W) in
 /// [0, 1], `classes` and `y` each image's predicted class and its probability. The mask E is
 /// the map with [`keep_fraction`] applied, multiplied into every channel before the backbone's
-/// normalisation. Each level is classified `chunk` images at a time.
+/// normalisation. The masked images are classified `chunk` at a time (at least the three of
+/// one image together).
 #[allow(clippy::too_many_arguments)]
 pub fn ad_ic_scores(
     classify: &Classify,
@@ -45,30 +46,32 @@ pub fn ad_ic_scores(
             y.len()
         )));
     }
-    let mut scores: Vec<AdIcScores> = y.iter().map(|&y| AdIcScores { y, o: [0.0; 3] }).collect();
-    for (level, &keep) in KEEP_LEVELS.iter().enumerate() {
-        let outcomes = classify_generated(
-            classify,
-            dims,
-            n,
-            chunk,
-            device,
-            |i| classes[i],
-            |i, image| {
-                let mut mask = maps[i * plane..(i + 1) * plane].to_vec();
-                keep_fraction(&mut mask, keep);
-                let source = &pixels[i * image.len()..(i + 1) * image.len()];
-                for (c, out) in image.chunks_mut(plane).enumerate() {
-                    let src = &source[c * plane..(c + 1) * plane];
-                    for ((o, &x), &m) in out.iter_mut().zip(src).zip(&mask) {
-                        *o = x * m;
-                    }
+    // Image-major: the three masked versions of an image go through the backbone together,
+    // so that even a single image makes one batch of three instead of three batches of one.
+    let levels = KEEP_LEVELS.len();
+    let outcomes = classify_generated(
+        classify,
+        dims,
+        n * levels,
+        chunk.max(levels),
+        device,
+        |i| classes[i / levels],
+        |i, image| {
+            let (img, keep) = (i / levels, KEEP_LEVELS[i % levels]);
+            let mut mask = maps[img * plane..(img + 1) * plane].to_vec();
+            keep_fraction(&mut mask, keep);
+            let source = &pixels[img * image.len()..(img + 1) * image.len()];
+            for (c, out) in image.chunks_mut(plane).enumerate() {
+                let src = &source[c * plane..(c + 1) * plane];
+                for ((o, &x), &m) in out.iter_mut().zip(src).zip(&mask) {
+                    *o = x * m;
                 }
-            },
-        )?;
-        for (s, o) in scores.iter_mut().zip(outcomes) {
-            s.o[level] = o.prob;
-        }
+            }
+        },
+    )?;
+    let mut scores: Vec<AdIcScores> = y.iter().map(|&y| AdIcScores { y, o: [0.0; 3] }).collect();
+    for (i, o) in outcomes.iter().enumerate() {
+        scores[i / levels].o[i % levels] = o.prob;
     }
     Ok(scores)
 }
