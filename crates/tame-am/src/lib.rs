@@ -6,10 +6,12 @@
 //! built from the tap shapes alone, for any backbone and any taps.
 //!
 //! Explaining k classes needs only k rows of the final 1x1 fuser, so the work is split:
-//! [`AttentionMechanism::fused_features`] runs the branches once, then
+//! [`AttentionMechanism::branches`] runs the branches once, then
 //! [`AttentionMechanism::class_logits`] (one class list for the batch) or
 //! [`AttentionMechanism::per_sample_class_logits`] (one list per sample) computes only the
-//! maps asked for; [`AttentionMechanism::forward`] gives all 1000.
+//! maps asked for, applying the fuser's rows to each branch before its resize to S x S (the
+//! same numbers as the reference's resize-concatenate-fuse, with k channels resized instead
+//! of all); [`AttentionMechanism::forward`] gives all 1000 in the reference's order.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
@@ -19,8 +21,8 @@
 //! let config = AmConfig::new(Version::Tame, taps)?;
 //! let am = AttentionMechanism::new(&config, 0, DType::F32, &Device::Cpu)?;
 //! # let features: Vec<Tensor> = vec![];
-//! let fused = am.fused_features(&features, false)?;
-//! let beagle = am.class_logits(&fused, &[162])?; // (B, 1, 28, 28)
+//! let branches = am.branches(&features, false)?;
+//! let beagle = am.class_logits(&branches, &[162])?; // (B, 1, 28, 28)
 //! # Ok::<(), tame_am::AmError>(())
 //! ```
 //!
@@ -38,5 +40,5 @@ mod version;
 pub use checkpoint::{sidecar_path, CheckpointMeta, LoadedCheckpoint};
 pub use config::{AmConfig, TapShape, NUM_CLASSES};
 pub use error::{AmError, Mismatch};
-pub use mechanism::AttentionMechanism;
+pub use mechanism::{AttentionMechanism, Branches};
 pub use version::Version;

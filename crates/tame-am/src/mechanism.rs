@@ -23,6 +23,21 @@ pub struct AttentionMechanism {
     var_map: VarMap,
 }
 
+/// The outputs of a mechanism's branches for one batch, each (B, C_i, H_i, W_i) at its tap's
+/// resolution, from [`AttentionMechanism::branches`].
+#[derive(Clone, Debug)]
+pub struct Branches {
+    maps: Vec<Tensor>,
+    batch: usize,
+}
+
+impl Branches {
+    /// The branch outputs, in tap order.
+    pub fn maps(&self) -> &[Tensor] {
+        &self.maps
+    }
+}
+
 /// How the seeded initialisation fills a tensor.
 #[derive(Clone, Copy)]
 enum Init {
@@ -296,12 +311,13 @@ impl AttentionMechanism {
         Ok(out)
     }
 
-    /// The fused features (B, F, S, S) that the fuser reads: every branch applied to its tap,
-    /// resized to S x S and concatenated on the channel axis (F = [`AmConfig::fused_channels`]).
+    /// The outputs of every branch for `taps`, each at its tap's resolution (before the
+    /// resize to S x S): what [`class_logits`](Self::class_logits) and
+    /// [`per_sample_class_logits`](Self::per_sample_class_logits) read.
     ///
     /// `taps` are the (B, C_i, H_i, W_i) feature maps in the configured order. In train mode
     /// batch norms use batch statistics and update their running statistics.
-    pub fn fused_features(&self, taps: &[Tensor], train: bool) -> Result<Tensor, AmError> {
+    pub fn branches(&self, taps: &[Tensor], train: bool) -> Result<Branches, AmError> {
         let expected = self.config.taps();
         if taps.len() != expected.len() {
             return Err(AmError::TapCount {
@@ -310,8 +326,7 @@ impl AttentionMechanism {
             });
         }
         let batch = taps[0].dims().first().copied().unwrap_or(0);
-        let side = self.config.side();
-        let mut branches = Vec::with_capacity(taps.len());
+        let mut maps = Vec::with_capacity(taps.len());
         for (i, (x, shape)) in taps.iter().zip(expected).enumerate() {
             let want = [batch, shape.channels, shape.height, shape.width];
             if x.dims() != want || batch == 0 {
@@ -333,14 +348,27 @@ impl AttentionMechanism {
                 Version::SigmoidInFeatureBranch => candle_nn::ops::sigmoid(&y)?,
                 _ => y.relu()?,
             };
-            let y = y.reshape((batch, (), shape.height, shape.width))?;
-            branches.push(tame_ops::resize_bilinear(&y, side, side)?);
+            maps.push(y.reshape((batch, (), shape.height, shape.width))?);
         }
-        Ok(Tensor::cat(&branches, 1)?)
+        Ok(Branches { maps, batch })
     }
 
-    /// The logit maps **c** of all [`NUM_CLASSES`] classes, (B, 1000, S, S); the explanation
-    /// maps are `candle_nn::ops::sigmoid(&c)`.
+    /// The fused features (B, F, S, S) of the reference: every branch resized to S x S and
+    /// concatenated on the channel axis (F = [`AmConfig::fused_channels`]).
+    pub fn fused_features(&self, taps: &[Tensor], train: bool) -> Result<Tensor, AmError> {
+        let side = self.config.side();
+        let resized = self
+            .branches(taps, train)?
+            .maps
+            .iter()
+            .map(|y| tame_ops::resize_bilinear(y, side, side))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&resized, 1)?)
+    }
+
+    /// The logit maps **c** of all [`NUM_CLASSES`] classes, (B, 1000, S, S), computed as the
+    /// reference does (the fuser over the [`fused_features`](Self::fused_features)); the
+    /// explanation maps are `candle_nn::ops::sigmoid(&c)`.
     pub fn forward(&self, taps: &[Tensor], train: bool) -> Result<Tensor, AmError> {
         let features = self.fused_features(taps, train)?;
         let (b, f, s, _) = features.dims4()?;
@@ -351,21 +379,17 @@ impl AttentionMechanism {
     /// The logit maps of the classes `classes` for every sample, (B, k, S, S): channel j is
     /// channel `classes[j]` of [`forward`](Self::forward)'s output, computed from only those k
     /// rows of the fuser. With `classes` = the batch's labels this is the reference's `a[:, y]`.
-    pub fn class_logits(&self, features: &Tensor, classes: &[u32]) -> Result<Tensor, AmError> {
-        let (b, f, s, _) = self.check_features(features)?;
-        let idx = self.class_index(classes, features.device())?;
+    pub fn class_logits(&self, branches: &Branches, classes: &[u32]) -> Result<Tensor, AmError> {
+        self.check_branches(branches)?;
+        let idx = self.class_index(classes, self.fuser.weight.device())?;
         let k = classes.len();
-        let w = self.fuser.matrix()?.index_select(&idx, 0)?;
-        let bias = self
+        let rows = self
             .fuser
-            .bias
-            .as_tensor()
+            .matrix()?
             .index_select(&idx, 0)?
-            .reshape((1, k, 1))?;
-        let flat = features.reshape((b, f, s * s))?;
-        Ok(w.broadcast_matmul(&flat)?
-            .broadcast_add(&bias)?
-            .reshape((b, k, s, s))?)
+            .reshape((1, k, ()))?;
+        let bias = self.fuser.bias.as_tensor().index_select(&idx, 0)?;
+        self.selected_logits(branches, &rows, &bias.reshape((1, k, 1, 1))?)
     }
 
     /// The logit maps of a class list per sample, (B, k, S, S): channel j of sample i is
@@ -374,10 +398,11 @@ impl AttentionMechanism {
     /// own map, (B, 1, S, S).
     pub fn per_sample_class_logits(
         &self,
-        features: &Tensor,
+        branches: &Branches,
         classes: &[Vec<u32>],
     ) -> Result<Tensor, AmError> {
-        let (b, f, s, _) = self.check_features(features)?;
+        self.check_branches(branches)?;
+        let b = branches.batch;
         if classes.len() != b {
             return Err(AmError::BadInput(format!(
                 "{} class lists for a batch of {b}",
@@ -392,32 +417,60 @@ impl AttentionMechanism {
             )));
         }
         let flat_classes: Vec<u32> = classes.concat();
-        let idx = self.class_index(&flat_classes, features.device())?;
-        let w = self
+        let idx = self.class_index(&flat_classes, self.fuser.weight.device())?;
+        let rows = self
             .fuser
             .matrix()?
             .index_select(&idx, 0)?
-            .reshape((b, k, f))?;
-        let bias = self
-            .fuser
-            .bias
-            .as_tensor()
-            .index_select(&idx, 0)?
-            .reshape((b, k, 1))?;
-        let flat = features.reshape((b, f, s * s))?;
-        Ok(w.matmul(&flat)?
-            .broadcast_add(&bias)?
-            .reshape((b, k, s, s))?)
+            .reshape((b, k, ()))?;
+        let bias = self.fuser.bias.as_tensor().index_select(&idx, 0)?;
+        self.selected_logits(branches, &rows, &bias.reshape((b, k, 1, 1))?)
     }
 
-    fn check_features(&self, features: &Tensor) -> Result<(usize, usize, usize, usize), AmError> {
-        let (f, s) = (self.config.fused_channels(), self.config.side());
-        match *features.dims() {
-            [b, ff, h, w] if ff == f && h == s && w == s => Ok((b, f, s, s)),
-            ref got => Err(AmError::BadInput(format!(
-                "fused features must have shape (B, {f}, {s}, {s}), got {got:?}"
-            ))),
+    /// Σ_i resize(rows_i · branch_i) + bias for fuser `rows` (1 or B, k, F) and their `bias`
+    /// (1 or B, k, 1, 1), rows_i being the columns of branch i. The same numbers as the
+    /// fuser over the resized concatenation (both maps are linear, and each resize weighs
+    /// its inputs by weights that sum to one), but only k channels of each branch are
+    /// resized, not all F.
+    fn selected_logits(
+        &self,
+        branches: &Branches,
+        rows: &Tensor,
+        bias: &Tensor,
+    ) -> Result<Tensor, AmError> {
+        let side = self.config.side();
+        let k = rows.dim(1)?;
+        let mut offset = 0;
+        let mut sum: Option<Tensor> = None;
+        for y in &branches.maps {
+            let (b, c, h, w) = y.dims4()?;
+            let part = rows.narrow(2, offset, c)?.contiguous()?;
+            let maps = part
+                .broadcast_matmul(&y.reshape((b, c, h * w))?)?
+                .reshape((b, k, h, w))?;
+            let maps = tame_ops::resize_bilinear(&maps, side, side)?;
+            sum = Some(match sum {
+                Some(s) => (s + maps)?,
+                None => maps,
+            });
+            offset += c;
         }
+        let sum = sum.ok_or(AmError::NoTaps)?;
+        Ok(sum.broadcast_add(bias)?)
+    }
+
+    /// `branches` came from a mechanism of this configuration.
+    fn check_branches(&self, branches: &Branches) -> Result<(), AmError> {
+        let expected: Vec<usize> = (0..self.config.taps().len())
+            .map(|i| self.config.branch_channels(i))
+            .collect();
+        let got: Vec<usize> = branches.maps.iter().map(|m| m.dims()[1]).collect();
+        if got != expected {
+            return Err(AmError::BadInput(format!(
+                "branch outputs of {got:?} channels for a mechanism of {expected:?}"
+            )));
+        }
+        Ok(())
     }
 
     fn class_index(&self, classes: &[u32], device: &Device) -> Result<Tensor, AmError> {

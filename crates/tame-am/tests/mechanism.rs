@@ -27,13 +27,17 @@ fn selected_class_maps_equal_slices_of_the_full_output() {
         let config = common::config(v, &SMALL);
         let am = common::synthetic_am(&config, DType::F32);
         let taps = common::synthetic_taps(&config, 3, DType::F32);
+        // The reference's order: resize, concatenate, the whole fuser.
         let full = am.forward(&taps, false).unwrap();
         let fused = am.fused_features(&taps, false).unwrap();
         assert_eq!(fused.dims(), [3, config.fused_channels(), 9, 9]);
+        let branches = am.branches(&taps, false).unwrap();
+        let sizes: Vec<_> = branches.maps().iter().map(|m| m.dims()[2]).collect();
+        assert_eq!(sizes, [9, 5], "{v}: branches keep their tap's resolution");
 
         // One list for the whole batch, with a repeat: the reference's a[:, y].
         let classes = [7u32, 999, 7];
-        let shared = am.class_logits(&fused, &classes).unwrap();
+        let shared = am.class_logits(&branches, &classes).unwrap();
         assert_eq!(shared.dims(), [3, 3, 9, 9]);
         for (j, &c) in classes.iter().enumerate() {
             let d = max_abs_diff(
@@ -45,7 +49,7 @@ fn selected_class_maps_equal_slices_of_the_full_output() {
 
         // One list per sample.
         let lists = vec![vec![0u32, 5], vec![999, 0], vec![42, 42]];
-        let per = am.per_sample_class_logits(&fused, &lists).unwrap();
+        let per = am.per_sample_class_logits(&branches, &lists).unwrap();
         assert_eq!(per.dims(), [3, 2, 9, 9]);
         for (b, list) in lists.iter().enumerate() {
             for (j, &c) in list.iter().enumerate() {
@@ -62,9 +66,9 @@ fn every_parameter_receives_a_gradient_in_train_mode() {
         let config = common::config(v, &[(4, 6, 6), (5, 3, 3), (3, 2, 2)]);
         let am = AttentionMechanism::new(&config, 1, DType::F64, &Device::Cpu).unwrap();
         let taps = common::synthetic_taps(&config, 2, DType::F64);
-        let fused = am.fused_features(&taps, true).unwrap();
+        let branches = am.branches(&taps, true).unwrap();
         let labels = [3u32, 800];
-        let a = candle_nn::ops::sigmoid(&am.class_logits(&fused, &labels).unwrap()).unwrap();
+        let a = candle_nn::ops::sigmoid(&am.class_logits(&branches, &labels).unwrap()).unwrap();
         let grads = a.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         for (name, var) in am.parameters() {
             let g = grads
@@ -485,21 +489,29 @@ fn bad_inputs_are_errors_not_panics() {
         Err(AmError::BatchTooSmall(1))
     ));
 
-    let fused = am.fused_features(&taps, false).unwrap();
+    let branches = am.branches(&taps, false).unwrap();
     assert!(matches!(
-        am.class_logits(&fused, &[NUM_CLASSES as u32]),
+        am.class_logits(&branches, &[NUM_CLASSES as u32]),
         Err(AmError::ClassIndex { .. })
     ));
+    // Branches of a mechanism with other channel counts.
+    let other = AttentionMechanism::new(
+        &common::config(Version::Tame, &[(4, 9, 9), (10, 5, 5)]),
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert!(matches!(
-        am.class_logits(&taps[0], &[1]),
+        other.class_logits(&branches, &[1]),
         Err(AmError::BadInput(_))
     ));
     assert!(matches!(
-        am.per_sample_class_logits(&fused, &[vec![1]]),
+        am.per_sample_class_logits(&branches, &[vec![1]]),
         Err(AmError::BadInput(_))
     ));
     assert!(matches!(
-        am.per_sample_class_logits(&fused, &[vec![1], vec![1, 2]]),
+        am.per_sample_class_logits(&branches, &[vec![1], vec![1, 2]]),
         Err(AmError::BadInput(_))
     ));
     assert!(matches!(

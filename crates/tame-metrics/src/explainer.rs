@@ -50,9 +50,9 @@ impl Explainer for TameExplainer<'_> {
     }
 
     fn explain(&self, _images: &Tensor, taps: &[Tensor], classes: &[u32]) -> Result<Tensor> {
-        let features = self.am.fused_features(taps, false)?;
+        let branches = self.am.branches(taps, false)?;
         let per_image: Vec<Vec<u32>> = classes.iter().map(|&c| vec![c]).collect();
-        let c = self.am.per_sample_class_logits(&features, &per_image)?;
+        let c = self.am.per_sample_class_logits(&branches, &per_image)?;
         Ok(c.squeeze(1)?)
     }
 }

@@ -305,10 +305,10 @@ impl<'a> Trainer<'a> {
         self.backbone.reseed(mix(self.config.seed, step));
         let mode = self.config.backbone_mode.mode();
         let taps = self.backbone.forward(images, &self.taps, mode)?.taps;
-        let features = self.am.fused_features(&taps, true)?;
+        let branches = self.am.branches(&taps, true)?;
         let mask_set = self.config.mask_set();
         let classes = mask_set.classes(labels);
-        let maps = candle_nn::ops::sigmoid(&self.am.per_sample_class_logits(&features, &classes)?)?;
+        let maps = candle_nn::ops::sigmoid(&self.am.per_sample_class_logits(&branches, &classes)?)?;
         let own = own_maps(&maps, labels, &classes)?;
         let (_, _, h, w) = images.dims4()?;
         let masks = tame_ops::resize_bilinear(&own, h, w)?;
