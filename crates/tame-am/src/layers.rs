@@ -63,31 +63,24 @@ impl BatchNorm {
     /// the running statistics with the unbiased one, as PyTorch does.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, AmError> {
         let (b, c, l) = x.dims3()?;
-        let per_channel = |t: &Tensor| t.reshape((1, c, 1));
-        let (mean, var) = if train {
-            let n = b * l;
-            if n < 2 {
-                return Err(AmError::BatchTooSmall(n));
+        // tame_ops' batch norm: one pass each way, with the weight's and bias's gradients
+        // (candle's broadcast operations reduce each gradient over the batch and plane).
+        let x4 = x.reshape((b, c, l, 1))?;
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let none = tame_ops::Epilogue::default();
+        let y = if train {
+            if b * l < 2 {
+                return Err(AmError::BatchTooSmall(b * l));
             }
-            let mean = x.mean_keepdim(2)?.mean_keepdim(0)?;
-            let var = x
-                .broadcast_sub(&mean)?
-                .sqr()?
-                .mean_keepdim(2)?
-                .mean_keepdim(0)?;
-            self.update_running(&mean, &var, n)?;
-            (mean, var)
+            let (y, stats) = tame_ops::batch_norm_train(&x4, weight, bias, BN_EPS, none)?;
+            self.update_running(&stats.mean, &stats.var, stats.count)?;
+            y
         } else {
-            (
-                per_channel(&self.running_mean.as_detached_tensor())?,
-                per_channel(&self.running_var.as_detached_tensor())?,
-            )
+            let mean = self.running_mean.as_detached_tensor();
+            let var = self.running_var.as_detached_tensor();
+            tame_ops::batch_norm_eval(&x4, weight, bias, &mean, &var, BN_EPS, none)?
         };
-        let scale =
-            per_channel(self.weight.as_tensor())?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-        Ok(x.broadcast_sub(&mean)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&per_channel(self.bias.as_tensor())?)?)
+        Ok(y.reshape((b, c, l))?)
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> candle_core::Result<()> {

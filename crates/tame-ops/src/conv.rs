@@ -292,7 +292,7 @@ impl CustomOp3 for FusedConv {
             None
         };
         let grad_b = if bias.track_op() {
-            Some(grad.sum(vec![0, 2, 3])?)
+            Some(crate::norm::channel_sums(&grad)?)
         } else {
             None
         };

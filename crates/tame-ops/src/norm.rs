@@ -9,7 +9,9 @@
 //! frozen, as in a backbone, the output is `x * a[c] + b[c]` per channel and the input
 //! gradient has a closed form; here both are single loops, the epilogue included.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage,
+};
 use candle_core::{Tensor, WithDType, D};
 use rayon::prelude::*;
 
@@ -58,9 +60,10 @@ impl<'a> Epilogue<'a> {
 }
 
 /// PyTorch's `batch_norm` in eval mode: `(x - mean) / sqrt(var + eps) * weight + bias` per
-/// channel, with the running statistics, then `then`. Gradients flow to `x` and the
-/// residual only (the other operands must not be tracked on the fast path; if any is,
-/// candle's operations are used).
+/// channel, with the running statistics, then `then`. Gradients flow to `x`, the residual,
+/// and a trainable `weight` and `bias` (an attention mechanism's; on the fast path only
+/// without a residual). The running statistics must not be tracked on the fast path; where
+/// the fast path does not apply, candle's operations are used.
 pub fn batch_norm_eval(
     x: &Tensor,
     weight: &Tensor,
@@ -73,7 +76,7 @@ pub fn batch_norm_eval(
     let inv_std = (var + eps)?.sqrt()?.recip()?;
     let scale = (weight * &inv_std)?;
     let shift = (bias - (mean * &scale)?)?;
-    if !fast_path(x, &[weight, bias, mean, var], &then)? {
+    if !fast_path(x, &[mean, var], [weight, bias], &then)? {
         let c = (1, (), 1, 1);
         let y = x
             .broadcast_mul(&scale.reshape(c)?)?
@@ -85,10 +88,12 @@ pub fn batch_norm_eval(
         scale: values(&scale)?,
         shift: values(&shift)?,
         plane: h * w,
-        train: None,
+        mean: values(mean)?,
+        inv_std: values(&inv_std)?,
+        train: false,
         relu: then.relu,
     };
-    op.apply(x, then.residual)
+    op.apply(x, then.residual, [weight, bias])
 }
 
 /// What a train-mode batch norm measured: the per-channel mean and biased variance of its
@@ -103,8 +108,8 @@ pub struct BatchStats {
 
 /// PyTorch's `batch_norm` in train mode: normalised with the batch's own statistics, which
 /// are returned for the running-statistics update, then `then`. The gradient to `x`
-/// includes the statistics' dependence on `x`; `weight` and `bias` must not be tracked on
-/// the fast path.
+/// includes the statistics' dependence on `x`; a trainable `weight` and `bias` get theirs
+/// too (on the fast path only without a residual).
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
@@ -117,7 +122,7 @@ pub fn batch_norm_train(
     if count < 2 {
         candle_core::bail!("{OP}: train mode needs more than one value per channel");
     }
-    if !fast_path(x, &[weight, bias], &then)? {
+    if !fast_path(x, &[], [weight, bias], &then)? {
         let mean = x
             .mean_keepdim(D::Minus1)?
             .mean_keepdim(D::Minus2)?
@@ -154,19 +159,24 @@ pub fn batch_norm_train(
         scale: values(&scale)?,
         shift: values(&shift)?,
         plane: h * w,
-        train: Some(TrainTerms {
-            mean: values(&mean)?,
-            inv_std: values(&inv_std)?,
-        }),
+        mean: values(&mean)?,
+        inv_std: values(&inv_std)?,
+        train: true,
         relu: then.relu,
     };
-    let y = op.apply(&x, then.residual)?;
+    let y = op.apply(&x, then.residual, [weight, bias])?;
     Ok((y, BatchStats { mean, var, count }))
 }
 
-/// The custom ops run f32/f64 on the CPU with frozen per-channel operands; a residual must
-/// match the input.
-fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
+/// The custom ops run f32/f64 on the CPU with `frozen` per-channel operands, and with
+/// trainable `params` (weight, bias) only where there is no residual; a residual must match
+/// the input.
+fn fast_path(
+    x: &Tensor,
+    frozen: &[&Tensor],
+    params: [&Tensor; 2],
+    then: &Epilogue,
+) -> Result<bool> {
     if let Some(r) = then.residual {
         if r.dims() != x.dims() || r.dtype() != x.dtype() {
             candle_core::bail!(
@@ -181,7 +191,8 @@ fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
     Ok(x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && then.residual.is_none_or(|r| r.device().is_cpu())
-        && frozen.iter().all(|t| !t.track_op()))
+        && frozen.iter().all(|t| !t.track_op())
+        && (then.residual.is_none() || params.iter().all(|t| !t.track_op())))
 }
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
@@ -243,6 +254,49 @@ fn plane_sums<T: WithDType, const RELU: bool>(g: &[T], x: &[T], y: &[T], m: T) -
     (total_g, total_gx)
 }
 
+/// The per-channel sums of a (B, C, H, W) tensor, (C), accumulated in f64: a bias's
+/// gradient. candle's `sum` over axes 0, 2 and 3 is a strided reduction many times slower.
+pub(crate) fn channel_sums(t: &Tensor) -> Result<Tensor> {
+    let (_, c, h, w) = t.dims4()?;
+    if !t.device().is_cpu() || !matches!(t.dtype(), DType::F32 | DType::F64) {
+        return t.sum(vec![0, 2, 3]);
+    }
+    t.contiguous()?.apply_op1_no_bwd(&ChannelSums {
+        channels: c,
+        plane: h * w,
+    })
+}
+
+struct ChannelSums {
+    channels: usize,
+    /// H x W.
+    plane: usize,
+}
+
+impl FloatKernel for ChannelSums {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        let (t, c, plane) = (operands[0], self.channels, self.plane);
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = t.chunks(plane).skip(ch).step_by(c);
+                T::from_f64(planes.map(|p| sum_f64(p, |v| v.to_f64())).sum())
+            })
+            .collect()
+    }
+}
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "tame-channel-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = run_float_kernel(self, &[(storage, layout)], "channel_sums")?;
+        Ok((out, Shape::from(self.channels)))
+    }
+}
+
 /// (B, C, H, W) -> (2, C): each channel's mean and biased variance, accumulated in f64.
 struct Moments {
     channels: usize,
@@ -283,22 +337,20 @@ impl CustomOp1 for Moments {
     }
 }
 
-/// The batch statistics a train-mode gradient needs.
-#[derive(Clone)]
-struct TrainTerms {
-    mean: Vec<f64>,
-    inv_std: Vec<f64>,
-}
-
-/// y = x * scale[c] + shift[c] (+ residual) (then ReLU); backward as batch norm in eval mode
-/// (`train` None) or in train mode.
+/// y = x * scale[c] + shift[c] (+ residual) (then ReLU), the batch norm's pass with its
+/// per-channel factors folded; backward as batch norm in eval mode (`train` false: the
+/// statistics are constants) or in train mode (they depend on x).
 #[derive(Clone)]
 struct ChannelAffine {
     scale: Vec<f64>,
     shift: Vec<f64>,
     /// H x W.
     plane: usize,
-    train: Option<TrainTerms>,
+    /// The statistics it normalises with: the batch's in train mode, the running ones in
+    /// eval mode.
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+    train: bool,
     relu: bool,
 }
 
@@ -309,11 +361,17 @@ impl FloatKernel for ChannelAffine {
 }
 
 impl ChannelAffine {
-    /// The op on `x` (and `residual`), as a node of the graph.
-    fn apply(self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// The op on `x` (and `residual`), as a node of the graph. Trainable `params` (weight,
+    /// bias; never with a residual, see [`fast_path`]) join as one (2, C) operand, so that
+    /// the op's backward hands them their gradient; their values are already folded into
+    /// scale and shift.
+    fn apply(self, x: &Tensor, residual: Option<&Tensor>, params: [&Tensor; 2]) -> Result<Tensor> {
         let x = x.contiguous()?;
         match residual {
             Some(r) => x.apply_op2(&r.contiguous()?, self),
+            None if params.iter().any(|t| t.track_op()) => {
+                x.apply_op2(&Tensor::stack(&params, 0)?, WithParams(self))
+            }
             None => x.apply_op1(self),
         }
     }
@@ -350,41 +408,76 @@ impl ChannelAffine {
         y
     }
 
-    /// The input gradient from the output's gradient `g`, with `g` zeroed where the ReLU
-    /// clamped (y = 0) when there is one. Eval: g·scale. Train (x̂ = (x − mean)·inv_std):
-    /// scale · (g − mean(g) − x̂ · mean(g·x̂)), the means over the channel's B·H·W values.
-    fn backward<T: WithDType>(&self, g: &[T], x: &[T], y: &[T]) -> Vec<T> {
+    /// Per channel, Σ g' and Σ g'·x̂ with g' = g zeroed where the ReLU clamped (y = 0) and
+    /// x̂ = (x − mean)·inv_std: the gradients of the bias and of the weight, and what the
+    /// train-mode input gradient needs. (2, C): the weight's row first.
+    fn param_grads<T: WithDType>(&self, g: &[T], x: &[T], y: &[T]) -> Vec<T> {
         // The ReLU as a constant: each variant's loops compile to branch-free vector code.
-        if self.relu {
-            self.backward_with::<T, true>(g, x, y)
+        let sums = if self.relu {
+            Self::channel_sums::<T, true>
         } else {
-            self.backward_with::<T, false>(g, x, y)
+            Self::channel_sums::<T, false>
+        };
+        let c = self.scale.len();
+        let (sg, sgx): (Vec<f64>, Vec<f64>) = (0..c)
+            .into_par_iter()
+            .map(|ch| sums(self, ch, g, x, y))
+            .unzip();
+        let weight = sgx
+            .iter()
+            .zip(&self.inv_std)
+            .map(|(v, s)| T::from_f64(v * s));
+        weight.chain(sg.iter().map(|&v| T::from_f64(v))).collect()
+    }
+
+    /// Σ g' and Σ g'·(x − mean) over channel `ch`'s planes.
+    fn channel_sums<T: WithDType, const RELU: bool>(
+        &self,
+        ch: usize,
+        g: &[T],
+        x: &[T],
+        y: &[T],
+    ) -> (f64, f64) {
+        let (plane, c) = (self.plane, self.scale.len());
+        let m = T::from_f64(self.mean[ch]);
+        let (mut sg, mut sgx) = (0f64, 0f64);
+        for i in (ch..g.len() / plane).step_by(c) {
+            let at = i * plane..(i + 1) * plane;
+            let (a, b) = plane_sums::<T, RELU>(&g[at.clone()], &x[at.clone()], &y[at], m);
+            sg += a;
+            sgx += b;
+        }
+        (sg, sgx)
+    }
+
+    /// The input gradient from the output's gradient `g`, with `g` zeroed where the ReLU
+    /// clamped (y = 0) when there is one. Eval: g·scale. Train: scale · (g − mean(g) − x̂ ·
+    /// mean(g·x̂)), the means over the channel's B·H·W values, from `sums` (the
+    /// [`param_grads`](Self::param_grads) of the same g).
+    fn backward<T: WithDType>(&self, g: &[T], x: &[T], y: &[T], sums: Option<&[T]>) -> Vec<T> {
+        if self.relu {
+            self.backward_with::<T, true>(g, x, y, sums)
+        } else {
+            self.backward_with::<T, false>(g, x, y, sums)
         }
     }
 
-    fn backward_with<T: WithDType, const RELU: bool>(&self, g: &[T], x: &[T], y: &[T]) -> Vec<T> {
+    fn backward_with<T: WithDType, const RELU: bool>(
+        &self,
+        g: &[T],
+        x: &[T],
+        y: &[T],
+        sums: Option<&[T]>,
+    ) -> Vec<T> {
         let plane = self.plane;
         let c = self.scale.len();
-        let (mean_g, mean_gx): (Vec<f64>, Vec<f64>) = match &self.train {
-            None => (vec![0.0; c], vec![0.0; c]),
-            Some(t) => {
-                let count = (g.len() / c) as f64;
-                (0..c)
-                    .into_par_iter()
-                    .map(|ch| {
-                        let m = T::from_f64(t.mean[ch]);
-                        let (mut sg, mut sgx) = (0f64, 0f64);
-                        for i in (ch..g.len() / plane).step_by(c) {
-                            let at = i * plane..(i + 1) * plane;
-                            let (gp, xp, yp) = (&g[at.clone()], &x[at.clone()], &y[at]);
-                            let (a, b) = plane_sums::<T, RELU>(gp, xp, yp, m);
-                            sg += a;
-                            sgx += b;
-                        }
-                        (sg / count, sgx * t.inv_std[ch] / count)
-                    })
-                    .unzip()
-            }
+        let count = (g.len() / c) as f64;
+        // Per channel: (mean(g'), mean(g'·x̂)), used in train mode only.
+        let means: Vec<(f64, f64)> = match sums {
+            Some(s) if self.train => (0..c)
+                .map(|ch| (s[c + ch].to_f64() / count, s[ch].to_f64() / count))
+                .collect(),
+            _ => vec![(0.0, 0.0); c],
         };
         let mut dx = vec![T::zero(); g.len()];
         dx.par_chunks_mut(plane)
@@ -394,37 +487,58 @@ impl ChannelAffine {
             .for_each(|(i, ((dx, g), (x, y)))| {
                 let ch = i % c;
                 let a = self.scale[ch];
-                match &self.train {
-                    None => {
-                        let a = T::from_f64(a);
-                        for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
-                            *d = live::<T, RELU>(gv, yv) * a;
-                        }
+                if !self.train {
+                    let a = T::from_f64(a);
+                    for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
+                        *d = live::<T, RELU>(gv, yv) * a;
                     }
-                    Some(t) => {
-                        // a·(g − mean_g − (x − mean)·inv_std·mean_gx), the per-channel
-                        // factors folded first.
-                        let (s, mg, mgx) = (t.inv_std[ch], mean_g[ch], mean_gx[ch]);
-                        let m = T::from_f64(t.mean[ch]);
-                        let (k0, k1, k2) = (
-                            T::from_f64(a),
-                            T::from_f64(a * mg),
-                            T::from_f64(a * s * mgx),
-                        );
-                        for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
-                            *d = k0 * live::<T, RELU>(gv, yv) - k1 - (xv - m) * k2;
-                        }
-                    }
+                    return;
+                }
+                // a·(g − mean_g − (x − mean)·inv_std·mean_gx), the per-channel factors
+                // folded first.
+                let (s, (mg, mgx)) = (self.inv_std[ch], means[ch]);
+                let m = T::from_f64(self.mean[ch]);
+                let (k0, k1, k2) = (
+                    T::from_f64(a),
+                    T::from_f64(a * mg),
+                    T::from_f64(a * s * mgx),
+                );
+                for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
+                    *d = k0 * live::<T, RELU>(gv, yv) - k1 - (xv - m) * k2;
                 }
             });
         dx
     }
 
-    /// grad_x from (x, y, grad_y).
-    fn input_grad(&self, x: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
-        grad_y
-            .contiguous()?
-            .apply_op3_no_bwd(x, y, &ChannelAffineGrad(self.clone()))
+    /// The gradients of x (when `x_tracked`) and of the (weight, bias) rows (when
+    /// `params_tracked`) from (x, y, grad_y): the per-channel sums once, then the pass over
+    /// the input gradient.
+    fn grads(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+        x_tracked: bool,
+        params_tracked: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_y = grad_y.contiguous()?;
+        let sums = if self.train || params_tracked {
+            Some(grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.clone(), Grad::Params))?)
+        } else {
+            None
+        };
+        let grad_x = match (x_tracked, &sums) {
+            (false, _) => None,
+            (true, Some(s)) => Some(grad_y.apply_op3_no_bwd(
+                x,
+                y,
+                &AffineGrad(self.clone(), Grad::InputWith(s.clone())),
+            )?),
+            (true, None) => {
+                Some(grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.clone(), Grad::Input))?)
+            }
+        };
+        Ok((grad_x, sums.filter(|_| params_tracked)))
     }
 }
 
@@ -439,7 +553,7 @@ impl CustomOp1 for ChannelAffine {
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.input_grad(x, y, grad_y)?))
+        Ok(self.grads(x, y, grad_y, true, false)?.0)
     }
 }
 
@@ -466,10 +580,7 @@ impl CustomOp2 for ChannelAffine {
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_x = x
-            .track_op()
-            .then(|| self.input_grad(x, y, grad_y))
-            .transpose()?;
+        let grad_x = self.grads(x, y, grad_y, x.track_op(), false)?.0;
         let grad_residual = match (residual.track_op(), self.relu) {
             (false, _) => None,
             (true, true) => Some(grad_y.contiguous()?.apply_op2_no_bwd(y, &ReluMask)?),
@@ -479,16 +590,61 @@ impl CustomOp2 for ChannelAffine {
     }
 }
 
-/// (grad_y, x, y) -> grad_x of [`ChannelAffine`].
-struct ChannelAffineGrad(ChannelAffine);
+/// [`ChannelAffine`] with trainable (weight, bias) as its second operand, stacked (2, C).
+struct WithParams(ChannelAffine);
 
-impl FloatKernel for ChannelAffineGrad {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        self.0.backward(operands[0], operands[1], operands[2])
+impl CustomOp2 for WithParams {
+    fn name(&self) -> &'static str {
+        "tame-batch-norm-trainable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _params: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = run_float_kernel(&self.0, &[(s1, l1)], OP)?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.0.grads(x, y, grad_y, x.track_op(), params.track_op())
     }
 }
 
-impl CustomOp3 for ChannelAffineGrad {
+/// Which gradient an [`AffineGrad`] computes from (grad_y, x, y).
+enum Grad {
+    /// The (2, C) rows of [`ChannelAffine::param_grads`].
+    Params,
+    /// grad_x in eval mode (no sums needed).
+    Input,
+    /// grad_x with the sums of [`Grad::Params`].
+    InputWith(Tensor),
+}
+
+/// (grad_y, x, y) -> a gradient of [`ChannelAffine`].
+struct AffineGrad(ChannelAffine, Grad);
+
+impl FloatKernel for AffineGrad {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        let (g, x, y) = (operands[0], operands[1], operands[2]);
+        match self.1 {
+            Grad::Params => self.0.param_grads(g, x, y),
+            Grad::Input => self.0.backward(g, x, y, None),
+            Grad::InputWith(_) => self.0.backward(g, x, y, Some(operands[3])),
+        }
+    }
+}
+
+impl CustomOp3 for AffineGrad {
     fn name(&self) -> &'static str {
         "tame-batch-norm-grad"
     }
@@ -502,8 +658,23 @@ impl CustomOp3 for ChannelAffineGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = run_float_kernel(self, &[(s1, l1), (s2, l2), (s3, l3)], OP)?;
-        Ok((out, l2.shape().clone()))
+        let mut operands = vec![(s1, l1), (s2, l2), (s3, l3)];
+        let sums = match &self.1 {
+            Grad::InputWith(s) => Some(s.storage_and_layout()),
+            _ => None,
+        };
+        if let Some((storage, layout)) = &sums {
+            match &**storage {
+                Storage::Cpu(s) => operands.push((s, *layout)),
+                _ => candle_core::bail!("{OP}: sums on another device"),
+            }
+        }
+        let out = run_float_kernel(self, &operands, OP)?;
+        let shape = match self.1 {
+            Grad::Params => Shape::from((2, self.0.scale.len())),
+            _ => l2.shape().clone(),
+        };
+        Ok((out, shape))
     }
 }
 
@@ -589,16 +760,82 @@ mod tests {
     }
 
     #[test]
-    fn tracked_operands_take_candles_operations() -> Result<()> {
-        // A trainable weight: the result and its gradient still come out right.
+    fn trainable_weight_and_bias_get_the_gradients_of_candle_nn() -> Result<()> {
+        use candle_core::ModuleT;
+        let dev = Device::Cpu;
+        let x = seeded(&[3, 2, 4, 5], 21, &dev)?;
+        let [w, b, m, v] = operands(2)?;
+        let r = seeded(x.dims(), 22, &dev)?;
+        for train in [false, true] {
+            for relu in [false, true] {
+                let vars = [&x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+                let [xv, wv, bv] = [0, 1, 2].map(|i| vars[i].as_tensor());
+                let then = Epilogue {
+                    residual: None,
+                    relu,
+                };
+                let ours = if train {
+                    batch_norm_train(xv, wv, bv, 1e-5, then)?.0
+                } else {
+                    batch_norm_eval(xv, wv, bv, &m, &v, 1e-5, then)?
+                };
+                let bn = candle_nn::BatchNorm::new(
+                    2,
+                    m.clone(),
+                    v.clone(),
+                    wv.clone(),
+                    bv.clone(),
+                    1e-5,
+                )?;
+                let theirs = then.compose(bn.forward_t(xv, train)?)?;
+                assert!(max_abs_diff(&ours, &theirs) < 1e-12);
+                let g1 = (ours * &r)?.sum_all()?.backward()?;
+                let g2 = (theirs * &r)?.sum_all()?.backward()?;
+                for (var, name) in vars.iter().zip(["x", "weight", "bias"]) {
+                    let (a, b) = (g1.get(var).unwrap(), g2.get(var).unwrap());
+                    let d = max_abs_diff(a, b);
+                    assert!(d < 1e-12, "train {train}, relu {relu}, {name}: {d}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn weight_and_bias_gradients_match_finite_differences() -> Result<()> {
+        let x = seeded(&[2, 3, 3, 4], 23, &Device::Cpu)?;
+        let [w, b, m, v] = operands(3)?;
+        let relu = Epilogue::relu();
+        assert_gradients_match(&w, |w| Ok(batch_norm_train(&x, w, &b, 1e-5, relu)?.0))?;
+        assert_gradients_match(&b, |b| Ok(batch_norm_train(&x, &w, b, 1e-5, relu)?.0))?;
+        assert_gradients_match(&w, |w| batch_norm_eval(&x, w, &b, &m, &v, 1e-5, relu))?;
+        assert_gradients_match(&b, |b| batch_norm_eval(&x, &w, b, &m, &v, 1e-5, relu))?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_trainable_weight_with_a_residual_takes_candles_operations() -> Result<()> {
         let x = seeded(&[2, 2, 3, 3], 11, &Device::Cpu)?;
+        let r = seeded(&[2, 2, 3, 3], 12, &Device::Cpu)?;
         let [w, b, ..] = operands(2)?;
         let wv = Var::from_tensor(&w)?;
-        let (y, _) = batch_norm_train(&x, wv.as_tensor(), &b, 1e-5, Epilogue::default())?;
-        let (fast, _) = batch_norm_train(&x, &w, &b, 1e-5, Epilogue::default())?;
+        let then = Epilogue::add_relu(&r);
+        let (y, _) = batch_norm_train(&x, wv.as_tensor(), &b, 1e-5, then)?;
+        let (fast, _) = batch_norm_train(&x, &w, &b, 1e-5, then)?;
         assert!(max_abs_diff(&y, &fast) < 1e-12);
         let grads = y.sum_all()?.backward()?;
         assert!(grads.get(&wv).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn channel_sums_equal_candles_sum() -> Result<()> {
+        let t = seeded(&[3, 4, 5, 7], 24, &Device::Cpu)?;
+        let ours = channel_sums(&t)?;
+        assert_eq!(ours.dims(), [4]);
+        assert!(max_abs_diff(&ours, &t.sum(vec![0, 2, 3])?) < 1e-12);
+        let f32s = channel_sums(&t.to_dtype(DType::F32)?)?;
+        assert!(max_abs_diff(&f32s.to_dtype(DType::F64)?, &ours) < 1e-5);
         Ok(())
     }
 
