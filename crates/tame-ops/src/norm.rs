@@ -254,6 +254,19 @@ fn plane_sums<T: WithDType, const RELU: bool>(g: &[T], x: &[T], y: &[T], m: T) -
     (total_g, total_gx)
 }
 
+/// Σ f(v) over the values of channel `ch` of a contiguous (B, C, H, W) buffer with `channels`
+/// channels of `plane` values each.
+fn channel_total<T: Copy>(
+    x: &[T],
+    channels: usize,
+    plane: usize,
+    ch: usize,
+    f: impl Fn(T) -> f64,
+) -> f64 {
+    let planes = x.chunks(plane).skip(ch).step_by(channels);
+    planes.map(|p| sum_f64(p, &f)).sum()
+}
+
 /// The per-channel sums of a (B, C, H, W) tensor, (C), accumulated in f64: a bias's
 /// gradient. candle's `sum` over axes 0, 2 and 3 is a strided reduction many times slower.
 pub(crate) fn channel_sums(t: &Tensor) -> Result<Tensor> {
@@ -278,10 +291,7 @@ impl FloatKernel for ChannelSums {
         let (t, c, plane) = (operands[0], self.channels, self.plane);
         (0..c)
             .into_par_iter()
-            .map(|ch| {
-                let planes = t.chunks(plane).skip(ch).step_by(c);
-                T::from_f64(planes.map(|p| sum_f64(p, |v| v.to_f64())).sum())
-            })
+            .map(|ch| T::from_f64(channel_total(t, c, plane, ch, |v| v.to_f64())))
             .collect()
     }
 }
@@ -310,13 +320,9 @@ impl FloatKernel for Moments {
         let per_channel: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let planes = x.chunks(plane).skip(ch).step_by(c);
                 let count = (x.len() / c) as f64;
-                let sum: f64 = planes.clone().map(|p| sum_f64(p, |v| v.to_f64())).sum();
-                let mean = sum / count;
-                let sq: f64 = planes
-                    .map(|p| sum_f64(p, |v| (v.to_f64() - mean).powi(2)))
-                    .sum();
+                let mean = channel_total(x, c, plane, ch, |v| v.to_f64()) / count;
+                let sq = channel_total(x, c, plane, ch, |v| (v.to_f64() - mean).powi(2));
                 (mean, sq / count)
             })
             .collect();
