@@ -1,13 +1,15 @@
-//! Batch normalisation of (B, C, H, W) tensors with frozen scale and shift, as one pass over
-//! the data forward and backward, optionally followed in the same pass by a residual addition
-//! and a ReLU (ResNet's `relu(bn(x))` and `relu(bn(x) + identity)`).
+//! Batch normalisation of (B, C, H, W) tensors as one pass over the data forward and backward,
+//! optionally followed in the same pass by a residual addition and a ReLU (ResNet's
+//! `relu(bn(x))` and `relu(bn(x) + identity)`).
 //!
 //! candle_nn's batch norm is a chain of broadcast operations (in train mode also a transpose
 //! to channels-first and back), each a full-size tensor forward and again backward; candle's
 //! ReLU backward is four more (a comparison with zeros, a cast, a product) and every node of
-//! the graph costs its gradient a zero-filled tensor and an addition. With the weight and bias
-//! frozen, as in a backbone, the output is `x * a[c] + b[c]` per channel and the input
-//! gradient has a closed form; here both are single loops, the epilogue included.
+//! the graph costs its gradient a zero-filled tensor and an addition. The output is
+//! `x * a[c] + b[c]` per channel and the gradients have closed forms: here each is a single
+//! loop, the epilogue included; the weight's and bias's gradients (when they are trainable,
+//! as in an attention mechanism) are per-channel sums that the train-mode input gradient
+//! needs anyway.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage,
@@ -533,17 +535,13 @@ impl ChannelAffine {
         } else {
             None
         };
-        let grad_x = match (x_tracked, &sums) {
-            (false, _) => None,
-            (true, Some(s)) => Some(grad_y.apply_op3_no_bwd(
-                x,
-                y,
-                &AffineGrad(self.clone(), Grad::InputWith(s.clone())),
-            )?),
-            (true, None) => {
-                Some(grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.clone(), Grad::Input))?)
-            }
+        let which = match &sums {
+            Some(s) => Grad::InputWith(s.clone()),
+            None => Grad::Input,
         };
+        let grad_x = x_tracked
+            .then(|| grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.clone(), which)))
+            .transpose()?;
         Ok((grad_x, sums.filter(|_| params_tracked)))
     }
 }
