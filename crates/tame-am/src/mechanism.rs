@@ -28,7 +28,6 @@ pub struct AttentionMechanism {
 #[derive(Clone, Debug)]
 pub struct Branches {
     maps: Vec<Tensor>,
-    batch: usize,
 }
 
 impl Branches {
@@ -350,7 +349,7 @@ impl AttentionMechanism {
             };
             maps.push(y.reshape((batch, (), shape.height, shape.width))?);
         }
-        Ok(Branches { maps, batch })
+        Ok(Branches { maps })
     }
 
     /// The fused features (B, F, S, S) of the reference: every branch resized to S x S and
@@ -402,7 +401,7 @@ impl AttentionMechanism {
         classes: &[Vec<u32>],
     ) -> Result<Tensor, AmError> {
         self.check_branches(branches)?;
-        let b = branches.batch;
+        let b = branches.maps[0].dim(0)?;
         if classes.len() != b {
             return Err(AmError::BadInput(format!(
                 "{} class lists for a batch of {b}",
