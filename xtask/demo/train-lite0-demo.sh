@@ -68,3 +68,10 @@ echo "== evaluation on the held-out photos"
   --test-list "$work/heldout.txt" --am "$work/snapshots" --out "$work/eval_heldout.csv"
 "$TAME" eval --model efficientnet-lite0 --val-dir "$work/photos" \
   --test-list "$work/photos.txt" --am "$work/snapshots" --out "$work/eval_train.csv"
+
+echo "== the file to ship (copy $work/demo.* to snapshots/efficientnet-lite0_TAME/)"
+cargo xtask export-am "$work/snapshots/epoch_$epochs.safetensors" "$work/demo.safetensors"
+for set in heldout:../shared/data/sample-images photos:"$work/photos"; do
+  "$TAME" eval --model efficientnet-lite0 --val-dir "${set#*:}" --test-list "$work/${set%%:*}.txt" \
+    --am "$work/demo.safetensors" --out "$work/eval_demo_${set%%:*}.csv"
+done

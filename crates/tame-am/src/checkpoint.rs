@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::{AmConfig, AmError, AttentionMechanism, Mismatch, TapShape, Version};
@@ -83,26 +83,22 @@ impl AttentionMechanism {
     /// ([`sidecar_path`]). Each file is written under a temporary name in the same folder and
     /// then renamed, so a reader never sees a half-written file.
     pub fn save(&self, path: impl AsRef<Path>, meta: &CheckpointMeta) -> Result<(), AmError> {
-        self.save_as(path, meta, None)
+        self.save_as(path, meta, Storage::Full)
     }
 
-    /// [`save`](Self::save), with the floating-point tensors stored as `dtype` when given
-    /// (`F16` halves a mechanism meant for distribution; loading converts back).
+    /// [`save`](Self::save), with the tensors stored as `storage` says (smaller files for
+    /// mechanisms meant for distribution; loading converts back to the dtype asked for).
     pub fn save_as(
         &self,
         path: impl AsRef<Path>,
         meta: &CheckpointMeta,
-        dtype: Option<DType>,
+        storage: Storage,
     ) -> Result<(), AmError> {
         let path = path.as_ref();
-        let tensors = self
-            .state_dict()?
-            .into_iter()
-            .map(|(name, t)| match dtype {
-                Some(d) if t.dtype().is_float() => Ok((name, t.to_dtype(d)?)),
-                _ => Ok((name, t)),
-            })
-            .collect::<Result<HashMap<String, _>, AmError>>()?;
+        let mut tensors = HashMap::new();
+        for (name, t) in self.state_dict()? {
+            storage.encode(name, t, &mut tensors)?;
+        }
         let tmp = temp_in_dir(path)?;
         candle_core::safetensors::save(&tensors, &tmp).map_err(|source| AmError::Safetensors {
             path: path.to_path_buf(),
@@ -199,11 +195,14 @@ impl AttentionMechanism {
                 }
             })?;
         // Training checkpoints also hold optimizer state under `optimizer.`: not ours.
-        let mut tensors: Vec<_> = tensors
+        let tensors: Vec<_> = tensors
             .into_iter()
             .filter(|(name, _)| !name.starts_with("optimizer."))
             .collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = dequantize(tensors).map_err(|e| match e {
+            AmError::State(m) => mismatch(m),
+            e => e,
+        })?;
         if let Some(meta) = &meta {
             check_meta(meta, config).map_err(mismatch)?;
         }
@@ -218,6 +217,94 @@ impl AttentionMechanism {
             meta,
         })
     }
+}
+
+/// How [`AttentionMechanism::save_as`] stores the tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// As they are (float32 in training): exact.
+    Full,
+    /// Floating-point tensors in half precision: half the size, ~1e-3 relative error.
+    Half,
+    /// Weight matrices (2 or more dimensions) as 8-bit integers with one float32 scale per
+    /// output channel (`<name>.q8` holds code = round(w / scale) + 128, `<name>.q8_scale` the
+    /// scales, scale = max |w| of the channel / 127); the other floating-point tensors in
+    /// half precision. About a quarter of the full size; each weight within half a scale.
+    Int8,
+}
+
+/// The suffixes of a weight stored as [`Storage::Int8`].
+const Q8: &str = ".q8";
+const Q8_SCALE: &str = ".q8_scale";
+/// The code of zero: codes are unsigned bytes, as candle has no signed 8-bit type.
+const Q8_ZERO: f64 = 128.0;
+
+impl Storage {
+    /// Adds tensor `name` as stored to `out`.
+    fn encode(
+        self,
+        name: String,
+        t: Tensor,
+        out: &mut HashMap<String, Tensor>,
+    ) -> Result<(), AmError> {
+        if !t.dtype().is_float() || self == Self::Full {
+            out.insert(name, t);
+        } else if self == Self::Int8 && t.rank() >= 2 {
+            let rows = t.to_dtype(DType::F32)?.flatten_from(1)?;
+            let scale = (rows.abs()?.max_keepdim(1)? / 127.0)?;
+            // An all-zero channel keeps scale 1 so that decoding never divides by zero.
+            let scale = scale.eq(0.0)?.where_cond(&scale.ones_like()?, &scale)?;
+            let codes = (rows.broadcast_div(&scale)?.round()? + Q8_ZERO)?
+                .reshape(t.shape())?
+                .to_dtype(DType::U8)?;
+            out.insert(format!("{name}{Q8}"), codes);
+            out.insert(format!("{name}{Q8_SCALE}"), scale.flatten_all()?);
+        } else {
+            out.insert(name, t.to_dtype(DType::F16)?);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the weights stored as [`Storage::Int8`] (the pair `<name>.q8`, `<name>.q8_scale`)
+/// into float32 tensors named `<name>`; the others pass as they are. Sorted by name.
+fn dequantize(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, AmError> {
+    let mut scales: HashMap<String, Tensor> = HashMap::new();
+    let mut codes = Vec::new();
+    let mut out = Vec::new();
+    for (name, t) in tensors {
+        if let Some(base) = name.strip_suffix(Q8_SCALE) {
+            scales.insert(base.to_string(), t);
+        } else if let Some(base) = name.strip_suffix(Q8) {
+            codes.push((base.to_string(), t));
+        } else {
+            out.push((name, t));
+        }
+    }
+    for (base, code) in codes {
+        let scale = scales
+            .remove(&base)
+            .ok_or_else(|| Mismatch::Missing(format!("{base}{Q8_SCALE}")))?;
+        let rows = code.dims().first().copied().unwrap_or(0);
+        if scale.dims() != [rows] {
+            return Err(Mismatch::Shape {
+                name: format!("{base}{Q8_SCALE}"),
+                expected: vec![rows],
+                got: scale.dims().to_vec(),
+            }
+            .into());
+        }
+        let weight = ((code.to_dtype(DType::F32)?.flatten_from(1)? - Q8_ZERO)?
+            .broadcast_mul(&scale.to_dtype(DType::F32)?.unsqueeze(1)?)?)
+        .reshape(code.shape())?;
+        out.push((base, weight));
+    }
+    // A scale without its codes is a tensor the mechanism does not have.
+    if let Some(base) = scales.into_keys().next() {
+        return Err(Mismatch::Unexpected(format!("{base}{Q8_SCALE}")).into());
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 /// A safetensors file starts with the little-endian length of its JSON header, then `{`.

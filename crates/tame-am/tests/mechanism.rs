@@ -4,7 +4,9 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use tame_am::{AmError, AttentionMechanism, CheckpointMeta, Mismatch, Version, NUM_CLASSES};
+use tame_am::{
+    AmError, AttentionMechanism, CheckpointMeta, Mismatch, Storage, Version, NUM_CLASSES,
+};
 
 const SMALL: [(usize, usize, usize); 2] = [(6, 9, 9), (10, 5, 5)];
 
@@ -277,7 +279,7 @@ fn half_precision_copies_load_from_memory_within_f16_rounding() {
     let config = common::config(Version::Tame, &SMALL);
     let am = common::synthetic_am(&config, DType::F32);
     let path = dir.path().join("demo.safetensors");
-    am.save_as(&path, &meta(Version::Tame), Some(DType::F16))
+    am.save_as(&path, &meta(Version::Tame), Storage::Half)
         .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let loaded = AttentionMechanism::from_safetensors_bytes(
@@ -326,6 +328,122 @@ fn half_precision_copies_load_from_memory_within_f16_rounding() {
     .unwrap()
     .to_string();
     assert!(err.contains("demo.safetensors"), "{err}");
+}
+
+#[test]
+fn int8_copies_keep_each_weight_within_half_a_channel_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    // One all-zero output channel: its scale must not divide by zero.
+    let tensors = common::synthetic_am(&config, DType::F32)
+        .state_dict()
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| match name.as_str() {
+            "attn.fuser.weight" => {
+                let zero = t.narrow(0, 0, 1).unwrap().zeros_like().unwrap();
+                let rest = t.narrow(0, 1, t.dim(0).unwrap() - 1).unwrap();
+                (name, Tensor::cat(&[&zero, &rest], 0).unwrap())
+            }
+            _ => (name, t),
+        });
+    let am = AttentionMechanism::from_tensors(&config, tensors, DType::F32, &Device::Cpu).unwrap();
+    let full = dir.path().join("full.safetensors");
+    let small = dir.path().join("small.safetensors");
+    am.save_as(&full, &meta(Version::Tame), Storage::Full)
+        .unwrap();
+    am.save_as(&small, &meta(Version::Tame), Storage::Int8)
+        .unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len() as f64;
+    assert!(
+        size(&small) < 0.35 * size(&full),
+        "{} vs {}",
+        size(&small),
+        size(&full)
+    );
+
+    let loaded = AttentionMechanism::load(&small, &config, DType::F32, &Device::Cpu).unwrap();
+    for ((name, a), (_, b)) in am
+        .state_dict()
+        .unwrap()
+        .iter()
+        .zip(&loaded.am.state_dict().unwrap())
+    {
+        assert_eq!(b.dtype(), a.dtype(), "{name}");
+        assert_eq!(b.dims(), a.dims(), "{name}");
+        if !a.dtype().is_float() {
+            assert_eq!(a.to_vec0::<i64>().unwrap(), b.to_vec0::<i64>().unwrap());
+            continue;
+        }
+        if a.rank() < 2 {
+            // Half precision: rounding 2^-11 relative, 2^-25 absolute below 2^-14 (subnormals).
+            let (va, vb) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+            for (x, y) in va.iter().zip(&vb) {
+                assert!(
+                    (x - y).abs() <= x.abs() / 2048.0 + 3e-8,
+                    "{name}: {x} vs {y}"
+                );
+            }
+            continue;
+        }
+        let rows_a = a.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        let rows_b = b.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        for (ra, rb) in rows_a.iter().zip(&rows_b) {
+            let scale = ra.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (x, y) in ra.iter().zip(rb) {
+                assert!(
+                    (x - y).abs() <= 0.5 * scale * (1.0 + 1e-5),
+                    "{name}: {x} vs {y}"
+                );
+            }
+        }
+    }
+    let zero_row = loaded.am.state_dict().unwrap();
+    let fuser = &zero_row
+        .iter()
+        .find(|(n, _)| n == "attn.fuser.weight")
+        .unwrap()
+        .1;
+    assert_eq!(
+        max_abs_diff(
+            &fuser.narrow(0, 0, 1).unwrap(),
+            &fuser.narrow(0, 0, 1).unwrap().zeros_like().unwrap()
+        ),
+        0.0
+    );
+
+    // The maps move by a small fraction of their spread.
+    let taps = common::synthetic_taps(&config, 2, DType::F32);
+    let want = am.forward(&taps, false).unwrap();
+    let got = loaded.am.forward(&taps, false).unwrap();
+    let spread = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let err = max_abs_diff(&want, &got);
+    assert!(err <= 0.02 * spread, "{err} vs {spread}");
+}
+
+#[test]
+fn int8_weights_without_their_scales_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = common::synthetic_am(&config, DType::F32);
+    let path = dir.path().join("small.safetensors");
+    am.save_as(&path, &meta(Version::Tame), Storage::Int8)
+        .unwrap();
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("attn.fuser.weight.q8_scale").unwrap();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("small.safetensors"), "{err}");
+    assert!(err.contains("attn.fuser.weight.q8_scale"), "{err}");
 }
 
 #[test]
