@@ -9,7 +9,6 @@
 //! subtract only (and halve, exactly), so the result differs from the direct sum by
 //! rounding alone.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{gemm_unchecked, Geometry, SharedOutput, View};
@@ -285,7 +284,7 @@ pub(super) fn forward<T: WithDType>(
                         u_view,
                         v,
                         v_view,
-                        Parallelism::None,
+                        1,
                     )
                 };
             }
