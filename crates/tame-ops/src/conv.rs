@@ -15,6 +15,7 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::scratch::with_buffer;
 use crate::{clamp_negatives, run_float_kernel, FloatKernel, ReluMask};
 
 mod winograd;
@@ -643,7 +644,13 @@ fn im2col_forward<T: WithDType>(
 ) -> Vec<T> {
     let plane = g.out_plane();
     let in_size = g.c_in * g.in_plane();
-    let mut y = vec![T::zero(); g.batch * g.c_out * plane];
+    // The bias first: each GEMM adds its product to it.
+    let mut y = Vec::with_capacity(g.batch * g.c_out * plane);
+    for _ in 0..g.batch {
+        for &b in bias {
+            y.resize(y.len() + plane, b);
+        }
+    }
     let out = SharedOutput {
         ptr: y.as_mut_ptr(),
         len: y.len(),
@@ -663,7 +670,7 @@ fn im2col_forward<T: WithDType>(
         .flat_map(|b| tiles.iter().map(move |rows| (b, rows.clone())))
         .collect();
     let w_view = View::row_major(0, g.patch());
-    let run = |col: &mut Vec<T>, (b, rows): (usize, std::ops::Range<usize>)| {
+    let run = |(b, rows): (usize, std::ops::Range<usize>), col: &mut [T]| {
         let image = &x[b * in_size..][..in_size];
         let start = rows.start * g.out_w;
         let width = rows.len() * g.out_w;
@@ -677,18 +684,14 @@ fn im2col_forward<T: WithDType>(
                 },
             )
         } else {
-            col.resize(g.patch() * width, T::zero());
             im2col(g, image, rows, col);
-            (&col[..], View::row_major(0, width))
+            (&*col, View::row_major(0, width))
         };
         // This task's tile: columns start..start + width of every output channel of image b.
         let first = b * g.c_out * plane + start;
         // SAFETY: tiles of one image cover disjoint rows, images disjoint planes; each
         // channel's slice is dropped before the next is made or the GEMM writes.
         let channel = |co: usize| unsafe { out.slice(first + co * plane, width) };
-        for (co, &b) in bias.iter().enumerate() {
-            channel(co).fill(b);
-        }
         let y_view = View {
             offset: first,
             rs: plane,
@@ -716,11 +719,17 @@ fn im2col_forward<T: WithDType>(
             }
         }
     };
+    // The column matrix of a tile (none for 1x1 stride-1 convolutions).
+    let col_len = |rows: &std::ops::Range<usize>| match g.is_pointwise() {
+        true => 0,
+        false => g.patch() * rows.len() * g.out_w,
+    };
+    let run_task =
+        |task: (usize, std::ops::Range<usize>)| with_buffer(col_len(&task.1), |col| run(task, col));
     if in_parallel {
-        tasks.into_par_iter().for_each_init(Vec::new, run);
+        tasks.into_par_iter().for_each(run_task);
     } else {
-        let mut col = Vec::new();
-        tasks.into_iter().for_each(|task| run(&mut col, task));
+        tasks.into_iter().for_each(run_task);
     }
     y
 }
@@ -808,10 +817,8 @@ fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> 
         .par_chunks(g.c_out * g.out_plane())
         .zip(grad_x.par_chunks_mut(g.c_in * g.in_plane()))
         .for_each(|(gy, gx)| {
-            let mut col = Vec::new();
             for rows in tiles(g, 1) {
                 let width = rows.len() * g.out_w;
-                col.resize(g.patch() * width, T::zero());
                 let gy_view = View {
                     offset: rows.start * g.out_w,
                     rs: g.out_plane(),
@@ -819,10 +826,11 @@ fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> 
                 };
                 let col_view = View::row_major(0, width);
                 let dims = (g.patch(), width, g.c_out);
-                gemm(
-                    dims, &mut col, col_view, false, weight, wt_view, gy, gy_view,
-                );
-                col2im(g, &col, rows, gx);
+                // The GEMM overwrites the whole column matrix (no accumulation).
+                with_buffer(g.patch() * width, |col| {
+                    gemm(dims, col, col_view, false, weight, wt_view, gy, gy_view);
+                    col2im(g, col, rows, gx);
+                });
             }
         });
     grad_x
@@ -832,7 +840,6 @@ fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> 
 fn weight_grad<T: WithDType>(g: &Geometry, grad_y: &[T], x: &[T]) -> Vec<T> {
     let mut grad_w = vec![T::zero(); g.c_out * g.patch()];
     let gw_view = View::row_major(0, g.patch());
-    let mut col = Vec::new();
     for (gy, image) in grad_y
         .chunks(g.c_out * g.out_plane())
         .zip(x.chunks(g.c_in * g.in_plane()))
@@ -855,8 +862,6 @@ fn weight_grad<T: WithDType>(g: &Geometry, grad_y: &[T], x: &[T]) -> Vec<T> {
         }
         for rows in tiles(g, 1) {
             let width = rows.len() * g.out_w;
-            col.resize(g.patch() * width, T::zero());
-            im2col(g, image, rows.clone(), &mut col);
             let gy_view = View {
                 offset: rows.start * g.out_w,
                 rs: g.out_plane(),
@@ -864,16 +869,19 @@ fn weight_grad<T: WithDType>(g: &Geometry, grad_y: &[T], x: &[T]) -> Vec<T> {
             };
             let colt_view = View::row_major(0, width).transposed();
             let dims = (g.c_out, g.patch(), width);
-            gemm(
-                dims,
-                &mut grad_w,
-                gw_view,
-                true,
-                gy,
-                gy_view,
-                &col,
-                colt_view,
-            );
+            with_buffer(g.patch() * width, |col| {
+                im2col(g, image, rows, col);
+                gemm(
+                    dims,
+                    &mut grad_w,
+                    gw_view,
+                    true,
+                    gy,
+                    gy_view,
+                    col,
+                    colt_view,
+                );
+            });
         }
     }
     grad_w

@@ -12,6 +12,7 @@ mod depthwise;
 mod norm;
 mod pool;
 mod resize;
+mod scratch;
 
 pub use conv::{conv2d, conv2d_fused, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};

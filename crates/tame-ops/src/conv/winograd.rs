@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::{gemm_unchecked, Geometry, SharedOutput, View};
 use crate::clamp_negatives;
+use crate::scratch::with_buffer;
 use candle_core::WithDType;
 
 /// Positions of the 4x4 transform: one GEMM each.
@@ -256,43 +257,46 @@ pub(super) fn forward<T: WithDType>(
     let tasks: Vec<_> = (0..g.batch)
         .flat_map(|b| block_rows.iter().map(move |rows| (b, rows.clone())))
         .collect();
-    tasks.into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(v, m, scratch), (b, rows)| {
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |scratch, (b, rows)| {
             let count = rows.len() * across;
-            v.resize(POSITIONS * g.c_in * count, T::zero());
-            m.resize(POSITIONS * g.c_out * count, T::zero());
-            transform_input(g, &x[b * in_size..][..in_size], rows.clone(), v, scratch);
+            // Both written in full before they are read: the input transform writes v, the
+            // GEMMs (without accumulation) m.
+            with_buffer(POSITIONS * g.c_in * count, |v| {
+                with_buffer(POSITIONS * g.c_out * count, |m| {
+                    transform_input(g, &x[b * in_size..][..in_size], rows.clone(), v, scratch);
 
-            for p in 0..POSITIONS {
-                let m_view = View::row_major(p * g.c_out * count, count);
-                let u_view = View {
-                    offset: p * g.c_in,
-                    rs: POSITIONS * g.c_in,
-                    cs: 1,
-                };
-                let v_view = View::row_major(p * g.c_in * count, count);
-                assert!(m_view.last(g.c_out, count) < m.len());
-                // SAFETY: `m` is this task's own buffer and the assert bounds the view in it.
-                unsafe {
-                    gemm_unchecked(
-                        (g.c_out, count, g.c_in),
-                        m.as_mut_ptr(),
-                        m_view,
-                        false,
-                        u,
-                        u_view,
-                        v,
-                        v_view,
-                        1,
-                    )
-                };
-            }
-            // SAFETY: block rows of one image cover disjoint output rows, images disjoint
-            // planes.
-            unsafe { transform_output(g, m, rows, bias, relu, out, b) };
-        },
-    );
+                    for p in 0..POSITIONS {
+                        let m_view = View::row_major(p * g.c_out * count, count);
+                        let u_view = View {
+                            offset: p * g.c_in,
+                            rs: POSITIONS * g.c_in,
+                            cs: 1,
+                        };
+                        let v_view = View::row_major(p * g.c_in * count, count);
+                        assert!(m_view.last(g.c_out, count) < m.len());
+                        // SAFETY: `m` is this task's own buffer and the assert bounds the view in it.
+                        unsafe {
+                            gemm_unchecked(
+                                (g.c_out, count, g.c_in),
+                                m.as_mut_ptr(),
+                                m_view,
+                                false,
+                                u,
+                                u_view,
+                                v,
+                                v_view,
+                                1,
+                            )
+                        };
+                    }
+                    // SAFETY: block rows of one image cover disjoint output rows, images disjoint
+                    // planes.
+                    unsafe { transform_output(g, m, rows, bias, relu, out, b) };
+                })
+            })
+        });
     y
 }
 
