@@ -745,7 +745,7 @@ fn forward<T: WithDType>(
     bias: &[T],
     relu: bool,
 ) -> Vec<T> {
-    if !winograd::applies(g) {
+    if !winograd::applies(g, prepared.is_some()) {
         return im2col_forward(g, x, weight, bias, relu);
     }
     match prepared {
@@ -1158,7 +1158,8 @@ mod tests {
             out_h: 28,
             out_w: 28,
         };
-        assert!(winograd::applies(&g) && winograd::applies(&transposed_geometry(&g).unwrap()));
+        assert!(winograd::applies(&g, false));
+        assert!(winograd::applies(&transposed_geometry(&g).unwrap(), false));
         let prepared = WinogradFilters::new(&k)?.expect("3x3 f64 filters");
         let separate = |x: &Tensor, k: &Tensor, bias: &Tensor| {
             reference(x, k, 1, p)

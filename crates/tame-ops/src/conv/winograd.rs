@@ -21,11 +21,20 @@ pub(super) const POSITIONS: usize = 16;
 
 /// Whether [`forward`] computes this convolution: 3x3, stride 1, with enough input
 /// channels and output pixels that the transforms and the 16 GEMMs beat one GEMM over
-/// the column matrix. Measured on VGG-16's layers (batch 1, two threads): ~1.5x faster
-/// with 256 or 512 input channels at 56x56 and 28x28, no faster with 128, slower with 64
-/// or at 14x14.
-pub(super) fn applies(g: &Geometry) -> bool {
-    g.k_h == 3 && g.k_w == 3 && g.stride == 1 && g.c_in >= 256 && g.batch * g.out_plane() >= 28 * 28
+/// the column matrix; `prepared`: its filters are already transformed
+/// ([`WinogradFilters`](super::WinogradFilters)), so only the input and output transforms
+/// count. Measured at batch 1 on two threads (`bench_conv`, and ResNet-50's shapes):
+/// 64-512 input channels from 28x28 up, 1.0-1.5x faster (128 channels at 112x112: 15.5 ms
+/// -> 11 ms); at 14x14 only with prepared filters (ResNet-50's 256-channel layer: 1.55 ms
+/// -> 1.0 ms; transforming VGG-16's 512x512 filters again costs more than it saves there);
+/// slower at 7x7.
+pub(super) fn applies(g: &Geometry, prepared: bool) -> bool {
+    let min_pixels = if prepared { 14 * 14 } else { 28 * 28 };
+    g.k_h == 3
+        && g.k_w == 3
+        && g.stride == 1
+        && g.c_in >= 64
+        && g.batch * g.out_plane() >= min_pixels
 }
 
 /// Block columns (2-pixel output columns) and block rows of the output.
