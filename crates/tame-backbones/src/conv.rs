@@ -2,9 +2,13 @@
 //! arithmetic in [`tame_ops::conv2d_fused`] (candle's CPU convolution and its backward pass
 //! are several times slower; see docs/BENCHMARKS.md).
 
-use candle_core::{Result, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::{Padding, WinogradFilters};
+use tame_ops::{Epilogue, Padding, WinogradFilters};
+
+use crate::norm::BatchNorm;
 
 pub struct Conv {
     weight: Tensor,
@@ -13,8 +17,10 @@ pub struct Conv {
     stride: usize,
     padding: Padding,
     /// The weight's filters transformed once for the Winograd path (3x3, stride 1): the
-    /// weights of a loaded backbone never change.
-    winograd: Option<WinogradFilters>,
+    /// weights of a loaded backbone never change. Made on the first pass that needs them
+    /// and dropped by [`forget_prepared`](Self::forget_prepared), so that a convolution
+    /// whose folded copy runs instead holds no second copy of them.
+    winograd: Mutex<Option<Arc<WinogradFilters>>>,
 }
 
 impl Conv {
@@ -28,15 +34,9 @@ impl Conv {
         bias: bool,
     ) -> Result<Self> {
         let weight = vb.get((cout, cin, k, k), "weight")?;
-        // A trainable weight (a `Var`) would leave prepared filters stale.
-        let winograd = if stride == 1 && !weight.is_variable() {
-            WinogradFilters::new(&weight)?
-        } else {
-            None
-        };
         Ok(Self {
             weight,
-            winograd,
+            winograd: Mutex::default(),
             bias: if bias {
                 vb.get(cout, "bias")?
             } else {
@@ -56,9 +56,125 @@ impl Conv {
         self.apply(x, true)
     }
 
+    /// This convolution followed by the per-channel affine map x * scale + shift (f64,
+    /// C_out each), as one convolution: the weight scaled per output channel, the bias
+    /// mapped. A trainable weight is never folded (`None`): the copy would go stale.
+    fn folded(&self, scale: &Tensor, shift: &Tensor) -> Result<Option<Self>> {
+        if self.weight.is_variable() {
+            return Ok(None);
+        }
+        let dtype = self.weight.dtype();
+        let per_channel = scale.reshape((scale.dim(0)?, 1, 1, 1))?;
+        let weight = self
+            .weight
+            .to_dtype(DType::F64)?
+            .broadcast_mul(&per_channel)?
+            .to_dtype(dtype)?;
+        let bias = ((self.bias.to_dtype(DType::F64)? * scale)? + shift)?.to_dtype(dtype)?;
+        Ok(Some(Self {
+            weight,
+            bias,
+            stride: self.stride,
+            padding: self.padding,
+            winograd: Mutex::default(),
+        }))
+    }
+
     fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (w, b) = (&self.weight, &self.bias);
-        let winograd = self.winograd.as_ref();
+        let winograd = self.prepared()?;
+        let winograd = winograd.as_deref();
         tame_ops::conv2d_fused(x, w, winograd, b, self.stride, self.padding, relu)
+    }
+
+    /// The Winograd filters, made on the first call (none for other strides, and for a
+    /// trainable weight, which would leave them stale).
+    fn prepared(&self) -> Result<Option<Arc<WinogradFilters>>> {
+        if self.stride != 1 || self.weight.is_variable() {
+            return Ok(None);
+        }
+        let mut prepared = lock(&self.winograd);
+        if prepared.is_none() {
+            *prepared = WinogradFilters::new(&self.weight)?.map(Arc::new);
+        }
+        Ok(prepared.clone())
+    }
+
+    /// Drops the prepared Winograd filters (made again when a pass needs them).
+    fn forget_prepared(&self) {
+        *lock(&self.winograd) = None;
+    }
+}
+
+/// A cache's lock; a panic elsewhere while it was held leaves a valid cache (or none).
+fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A convolution and the batch norm after it (ResNet-50's pairs). In eval mode the two are
+/// one convolution with the batch norm folded into its weight and bias (the ReLU after it
+/// fused too): one pass over the output instead of two, the same numbers up to rounding.
+/// The folded copy is built on the first eval pass and dropped by every train pass, which
+/// moves the running statistics it was made from.
+pub struct ConvBn {
+    conv: Conv,
+    bn: BatchNorm,
+    folded: Mutex<Option<Arc<Conv>>>,
+}
+
+impl ConvBn {
+    pub fn new(conv: Conv, bn: BatchNorm) -> Self {
+        Self {
+            conv,
+            bn,
+            folded: Mutex::new(None),
+        }
+    }
+
+    pub fn conv(&self) -> &Conv {
+        &self.conv
+    }
+
+    /// The batch norm, for its running statistics (its passes go through
+    /// [`bn_forward_then`](Self::bn_forward_then)).
+    pub fn bn(&self) -> &BatchNorm {
+        &self.bn
+    }
+
+    /// `bn(conv(x))` (then ReLU when `relu`) in eval mode, on the folded convolution when
+    /// the weight can be folded.
+    pub fn forward_eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        match self.folded()? {
+            Some(conv) => conv.apply(x, relu),
+            None => {
+                let epilogue = if relu {
+                    Epilogue::relu()
+                } else {
+                    Epilogue::default()
+                };
+                self.bn
+                    .forward_then(&self.conv.forward(x)?, false, epilogue)
+            }
+        }
+    }
+
+    /// The batch norm of an unfolded pass (`train`: batch statistics, which also moves the
+    /// running ones, so the folded copy is dropped).
+    pub fn bn_forward_then(&self, x: &Tensor, train: bool, then: Epilogue) -> Result<Tensor> {
+        if train {
+            *lock(&self.folded) = None;
+        }
+        self.bn.forward_then(x, train, then)
+    }
+
+    fn folded(&self) -> Result<Option<Arc<Conv>>> {
+        let mut folded = lock(&self.folded);
+        if folded.is_none() {
+            // The unfolded convolution's filters first: both copies need not live at once.
+            self.conv.forget_prepared();
+            let (scale, shift) = self.bn.eval_affine()?;
+            *folded = self.conv.folded(&scale, &shift)?.map(Arc::new);
+        }
+        Ok(folded.clone())
     }
 }

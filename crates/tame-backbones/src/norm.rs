@@ -4,7 +4,7 @@
 //! follow fused in), running statistics updated in memory
 //! in train mode as PyTorch updates them.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use tame_ops::Epilogue;
 
@@ -63,6 +63,16 @@ impl BatchNorm {
         self.running_var
             .set(&var.to_dtype(self.running_var.dtype())?)?;
         Ok(y)
+    }
+
+    /// Eval mode as a per-channel affine map x * scale + shift, in f64: scale = weight /
+    /// sqrt(running_var + eps), shift = bias - running_mean * scale.
+    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        let f64 = |t: &Tensor| t.detach().to_dtype(DType::F64);
+        let std = (f64(self.running_var.as_tensor())? + self.eps)?.sqrt()?;
+        let scale = (f64(&self.weight)? / std)?;
+        let shift = (f64(&self.bias)? - (f64(self.running_mean.as_tensor())? * &scale)?)?;
+        Ok((scale, shift))
     }
 
     pub fn running_mean(&self) -> &Tensor {
