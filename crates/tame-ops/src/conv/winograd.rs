@@ -124,15 +124,15 @@ fn transform_input<T: WithDType>(
                 let Some(iy) = (2 * by + i).checked_sub(g.top).filter(|&iy| iy < g.h) else {
                     continue;
                 };
-                // Padded column c holds input column c - left.
+                // Padded column c holds input column j = c - left: the input columns of
+                // the parity of `left` land on even ones, from even[ceil(left / 2)] on.
                 let input = &plane[iy * g.w..][..g.w];
-                for (c, &value) in (g.left..).zip(input).take_while(|&(c, _)| c < 2 * len) {
-                    if c % 2 == 0 {
-                        even[c / 2] = value;
-                    } else {
-                        odd[c / 2] = value;
-                    }
-                }
+                let parity = g.left % 2;
+                let (first_even, first_odd) = (g.left.div_ceil(2), g.left / 2);
+                let onto_even = input.iter().skip(parity).step_by(2);
+                let onto_odd = input.iter().skip(1 - parity).step_by(2);
+                copy_into(&mut even[first_even.min(len)..], onto_even);
+                copy_into(&mut odd[first_odd.min(len)..], onto_odd);
             }
             // Bᵀ·d, in place: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
             let [[e0, o0], [e1, o1], [e2, o2], [e3, o3]] = d;
@@ -157,20 +157,39 @@ fn transform_input<T: WithDType>(
                 let at = |b: usize| ((4 * a + b) * g.c_in + ci) * count + r * across;
                 let (s0, s1) = (&even[..across], &odd[..across]);
                 let (s2, s3) = (&even[1..], &odd[1..]);
-                for (n, dst) in v[at(0)..][..across].iter_mut().enumerate() {
-                    *dst = s0[n] - s2[n];
-                }
-                for (n, dst) in v[at(1)..][..across].iter_mut().enumerate() {
-                    *dst = s1[n] + s2[n];
-                }
-                for (n, dst) in v[at(2)..][..across].iter_mut().enumerate() {
-                    *dst = s2[n] - s1[n];
-                }
-                for (n, dst) in v[at(3)..][..across].iter_mut().enumerate() {
-                    *dst = s1[n] - s3[n];
-                }
+                combine(&mut v[at(0)..][..across], s0, s2, |a, c| a - c);
+                combine(&mut v[at(1)..][..across], s1, s2, |b, c| b + c);
+                combine(&mut v[at(2)..][..across], s2, s1, |c, b| c - b);
+                combine(&mut v[at(3)..][..across], s1, s3, |b, d| b - d);
             }
         }
+    }
+}
+
+/// dst[n] = f(a[n], b[n]) over the shortest of the three: zipped slices, which the
+/// compiler vectorises (indexed loops kept their bounds checks and stayed scalar).
+fn combine<T: WithDType>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(x, y);
+    }
+}
+
+fn add_into<T: WithDType>(dst: &mut [T], a: &[T]) {
+    for (d, &x) in dst.iter_mut().zip(a) {
+        *d += x;
+    }
+}
+
+fn sub_from<T: WithDType>(dst: &mut [T], a: &[T]) {
+    for (d, &x) in dst.iter_mut().zip(a) {
+        *d -= x;
+    }
+}
+
+/// Copies `values` into the start of `dst`, as many as fit.
+fn copy_into<'a, T: WithDType>(dst: &mut [T], values: impl Iterator<Item = &'a T>) {
+    for (d, &x) in dst.iter_mut().zip(values) {
+        *d = x;
     }
 }
 
@@ -203,12 +222,10 @@ unsafe fn transform_output<T: WithDType>(
             let am: [&mut [T]; 8] = std::array::from_fn(|_| runs.next().unwrap());
             for c in 0..4 {
                 let (m0, m1, m2, m3) = (mm[c], mm[4 + c], mm[8 + c], mm[12 + c]);
-                for (n, dst) in am[c].iter_mut().enumerate() {
-                    *dst = m0[n] + m1[n] + m2[n];
-                }
-                for (n, dst) in am[4 + c].iter_mut().enumerate() {
-                    *dst = m1[n] - m2[n] - m3[n];
-                }
+                combine(am[c], m0, m1, |a, b| a + b);
+                add_into(am[c], m2);
+                combine(am[4 + c], m1, m2, |b, c| b - c);
+                sub_from(am[4 + c], m3);
             }
             let mut runs = outputs.chunks_exact_mut(across);
             let mut y: [&mut [T]; 4] = std::array::from_fn(|_| runs.next().unwrap());
@@ -216,12 +233,10 @@ unsafe fn transform_output<T: WithDType>(
                 let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|c| &am[4 * row + c][..]);
                 let (left, right) = y.split_at_mut(2 * row + 1);
                 let (y_left, y_right) = (&mut left[2 * row], &mut right[0]);
-                for (n, dst) in y_left.iter_mut().enumerate() {
-                    *dst = s0[n] + s1[n] + s2[n] + b;
-                }
-                for (n, dst) in y_right.iter_mut().enumerate() {
-                    *dst = s1[n] - s2[n] - s3[n] + b;
-                }
+                combine(y_left, s0, s1, |a, c| a + c + b);
+                add_into(y_left, s2);
+                combine(y_right, s1, s2, |a, c| a - c + b);
+                sub_from(y_right, s3);
             }
             let y0 = 2 * by;
             for row in 0..2.min(g.out_h - y0) {
@@ -232,8 +247,13 @@ unsafe fn transform_output<T: WithDType>(
                         g.out_w,
                     )
                 };
-                for (c, value) in dst.iter_mut().enumerate() {
-                    *value = y[2 * row + c % 2][c / 2];
+                // Even output columns from the blocks' left outputs, odd from their right.
+                let (left, right) = (&y[2 * row], &y[2 * row + 1]);
+                for ((pair, &l), &r) in dst.chunks_mut(2).zip(left.iter()).zip(right.iter()) {
+                    pair[0] = l;
+                    if let Some(second) = pair.get_mut(1) {
+                        *second = r;
+                    }
                 }
                 if relu {
                     clamp_negatives(dst);
