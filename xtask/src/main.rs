@@ -36,6 +36,7 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    tame_ops::reuse_freed_memory();
     match Cli::parse().task {
         Task::Bench { what } => bench::run(what),
         Task::FetchWeights(args) => fetch::run(args),

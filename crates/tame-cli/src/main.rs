@@ -62,6 +62,7 @@ enum Command {
 }
 
 fn main() {
+    tame_ops::reuse_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),

@@ -7,6 +7,7 @@
 //! operations whose backward passes candle does implement (matmul, narrow, reshape, maximum,
 //! concatenation), with PyTorch's forward semantics.
 
+mod allocator;
 mod conv;
 mod depthwise;
 mod norm;
@@ -14,6 +15,7 @@ mod pool;
 mod resize;
 mod scratch;
 
+pub use allocator::reuse_freed_memory;
 pub use conv::{conv2d, conv2d_fused, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};

@@ -1,0 +1,21 @@
+//! The process's allocator, set up for tensor work.
+//!
+//! glibc serves every allocation above its mmap threshold (32 MB at most) with a fresh
+//! mapping and unmaps it when freed, so each large tensor is page-faulted in and zeroed by
+//! the kernel, and each unmapping interrupts the other cores to flush their TLBs. A VGG-16
+//! training step at batch 8, where every activation is larger than that, spent ~35 % of its
+//! time in the kernel this way.
+
+/// Makes the allocator keep freed memory for reuse instead of returning it to the system:
+/// no allocation is a fresh mapping (glibc's `M_MMAP_MAX` = 0) and the heap is never
+/// trimmed. Measured: a VGG-16 training step at batch 8 4.3 s -> 3.1 s, for a peak resident
+/// set 20 % higher (2.7 -> 3.3 GB); batch-1 work unchanged. Binaries call it first thing in
+/// `main`; a no-op where the C library is not glibc.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
