@@ -158,6 +158,29 @@ impl ConvBn {
         }
     }
 
+    /// `relu(bn(conv(x)) + residual)` in eval mode (a bottleneck's end), on the folded
+    /// convolution with the residual added in its pass when the weight can be folded.
+    pub fn forward_eval_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match self.folded()? {
+            Some(conv) => {
+                let winograd = conv.prepared()?;
+                tame_ops::conv2d_fused_residual(
+                    x,
+                    &conv.weight,
+                    winograd.as_deref(),
+                    &conv.bias,
+                    residual,
+                    conv.stride,
+                    conv.padding,
+                )
+            }
+            None => {
+                self.bn
+                    .forward_then(&self.conv.forward(x)?, false, Epilogue::add_relu(residual))
+            }
+        }
+    }
+
     /// The batch norm of an unfolded pass (`train`: batch statistics, which also moves the
     /// running ones, so the folded copy is dropped).
     pub fn bn_forward_then(&self, x: &Tensor, train: bool, then: Epilogue) -> Result<Tensor> {

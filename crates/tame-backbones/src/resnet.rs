@@ -52,8 +52,7 @@ struct Bottleneck {
     name: String,
     first: ConvBn,
     second: ConvBn,
-    conv3: Conv,
-    bn3: BatchNorm,
+    third: ConvBn,
     downsample: Option<ConvBn>,
 }
 
@@ -78,8 +77,10 @@ impl Bottleneck {
                 conv(vb.pp("conv2"), width, width, 3, stride)?,
                 batch_norm(vb.pp("bn2"), width)?,
             ),
-            conv3: conv(vb.pp("conv3"), width, cout, 1, 1)?,
-            bn3: batch_norm(vb.pp("bn3"), cout)?,
+            third: ConvBn::new(
+                conv(vb.pp("conv3"), width, cout, 1, 1)?,
+                batch_norm(vb.pp("bn3"), cout)?,
+            ),
             downsample,
             name,
         })
@@ -92,7 +93,6 @@ impl Bottleneck {
         let y = conv_bn_relu(&self.first, x, train, taps, [&c1, &b1, &r1])?;
         let [c2, b2, r2] = names(["conv2", "bn2", "relu_1"]);
         let y = conv_bn_relu(&self.second, &y, train, taps, [&c2, &b2, &r2])?;
-        let y = taps.pass(&name("conv3"), self.conv3.forward(&y)?)?;
         let identity = match &self.downsample {
             Some(pair) => {
                 let (conv_name, bn_name) = (name("downsample.0"), name("downsample.1"));
@@ -106,14 +106,20 @@ impl Bottleneck {
             }
             None => x.clone(),
         };
-        let (bn3, add) = (name("bn3"), name("add"));
-        let y = if taps.wants(&bn3) || taps.wants(&add) {
-            let y = taps.pass(&bn3, self.bn3.forward(&y, train)?)?;
-            let y = taps.pass(&add, (y + identity)?)?;
-            y.relu()?
+        let [c3, bn3, add] = names(["conv3", "bn3", "add"]);
+        let y = if !train && ![&c3, &bn3, &add].iter().any(|n| taps.wants(n)) {
+            // relu(bn3(conv3(y)) + identity) as one folded convolution.
+            self.third.forward_eval_residual(&y, &identity)?
         } else {
-            self.bn3
-                .forward_then(&y, train, Epilogue::add_relu(&identity))?
+            let y = taps.pass(&c3, self.third.conv().forward(&y)?)?;
+            if taps.wants(&bn3) || taps.wants(&add) {
+                let y = self.third.bn_forward_then(&y, train, Epilogue::default())?;
+                let y = taps.pass(&bn3, y)?;
+                taps.pass(&add, (y + identity)?)?.relu()?
+            } else {
+                self.third
+                    .bn_forward_then(&y, train, Epilogue::add_relu(&identity))?
+            }
         };
         let y = taps.pass(&name("relu_2"), y)?;
         taps.pass(&self.name, y)
@@ -199,7 +205,7 @@ impl ResNet50 {
             match leaf {
                 "bn1" => block.first.bn(),
                 "bn2" => block.second.bn(),
-                "bn3" => &block.bn3,
+                "bn3" => block.third.bn(),
                 "downsample.1" => block.downsample.as_ref()?.bn(),
                 _ => return None,
             }
@@ -325,7 +331,7 @@ mod tests {
         unfolded.push("conv1".into());
         for (stage, blocks) in net.layers.iter().enumerate() {
             for block in 0..blocks.len() {
-                for conv in ["conv1", "conv2", "downsample.0"] {
+                for conv in ["conv1", "conv2", "conv3", "downsample.0"] {
                     if conv != "downsample.0" || block == 0 {
                         unfolded.push(format!("layer{}.{block}.{conv}", stage + 1));
                     }

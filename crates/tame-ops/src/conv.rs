@@ -100,6 +100,67 @@ pub fn conv2d_fused(
     padding: Padding,
     relu: bool,
 ) -> Result<Tensor> {
+    let g = geometry(x, weight, bias, stride, padding)?;
+    if !runs_here(x) {
+        let y = candle_conv(x, weight, bias, stride, padding)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    let op = FusedConv {
+        g,
+        relu,
+        filters: checked_filters(winograd, &g, weight, x)?,
+        constant_bias: None,
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `relu(conv2d(x, weight) + bias + residual)`, `residual` of the output's shape: the end of
+/// a ResNet bottleneck with its batch norm folded into the convolution, in one pass (the
+/// output starts as residual + bias, the GEMM adds to it) instead of a convolution and a
+/// pass over its output. The gradient reaches `x`, `weight` and `residual`; `bias` is a
+/// constant (a folded batch norm's) and one that tracks a gradient is refused.
+pub fn conv2d_fused_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    winograd: Option<&WinogradFilters>,
+    bias: &Tensor,
+    residual: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let g = geometry(x, weight, bias, stride, padding)?;
+    let out_shape = [g.batch, g.c_out, g.out_h, g.out_w];
+    if residual.dims() != out_shape {
+        candle_core::bail!(
+            "{OP}: residual {:?} for an output of {out_shape:?}",
+            residual.dims()
+        );
+    }
+    if bias.track_op() {
+        candle_core::bail!("{OP}: the bias of a residual convolution gets no gradient");
+    }
+    if !runs_here(x) {
+        return (candle_conv(x, weight, bias, stride, padding)? + residual)?.relu();
+    }
+    let op = FusedConv {
+        g,
+        relu: true,
+        filters: checked_filters(winograd, &g, weight, x)?,
+        constant_bias: Some(bias.contiguous()?),
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &residual.contiguous()?, op)
+}
+
+/// The convolution's sizes, after checking the operands against each other.
+fn geometry(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Geometry> {
     let (batch, c_in, h, w) = x.dims4()?;
     let (c_out, w_in, k_h, k_w) = weight.dims4()?;
     if w_in != c_in {
@@ -117,16 +178,7 @@ pub fn conv2d_fused(
     if bias.dims() != [c_out] {
         candle_core::bail!("{OP}: bias {:?} for {c_out} output channels", bias.dims());
     }
-    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
-        let padded = x
-            .pad_with_zeros(2, padding.top, padding.bottom)?
-            .pad_with_zeros(3, padding.left, padding.right)?;
-        let y = padded
-            .conv2d(weight, 0, stride, 1, 1)?
-            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
-        return if relu { y.relu() } else { Ok(y) };
-    }
-    let g = Geometry {
+    Ok(Geometry {
         batch,
         c_in,
         h,
@@ -139,24 +191,50 @@ pub fn conv2d_fused(
         left: padding.left,
         out_h: (h + padding.top + padding.bottom - k_h) / stride + 1,
         out_w: (w + padding.left + padding.right - k_w) / stride + 1,
+    })
+}
+
+/// f32 and f64 on the CPU run the ops here; anything else goes to candle.
+fn runs_here(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// candle's convolution of the explicitly padded input, plus the bias.
+fn candle_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let padded = x
+        .pad_with_zeros(2, padding.top, padding.bottom)?
+        .pad_with_zeros(3, padding.left, padding.right)?;
+    padded
+        .conv2d(weight, 0, stride, 1, 1)?
+        .broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)
+}
+
+/// The prepared Winograd filters' tensor, checked against the weight.
+fn checked_filters(
+    winograd: Option<&WinogradFilters>,
+    g: &Geometry,
+    weight: &Tensor,
+    x: &Tensor,
+) -> Result<Option<Tensor>> {
+    let Some(WinogradFilters(f)) = winograd else {
+        return Ok(None);
     };
-    let filters = winograd.map(|f| f.0.clone());
-    if let Some(f) = &filters {
-        if f.dims() != [c_out, winograd::POSITIONS, c_in] || f.dtype() != x.dtype() {
-            candle_core::bail!(
-                "{OP}: Winograd filters {:?} {:?} for a {:?} {:?} weight",
-                f.dims(),
-                f.dtype(),
-                weight.dims(),
-                x.dtype()
-            );
-        }
+    if f.dims() != [g.c_out, winograd::POSITIONS, g.c_in] || f.dtype() != x.dtype() {
+        candle_core::bail!(
+            "{OP}: Winograd filters {:?} {:?} for a {:?} {:?} weight",
+            f.dims(),
+            f.dtype(),
+            weight.dims(),
+            x.dtype()
+        );
     }
-    x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        FusedConv { g, relu, filters },
-    )
+    Ok(Some(f.clone()))
 }
 
 /// Sizes of one convolution.
@@ -217,26 +295,28 @@ impl Geometry {
     }
 }
 
-/// The forward op: (x, weight, bias) -> y, ReLU included when `relu`.
+/// The forward op: (x, weight, bias) -> y, ReLU included when `relu`; with a
+/// `constant_bias`, (x, weight, residual) -> relu(conv + constant_bias + residual).
 struct FusedConv {
     g: Geometry,
     relu: bool,
     /// [`WinogradFilters`] of the weight (contiguous, checked against it).
     filters: Option<Tensor>,
+    /// The bias when the third operand is a residual (contiguous, checked).
+    constant_bias: Option<Tensor>,
 }
 
 impl FloatKernel for FusedConv {
-    /// Operands: x, weight, bias, then the Winograd filters when given.
+    /// Operands: x, weight, bias or residual, the constant bias when given, then the
+    /// Winograd filters when given.
     fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        let [x, weight, bias] = [0, 1, 2].map(|i| operands[i]);
-        forward(
-            &self.g,
-            x,
-            weight,
-            operands.get(3).copied(),
-            bias,
-            self.relu,
-        )
+        let [x, weight, third] = [0, 1, 2].map(|i| operands[i]);
+        let mut extra = operands[3..].iter().copied();
+        let (bias, residual) = match self.constant_bias {
+            Some(_) => (extra.next().unwrap_or_default(), Some(third)),
+            None => (third, None),
+        };
+        forward(&self.g, x, weight, extra.next(), bias, residual, self.relu)
     }
 }
 
@@ -254,12 +334,16 @@ impl CustomOp3 for FusedConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let filters = self.filters.as_ref().map(|f| f.storage_and_layout());
+        let captured: Vec<_> = [&self.constant_bias, &self.filters]
+            .into_iter()
+            .flatten()
+            .map(|t| t.storage_and_layout())
+            .collect();
         let mut operands = vec![(s1, l1), (s2, l2), (s3, l3)];
-        if let Some((storage, layout)) = &filters {
+        for (storage, layout) in &captured {
             match &**storage {
                 Storage::Cpu(s) => operands.push((s, *layout)),
-                _ => candle_core::bail!("{OP}: Winograd filters on another device"),
+                _ => candle_core::bail!("{OP}: bias or Winograd filters on another device"),
             }
         }
         let out = run_float_kernel(self, &operands, OP)?;
@@ -271,7 +355,7 @@ impl CustomOp3 for FusedConv {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        bias: &Tensor,
+        third: &Tensor,
         out: &Tensor,
         grad_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -292,12 +376,13 @@ impl CustomOp3 for FusedConv {
         } else {
             None
         };
-        let grad_b = if bias.track_op() {
-            Some(crate::norm::channel_sums(&grad)?)
-        } else {
-            None
+        // The residual's gradient is the masked gradient itself, the bias's its channel sums.
+        let grad_third = match (third.track_op(), &self.constant_bias) {
+            (false, _) => None,
+            (true, Some(_)) => Some(grad),
+            (true, None) => Some(crate::norm::channel_sums(&grad)?),
         };
-        Ok((grad_x, grad_w, grad_b))
+        Ok((grad_x, grad_w, grad_third))
     }
 }
 
@@ -640,15 +725,25 @@ fn im2col_forward<T: WithDType>(
     x: &[T],
     weight: &[T],
     bias: &[T],
+    residual: Option<&[T]>,
     relu: bool,
 ) -> Vec<T> {
     let plane = g.out_plane();
     let in_size = g.c_in * g.in_plane();
-    // The bias first: each GEMM adds its product to it.
+    // The bias (plus the residual) first: each GEMM adds its product to it.
     let mut y = Vec::with_capacity(g.batch * g.c_out * plane);
-    for _ in 0..g.batch {
-        for &b in bias {
-            y.resize(y.len() + plane, b);
+    match residual {
+        Some(residual) => {
+            for (r, &b) in residual.chunks_exact(plane).zip(bias.iter().cycle()) {
+                y.extend(r.iter().map(|&r| r + b));
+            }
+        }
+        None => {
+            for _ in 0..g.batch {
+                for &b in bias {
+                    y.resize(y.len() + plane, b);
+                }
+            }
         }
     }
     let out = SharedOutput {
@@ -743,15 +838,33 @@ fn forward<T: WithDType>(
     weight: &[T],
     prepared: Option<&[T]>,
     bias: &[T],
+    residual: Option<&[T]>,
     relu: bool,
 ) -> Vec<T> {
     if !winograd::applies(g, prepared.is_some()) {
-        return im2col_forward(g, x, weight, bias, relu);
+        return im2col_forward(g, x, weight, bias, residual, relu);
     }
-    match prepared {
-        Some(u) => winograd::forward(g, x, u, bias, relu),
-        None => winograd::forward(g, x, &winograd::transform_filters(g, weight), bias, relu),
+    // Winograd writes whole blocks: a residual is added after it, with the ReLU.
+    let relu_now = relu && residual.is_none();
+    let mut y = match prepared {
+        Some(u) => winograd::forward(g, x, u, bias, relu_now),
+        None => winograd::forward(
+            g,
+            x,
+            &winograd::transform_filters(g, weight),
+            bias,
+            relu_now,
+        ),
+    };
+    if let Some(residual) = residual {
+        for (y, &r) in y.iter_mut().zip(residual) {
+            *y += r;
+        }
+        if relu {
+            clamp_negatives(&mut y);
+        }
     }
+    y
 }
 
 /// The input gradient of a stride-1 convolution is itself a stride-1 convolution of
@@ -806,6 +919,7 @@ fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> 
             &flipped_transposed(g, weight),
             None,
             &no_bias,
+            None,
             false,
         );
     }
@@ -1196,6 +1310,60 @@ mod tests {
         // Filters of another weight's shape are refused.
         let other = WinogradFilters::new(&seeded(&[8, 256, 3, 3], 4, &dev)?)?;
         assert!(conv2d_fused(&x, &k, other.as_ref(), &bias, 1, p, true).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn residual_convolution_matches_the_separate_ops_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let separate = |x: &Tensor, k: &Tensor, bias: &Tensor, r: &Tensor, s, p| {
+            (reference(x, k, s, p).broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)? + r)?
+                .relu()
+        };
+        // The CASES (im2col), a 1x1 and a 3x3 convolution that takes the Winograd path.
+        let mut cases = CASES.to_vec();
+        cases.push((2, 16, 6, 6, 8, 1, 1, 1, Padding::uniform(0)));
+        cases.push((1, 64, 28, 28, 8, 3, 3, 1, Padding::uniform(1)));
+        for (i, &(b, c, h, w, o, kh, kw, s, p)) in cases.iter().enumerate() {
+            let x = seeded(&[b, c, h, w], i as u64, &dev)?;
+            let k = (seeded(&[o, c, kh, kw], 50 + i as u64, &dev)? * 0.3)?;
+            let bias = seeded(&[o], 70 + i as u64, &dev)?;
+            let out = conv2d_fused(&x, &k, None, &bias, s, p, false)?;
+            let residual = seeded(out.dims(), 90 + i as u64, &dev)?;
+            let prepared = WinogradFilters::new(&k)?;
+            let expected = separate(&x, &k, &bias, &residual, s, p)?;
+            let positive = expected.gt(0.0)?.to_dtype(DType::F64)?.mean_all()?;
+            let positive = positive.to_scalar::<f64>()?;
+            assert!(positive > 0.05 && positive < 0.95, "case {i}: {positive}");
+            for filters in [None, prepared.as_ref()] {
+                let ours = conv2d_fused_residual(&x, &k, filters, &bias, &residual, s, p)?;
+                assert!(max_abs_diff(&ours, &expected) < 1e-12, "case {i}");
+            }
+            // A trainable bias would get no gradient; a residual of another shape is wrong.
+            let bv = Var::from_tensor(&bias)?;
+            let refused = conv2d_fused_residual(&x, &k, None, bv.as_tensor(), &residual, s, p);
+            assert!(refused.is_err());
+            let wrong = residual.narrow(1, 0, o - 1)?;
+            assert!(conv2d_fused_residual(&x, &k, None, &bias, &wrong, s, p).is_err());
+            // candle's backward needs strides that use the last padded pixels.
+            let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
+            if (ph - kh) % s != 0 || (pw - kw) % s != 0 {
+                continue;
+            }
+            let g = seeded(expected.dims(), 9, &dev)?;
+            let vars = [&x, &k, &residual].map(|t| Var::from_tensor(t).unwrap());
+            let [xv, kv, rv] = vars.each_ref().map(|v| v.as_tensor());
+            let ours = (conv2d_fused_residual(xv, kv, None, &bias, rv, s, p)? * &g)?
+                .sum_all()?
+                .backward()?;
+            let theirs = (separate(xv, kv, &bias, rv, s, p)? * &g)?
+                .sum_all()?
+                .backward()?;
+            for v in [xv, kv, rv] {
+                let (a, b) = (ours.get(v).unwrap(), theirs.get(v).unwrap());
+                assert!(max_abs_diff(a, b) < 1e-12, "case {i}");
+            }
+        }
         Ok(())
     }
 

@@ -16,7 +16,7 @@ mod resize;
 mod scratch;
 
 pub use allocator::reuse_freed_memory;
-pub use conv::{conv2d, conv2d_fused, WinogradFilters};
+pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
