@@ -19,9 +19,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
+use crate::linear::Dense;
 use crate::norm::BatchNorm;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -233,7 +234,7 @@ pub struct EfficientNetLite0 {
     blocks: Vec<MbConv>,
     conv_head: SameConv,
     bn1: BatchNorm,
-    fc: Linear,
+    fc: Dense,
     rng: Mutex<StdRng>,
 }
 
@@ -266,7 +267,7 @@ impl EfficientNetLite0 {
             bn0: batch_norm(vb.pp("_bn0"), STEM_CHANNELS)?,
             conv_head: SameConv::new(vb.pp("_conv_head"), channels, HEAD_CHANNELS, 1, 1, 1)?,
             bn1: batch_norm(vb.pp("_bn1"), HEAD_CHANNELS)?,
-            fc: candle_nn::linear(HEAD_CHANNELS, 1000, vb.pp("_fc"))?,
+            fc: Dense::new(vb.pp("_fc"), HEAD_CHANNELS, 1000)?,
             blocks,
             rng: Mutex::new(StdRng::seed_from_u64(0)),
         })

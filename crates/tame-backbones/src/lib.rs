@@ -11,6 +11,7 @@ mod efficientnet;
 mod error;
 pub mod hub;
 pub mod imagenet;
+mod linear;
 mod norm;
 mod resnet;
 mod safetensors_file;

@@ -3,11 +3,12 @@
 //! `layerK.J.conv1|bn1|relu|conv2|bn2|relu_1|conv3|bn3|downsample.0|downsample.1|add|relu_2`,
 //! `avgpool`, `flatten`, `fc`.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 use tame_ops::Epilogue;
 
 use crate::conv::{Conv, ConvBn};
+use crate::linear::Dense;
 use crate::norm::BatchNorm;
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
@@ -146,7 +147,7 @@ pub struct ResNet50 {
     stem: ConvBn,
     /// The blocks of each of the four stages.
     layers: Vec<Vec<Bottleneck>>,
-    fc: Linear,
+    fc: Dense,
 }
 
 impl ResNet50 {
@@ -177,7 +178,7 @@ impl ResNet50 {
                 batch_norm(vb.pp("bn1"), 64)?,
             ),
             layers,
-            fc: candle_nn::linear(512 * EXPANSION, 1000, vb.pp("fc"))?,
+            fc: Dense::new(vb.pp("fc"), 512 * EXPANSION, 1000)?,
         })
     }
 }

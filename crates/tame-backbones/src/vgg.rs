@@ -3,10 +3,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
 use crate::conv::Conv;
+use crate::linear::Dense;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
@@ -35,7 +36,7 @@ const LAYOUT: [Option<usize>; 18] = [
 
 enum Layer {
     Conv(Conv),
-    Linear(Linear),
+    Linear(Dense),
     Relu,
     MaxPool,
     Dropout,
@@ -67,13 +68,13 @@ impl Vgg16 {
         }
         let vb = vb.pp("classifier");
         let classifier = vec![
-            Layer::Linear(candle_nn::linear(512 * 7 * 7, 4096, vb.pp("0"))?),
+            Layer::Linear(Dense::new(vb.pp("0"), 512 * 7 * 7, 4096)?),
             Layer::Relu,
             Layer::Dropout,
-            Layer::Linear(candle_nn::linear(4096, 4096, vb.pp("3"))?),
+            Layer::Linear(Dense::new(vb.pp("3"), 4096, 4096)?),
             Layer::Relu,
             Layer::Dropout,
-            Layer::Linear(candle_nn::linear(4096, 1000, vb.pp("6"))?),
+            Layer::Linear(Dense::new(vb.pp("6"), 4096, 1000)?),
         ];
         Ok(Self {
             features,
