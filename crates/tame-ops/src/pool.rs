@@ -131,6 +131,10 @@ impl Pool {
             .zip(x.par_chunks(self.h * self.w))
             .for_each(|(out, plane)| {
                 let mut row_maxima = vec![neg_inf; self.h * self.out_w];
+                // A row's columns by phase (c % stride), so that each window offset reads
+                // a contiguous run (a strided gather does not vectorise).
+                let phase_len = self.w.div_ceil(self.stride);
+                let mut phases = vec![neg_inf; self.stride * phase_len];
                 for (maxima, row) in row_maxima
                     .chunks_exact_mut(self.out_w)
                     .zip(plane.chunks_exact(self.w))
@@ -142,6 +146,12 @@ impl Pool {
                         }
                         continue;
                     }
+                    // Slots past a phase's last column stay -inf, as the padding counts.
+                    for (q, chunk) in row.chunks(self.stride).enumerate() {
+                        for (p, &v) in chunk.iter().enumerate() {
+                            phases[p * phase_len + q] = v;
+                        }
+                    }
                     for dc in 0..self.kernel {
                         // Outputs j whose window's column j * stride + dc - padding exists.
                         let first = self.padding.saturating_sub(dc).div_ceil(self.stride);
@@ -149,11 +159,12 @@ impl Pool {
                         else {
                             continue;
                         };
-                        let columns = row.get(start..).unwrap_or_default();
-                        for (m, &v) in maxima[first..]
-                            .iter_mut()
-                            .zip(columns.iter().step_by(self.stride))
-                        {
+                        if start >= self.w {
+                            continue;
+                        }
+                        let (phase, offset) = (start % self.stride, start / self.stride);
+                        let columns = &phases[phase * phase_len..][offset..phase_len];
+                        for (m, &v) in maxima[first..].iter_mut().zip(columns) {
                             *m = larger(*m, v);
                         }
                     }
