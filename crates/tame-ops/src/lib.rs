@@ -10,6 +10,7 @@
 mod allocator;
 mod conv;
 mod depthwise;
+mod linear;
 mod norm;
 mod pool;
 mod resize;
@@ -18,6 +19,7 @@ mod scratch;
 pub use allocator::reuse_freed_memory;
 pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
+pub use linear::linear;
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::{bilinear_matrix, resize_bilinear};
