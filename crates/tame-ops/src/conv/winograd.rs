@@ -392,7 +392,14 @@ mod tests {
             let w = values(g.c_out * g.c_in * 9, 100 + i as u64);
             let bias = values(g.c_out, 200 + i as u64);
             for relu in [false, true] {
-                let expected = im2col_forward(g, &x, &w, &bias, None, relu);
+                let expected = im2col_forward(
+                    g,
+                    &x,
+                    (&w, View::row_major(0, g.patch())),
+                    &bias,
+                    None,
+                    relu,
+                );
                 let u = transform_filters(g, &w);
                 for threads in [1, 2, 3] {
                     let pool = rayon::ThreadPoolBuilder::new()
