@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::{Epilogue, Padding, WinogradFilters};
+use tame_ops::{BatchStats, Epilogue, FrozenConvBn, Padding, WinogradFilters};
 
 use crate::norm::BatchNorm;
 
@@ -188,6 +188,33 @@ impl ConvBn {
             *lock(&self.folded) = None;
         }
         self.bn.forward_then(x, train, then)
+    }
+
+    /// The Winograd filters a train-mode pass of this pair may use, for [`frozen`](Self::frozen).
+    pub fn prepared_filters(&self) -> Result<Option<Arc<WinogradFilters>>> {
+        self.conv.prepared()
+    }
+
+    /// The pair as a layer of a fused train-mode block (`tame_ops::bottleneck_train`), with
+    /// the filters of [`prepared_filters`](Self::prepared_filters).
+    pub fn frozen<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> FrozenConvBn<'a> {
+        let (gamma, beta, eps) = self.bn.affine_parameters();
+        FrozenConvBn {
+            weight: &self.conv.weight,
+            winograd: filters,
+            stride: self.conv.stride,
+            padding: self.conv.padding,
+            gamma,
+            beta,
+            eps,
+        }
+    }
+
+    /// A fused train-mode pass's batch statistics: the running ones move (and the folded
+    /// copy, made from them, is dropped), as in [`bn_forward_then`](Self::bn_forward_then).
+    pub fn track(&self, stats: BatchStats) -> Result<()> {
+        *lock(&self.folded) = None;
+        self.bn.track(stats)
     }
 
     fn folded(&self) -> Result<Option<Arc<Conv>>> {

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use tame_ops::Epilogue;
+use tame_ops::{BatchStats, Epilogue};
 
 pub struct BatchNorm {
     weight: Tensor,
@@ -53,6 +53,12 @@ impl BatchNorm {
             );
         }
         let (y, stats) = tame_ops::batch_norm_train(x, &self.weight, &self.bias, self.eps, then)?;
+        self.track(stats)?;
+        Ok(y)
+    }
+
+    /// Moves the running statistics towards a train-mode pass's batch statistics.
+    pub fn track(&self, stats: BatchStats) -> Result<()> {
         let m = self.momentum;
         let n = stats.count as f64;
         let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (stats.mean * m)?)?;
@@ -61,8 +67,12 @@ impl BatchNorm {
         self.running_mean
             .set(&mean.to_dtype(self.running_mean.dtype())?)?;
         self.running_var
-            .set(&var.to_dtype(self.running_var.dtype())?)?;
-        Ok(y)
+            .set(&var.to_dtype(self.running_var.dtype())?)
+    }
+
+    /// The parameters a fused train-mode block reads: weight, bias, eps.
+    pub fn affine_parameters(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
     }
 
     /// Eval mode as a per-channel affine map x * scale + shift, in f64: scale = weight /

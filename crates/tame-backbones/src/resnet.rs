@@ -89,6 +89,15 @@ impl Bottleneck {
 
     fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
         let name = |suffix: &str| format!("{}.{suffix}", self.name);
+        let inner = self.node_names();
+        // The block's own output is the last two names (relu_2 and the block's).
+        let inner_tapped = inner[..inner.len() - 2].iter().any(|n| taps.wants(n));
+        if train && !inner_tapped {
+            if let Some(y) = self.forward_train_fused(x)? {
+                let y = taps.pass(&name("relu_2"), y)?;
+                return taps.pass(&self.name, y);
+            }
+        }
         let names = |s: [&str; 3]| s.map(name);
         let [c1, b1, r1] = names(["conv1", "bn1", "relu"]);
         let y = conv_bn_relu(&self.first, x, train, taps, [&c1, &b1, &r1])?;
@@ -124,6 +133,32 @@ impl Bottleneck {
         };
         let y = taps.pass(&name("relu_2"), y)?;
         taps.pass(&self.name, y)
+    }
+
+    /// The train-mode block as one op (`tame_ops::bottleneck_train`), when it applies.
+    fn forward_train_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let pairs: Vec<&ConvBn> = [&self.first, &self.second, &self.third]
+            .into_iter()
+            .chain(&self.downsample)
+            .collect();
+        let filters = pairs
+            .iter()
+            .map(|p| p.prepared_filters())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let frozen: Vec<_> = pairs
+            .iter()
+            .zip(&filters)
+            .map(|(p, f)| p.frozen(f.as_deref()))
+            .collect();
+        let layers = [frozen[0], frozen[1], frozen[2]];
+        let Some((y, stats)) = tame_ops::bottleneck_train(x, layers, frozen.get(3).copied())?
+        else {
+            return Ok(None);
+        };
+        for (pair, stats) in pairs.iter().zip(stats) {
+            pair.track(stats)?;
+        }
+        Ok(Some(y))
     }
 
     fn node_names(&self) -> Vec<String> {

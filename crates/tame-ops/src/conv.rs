@@ -108,7 +108,7 @@ pub fn conv2d_fused(
     let op = FusedConv {
         g,
         relu,
-        filters: checked_filters(winograd, &g, weight, x)?,
+        filters: checked_filters(winograd, &g, weight, x.dtype())?,
         constant_bias: None,
     };
     x.contiguous()?
@@ -146,7 +146,7 @@ pub fn conv2d_fused_residual(
     let op = FusedConv {
         g,
         relu: true,
-        filters: checked_filters(winograd, &g, weight, x)?,
+        filters: checked_filters(winograd, &g, weight, x.dtype())?,
         constant_bias: Some(bias.contiguous()?),
     };
     x.contiguous()?
@@ -161,41 +161,19 @@ fn geometry(
     stride: usize,
     padding: Padding,
 ) -> Result<Geometry> {
-    let (batch, c_in, h, w) = x.dims4()?;
-    let (c_out, w_in, k_h, k_w) = weight.dims4()?;
-    if w_in != c_in {
+    let g = Geometry::new(x.dims4()?, weight.dims4()?, stride, padding)?;
+    if bias.dims() != [g.c_out] {
         candle_core::bail!(
-            "{OP}: weight {:?} expects {w_in} input channels, the input has {c_in}",
-            weight.dims()
+            "{OP}: bias {:?} for {} output channels",
+            bias.dims(),
+            g.c_out
         );
     }
-    if stride == 0
-        || h + padding.top + padding.bottom < k_h
-        || w + padding.left + padding.right < k_w
-    {
-        candle_core::bail!("{OP}: input {h}x{w} is smaller than the {k_h}x{k_w} filter");
-    }
-    if bias.dims() != [c_out] {
-        candle_core::bail!("{OP}: bias {:?} for {c_out} output channels", bias.dims());
-    }
-    Ok(Geometry {
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        k_h,
-        k_w,
-        stride,
-        top: padding.top,
-        left: padding.left,
-        out_h: (h + padding.top + padding.bottom - k_h) / stride + 1,
-        out_w: (w + padding.left + padding.right - k_w) / stride + 1,
-    })
+    Ok(g)
 }
 
 /// f32 and f64 on the CPU run the ops here; anything else goes to candle.
-fn runs_here(x: &Tensor) -> bool {
+pub(crate) fn runs_here(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
@@ -216,22 +194,21 @@ fn candle_conv(
 }
 
 /// The prepared Winograd filters' tensor, checked against the weight.
-fn checked_filters(
+pub(crate) fn checked_filters(
     winograd: Option<&WinogradFilters>,
     g: &Geometry,
     weight: &Tensor,
-    x: &Tensor,
+    dtype: DType,
 ) -> Result<Option<Tensor>> {
     let Some(WinogradFilters(f)) = winograd else {
         return Ok(None);
     };
-    if f.dims() != [g.c_out, winograd::POSITIONS, g.c_in] || f.dtype() != x.dtype() {
+    if f.dims() != [g.c_out, winograd::POSITIONS, g.c_in] || f.dtype() != dtype {
         candle_core::bail!(
-            "{OP}: Winograd filters {:?} {:?} for a {:?} {:?} weight",
+            "{OP}: Winograd filters {:?} {:?} for a {:?} {dtype:?} weight",
             f.dims(),
             f.dtype(),
             weight.dims(),
-            x.dtype()
         );
     }
     Ok(Some(f.clone()))
@@ -239,7 +216,7 @@ fn checked_filters(
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Geometry {
+pub(crate) struct Geometry {
     batch: usize,
     c_in: usize,
     h: usize,
@@ -255,6 +232,52 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// (B, C_in, H, W).
+    pub(crate) fn input_dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.c_in, self.h, self.w)
+    }
+
+    /// (B, C_out, H_out, W_out).
+    pub(crate) fn output_dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.c_out, self.out_h, self.out_w)
+    }
+
+    /// The sizes of a convolution of a (B, C_in, H, W) input with a (C_out, C_in, K_h, K_w)
+    /// weight, after checking them against each other.
+    pub(crate) fn new(
+        (batch, c_in, h, w): (usize, usize, usize, usize),
+        (c_out, w_in, k_h, k_w): (usize, usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Self> {
+        if w_in != c_in {
+            candle_core::bail!(
+                "{OP}: weight {:?} expects {w_in} input channels, the input has {c_in}",
+                (c_out, w_in, k_h, k_w)
+            );
+        }
+        if stride == 0
+            || h + padding.top + padding.bottom < k_h
+            || w + padding.left + padding.right < k_w
+        {
+            candle_core::bail!("{OP}: input {h}x{w} is smaller than the {k_h}x{k_w} filter");
+        }
+        Ok(Geometry {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k_h,
+            k_w,
+            stride,
+            top: padding.top,
+            left: padding.left,
+            out_h: (h + padding.top + padding.bottom - k_h) / stride + 1,
+            out_w: (w + padding.left + padding.right - k_w) / stride + 1,
+        })
+    }
+
     /// Rows of the column matrix (and columns of the flattened weight).
     fn patch(&self) -> usize {
         self.c_in * self.k_h * self.k_w
@@ -866,7 +889,7 @@ fn im2col_forward<T: WithDType>(
 /// The forward pass of the op: [`winograd::forward`] for the 3x3 stride-1 convolutions it
 /// [applies](winograd::applies) to (most of VGG-16's, and their input gradients), with the
 /// `prepared` filters when given, [`im2col_forward`] for the rest.
-fn forward<T: WithDType>(
+pub(crate) fn forward<T: WithDType>(
     g: &Geometry,
     x: &[T],
     weight: &[T],
@@ -945,7 +968,7 @@ fn flipped_transposed<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec<T> {
 /// convolution of [`transposed_geometry`] instead: its GEMM sums over c_out·k·k rather than
 /// c_out alone and writes c_in rows rather than the whole column matrix (VGG-16's first
 /// layers: 2x faster), and it runs tile by tile in parallel like every forward pass.
-fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> {
+pub(crate) fn input_grad<T: WithDType>(g: &Geometry, grad_y: &[T], weight: &[T]) -> Vec<T> {
     if let Some(t) = transposed_geometry(g) {
         let no_bias = vec![T::zero(); t.c_out];
         if g.is_pointwise() {

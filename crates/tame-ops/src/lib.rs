@@ -8,6 +8,7 @@
 //! concatenation), with PyTorch's forward semantics.
 
 mod allocator;
+mod bottleneck;
 mod conv;
 mod depthwise;
 mod linear;
@@ -17,6 +18,7 @@ mod resize;
 mod scratch;
 
 pub use allocator::reuse_freed_memory;
+pub use bottleneck::{bottleneck_train, FrozenConvBn};
 pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
 pub use linear::linear;

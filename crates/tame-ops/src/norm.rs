@@ -310,10 +310,10 @@ impl CustomOp1 for ChannelSums {
 }
 
 /// (B, C, H, W) -> (2, C): each channel's mean and biased variance, accumulated in f64.
-struct Moments {
-    channels: usize,
+pub(crate) struct Moments {
+    pub(crate) channels: usize,
     /// H x W.
-    plane: usize,
+    pub(crate) plane: usize,
 }
 
 impl FloatKernel for Moments {
@@ -349,17 +349,17 @@ impl CustomOp1 for Moments {
 /// per-channel factors folded; backward as batch norm in eval mode (`train` false: the
 /// statistics are constants) or in train mode (they depend on x).
 #[derive(Clone)]
-struct ChannelAffine {
-    scale: Vec<f64>,
-    shift: Vec<f64>,
+pub(crate) struct ChannelAffine {
+    pub(crate) scale: Vec<f64>,
+    pub(crate) shift: Vec<f64>,
     /// H x W.
-    plane: usize,
+    pub(crate) plane: usize,
     /// The statistics it normalises with: the batch's in train mode, the running ones in
     /// eval mode.
-    mean: Vec<f64>,
-    inv_std: Vec<f64>,
-    train: bool,
-    relu: bool,
+    pub(crate) mean: Vec<f64>,
+    pub(crate) inv_std: Vec<f64>,
+    pub(crate) train: bool,
+    pub(crate) relu: bool,
 }
 
 impl FloatKernel for ChannelAffine {
@@ -384,7 +384,7 @@ impl ChannelAffine {
         }
     }
 
-    fn forward<T: WithDType>(&self, x: &[T], residual: Option<&[T]>) -> Vec<T> {
+    pub(crate) fn forward<T: WithDType>(&self, x: &[T], residual: Option<&[T]>) -> Vec<T> {
         let plane = self.plane;
         let c = self.scale.len();
         let mut y = vec![T::zero(); x.len()];
@@ -419,7 +419,7 @@ impl ChannelAffine {
     /// Per channel, Σ g' and Σ g'·x̂ with g' = g zeroed where the ReLU clamped (y = 0) and
     /// x̂ = (x − mean)·inv_std: the gradients of the bias and of the weight, and what the
     /// train-mode input gradient needs. (2, C): the weight's row first.
-    fn param_grads<T: WithDType>(&self, g: &[T], x: &[T], y: &[T]) -> Vec<T> {
+    pub(crate) fn param_grads<T: WithDType>(&self, g: &[T], x: &[T], y: &[T]) -> Vec<T> {
         // The ReLU as a constant: each variant's loops compile to branch-free vector code.
         let sums = if self.relu {
             Self::channel_sums::<T, true>
@@ -462,7 +462,13 @@ impl ChannelAffine {
     /// clamped (y = 0) when there is one. Eval: g·scale. Train: scale · (g − mean(g) − x̂ ·
     /// mean(g·x̂)), the means over the channel's B·H·W values, from `sums` (the
     /// [`param_grads`](Self::param_grads) of the same g).
-    fn backward<T: WithDType>(&self, g: &[T], x: &[T], y: &[T], sums: Option<&[T]>) -> Vec<T> {
+    pub(crate) fn backward<T: WithDType>(
+        &self,
+        g: &[T],
+        x: &[T],
+        y: &[T],
+        sums: Option<&[T]>,
+    ) -> Vec<T> {
         if self.relu {
             self.backward_with::<T, true>(g, x, y, sums)
         } else {
