@@ -1,7 +1,7 @@
 //! `torch.optim.SGD`, step for step.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Tensor, Var, WithDType};
 
 use crate::TrainError;
 
@@ -67,13 +67,25 @@ impl Sgd {
                     continue;
                 };
                 let p = var.as_tensor();
+                if let Some(b) = buf.as_ref().filter(|b| in_place(p, g, b, group)) {
+                    // The buffer first: the parameter's pass reads the updated one.
+                    let update = Update {
+                        group,
+                        nesterov: self.nesterov,
+                    };
+                    let g = g.contiguous()?;
+                    b.inplace_op3(&g, p, &BufferPass(update))?;
+                    p.inplace_op3(&g, b, &ParamPass(update))?;
+                    continue;
+                }
                 let mut d = g.clone();
                 if group.weight_decay != 0.0 {
                     d = (d + (p * group.weight_decay)?)?;
                 }
                 if group.momentum != 0.0 {
                     let b = match buf.take() {
-                        None => d.clone(),
+                        // Its own copy: later steps may update it in place.
+                        None => d.copy()?,
                         Some(b) => ((b * group.momentum)? + &d)?,
                     };
                     d = if self.nesterov {
@@ -95,7 +107,8 @@ impl Sgd {
         for (group, buffers) in self.groups.iter().zip(&self.buffers) {
             for ((name, _), buf) in group.params.iter().zip(buffers) {
                 if let Some(b) = buf {
-                    out.push((format!("{}.{name}", group.name), b.clone()));
+                    // A copy: the buffer itself changes in place with the next step.
+                    out.push((format!("{}.{name}", group.name), b.copy().expect("a copy")));
                 }
             }
         }
@@ -128,9 +141,11 @@ impl Sgd {
                         var.dims()
                     ));
                 }
+                // A copy of the caller's tensor, which later steps may update in place.
                 let t = t
                     .to_dtype(var.dtype())
                     .and_then(|t| t.to_device(var.device()))
+                    .and_then(|t| t.copy())
                     .map_err(|e| e.to_string())?;
                 row.push(Some(t));
                 used += 1;
@@ -145,5 +160,243 @@ impl Sgd {
         }
         self.buffers = new;
         Ok(())
+    }
+}
+
+/// Whether a step with momentum buffer `b` runs as two in-place passes ([`BufferPass`],
+/// [`ParamPass`]) instead of candle's operations: f32/f64 on the CPU, with momentum, the
+/// three tensors alike. The composed update makes eight full-size tensors per parameter
+/// (ResNet-50's mechanism: ~70 ms a step); the passes read and write the values once each.
+fn in_place(p: &Tensor, g: &Tensor, b: &Tensor, group: &ParamGroup) -> bool {
+    group.momentum != 0.0
+        && p.device().is_cpu()
+        && matches!(p.dtype(), DType::F32 | DType::F64)
+        && [g, b]
+            .iter()
+            .all(|t| t.dtype() == p.dtype() && t.dims() == p.dims())
+        && p.is_contiguous()
+        && b.is_contiguous()
+}
+
+/// One parameter's step; each pass computes `d = g + wd·p` with the same operations in the
+/// same order as the composed update (an f64 factor rounded to T, every product and sum
+/// rounded), so that the numbers are the same.
+#[derive(Clone, Copy)]
+struct Update<'a> {
+    group: &'a ParamGroup,
+    nesterov: bool,
+}
+
+impl Update<'_> {
+    fn decayed<T: WithDType>(&self, g: T, p: T) -> T {
+        if self.group.weight_decay != 0.0 {
+            g + p * T::from_f64(self.group.weight_decay)
+        } else {
+            g
+        }
+    }
+}
+
+/// buf = mu·buf + d, in place on the buffer; operands (g, p).
+struct BufferPass<'a>(Update<'a>);
+
+/// p = p − lr·(d + mu·buf) with Nesterov, p − lr·buf without, in place on the parameter;
+/// operands (g, the updated buf).
+struct ParamPass<'a>(Update<'a>);
+
+/// Runs `f(dst, a, b)` over three same-sized contiguous f32 or f64 storages.
+fn zip3(
+    dst: &mut CpuStorage,
+    l1: &Layout,
+    a: (&CpuStorage, &Layout),
+    b: (&CpuStorage, &Layout),
+    name: &str,
+    f32s: impl Fn(&mut [f32], &[f32], &[f32]),
+    f64s: impl Fn(&mut [f64], &[f64], &[f64]),
+) -> candle_core::Result<()> {
+    let range = |l: &Layout| {
+        l.contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: contiguous tensors expected")))
+    };
+    let (r0, r1, r2) = (range(l1)?, range(a.1)?, range(b.1)?);
+    match (dst, a.0, b.0) {
+        (CpuStorage::F32(d), CpuStorage::F32(x), CpuStorage::F32(y)) => {
+            f32s(&mut d[r0.0..r0.1], &x[r1.0..r1.1], &y[r2.0..r2.1]);
+        }
+        (CpuStorage::F64(d), CpuStorage::F64(x), CpuStorage::F64(y)) => {
+            f64s(&mut d[r0.0..r0.1], &x[r1.0..r1.1], &y[r2.0..r2.1]);
+        }
+        _ => candle_core::bail!("{name}: f32 or f64 tensors of one type expected"),
+    }
+    Ok(())
+}
+
+impl BufferPass<'_> {
+    fn run<T: WithDType>(&self, buf: &mut [T], g: &[T], p: &[T]) {
+        let mu = T::from_f64(self.0.group.momentum);
+        for ((b, &g), &p) in buf.iter_mut().zip(g).zip(p) {
+            *b = *b * mu + self.0.decayed(g, p);
+        }
+    }
+}
+
+impl InplaceOp3 for BufferPass<'_> {
+    fn name(&self) -> &'static str {
+        "sgd-momentum-buffer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (f, d) = (
+            |b: &mut [f32], g: &[f32], p: &[f32]| self.run(b, g, p),
+            |b: &mut [f64], g: &[f64], p: &[f64]| self.run(b, g, p),
+        );
+        zip3(s1, l1, (s2, l2), (s3, l3), self.name(), f, d)
+    }
+}
+
+impl ParamPass<'_> {
+    fn run<T: WithDType>(&self, p: &mut [T], g: &[T], buf: &[T]) {
+        let (mu, lr) = (
+            T::from_f64(self.0.group.momentum),
+            T::from_f64(self.0.group.lr),
+        );
+        for ((p, &g), &b) in p.iter_mut().zip(g).zip(buf) {
+            let step = if self.0.nesterov {
+                self.0.decayed(g, *p) + b * mu
+            } else {
+                b
+            };
+            *p -= step * lr;
+        }
+    }
+}
+
+impl InplaceOp3 for ParamPass<'_> {
+    fn name(&self) -> &'static str {
+        "sgd-parameter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (f, d) = (
+            |p: &mut [f32], g: &[f32], b: &[f32]| self.run(p, g, b),
+            |p: &mut [f64], g: &[f64], b: &[f64]| self.run(p, g, b),
+        );
+        zip3(s1, l1, (s2, l2), (s3, l3), self.name(), f, d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// PyTorch's update written out with candle's operations, one parameter at a time.
+    fn reference_step(
+        p: &Tensor,
+        g: &Tensor,
+        buf: &mut Option<Tensor>,
+        group: &ParamGroup,
+        nesterov: bool,
+    ) -> Tensor {
+        let d = (g + (p * group.weight_decay).unwrap()).unwrap();
+        let b = match buf.take() {
+            None => d.clone(),
+            Some(b) => ((b * group.momentum).unwrap() + &d).unwrap(),
+        };
+        let d = if nesterov {
+            (&d + (&b * group.momentum).unwrap()).unwrap()
+        } else {
+            b.clone()
+        };
+        *buf = Some(b);
+        (p - (d * group.lr).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn in_place_steps_equal_the_composed_update_bit_for_bit() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            for nesterov in [true, false] {
+                for weight_decay in [5e-4, 0.0] {
+                    let start = Tensor::randn(0f32, 1f32, (3, 7), &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
+                    let var = Var::from_tensor(&start).unwrap();
+                    let mut group = ParamGroup {
+                        name: "weights".into(),
+                        params: vec![("w".into(), var.clone())],
+                        lr: 0.1,
+                        weight_decay,
+                        momentum: 0.9,
+                    };
+                    let mut sgd = Sgd::new(vec![group.clone()], nesterov);
+                    let (mut expected, mut buf) = (start.copy().unwrap(), None);
+                    for step in 0..4 {
+                        // A gradient that depends on the parameter, as a loss's does.
+                        let loss = (var.as_tensor().sin().unwrap() * 3.0)
+                            .unwrap()
+                            .sum_all()
+                            .unwrap();
+                        let grads = loss.backward().unwrap();
+                        let g = grads.get(var.as_tensor()).unwrap().clone();
+                        group.lr = 0.1 / (step + 1) as f64;
+                        group.momentum = 0.9 - 0.02 * step as f64;
+                        sgd.set_hyper(&[group.lr], Some(group.momentum));
+                        expected = reference_step(&expected, &g, &mut buf, &group, nesterov);
+                        sgd.step(&grads).unwrap();
+                        let diff = (var.as_tensor() - &expected)
+                            .unwrap()
+                            .abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap();
+                        let what =
+                            format!("{dtype:?} nesterov {nesterov} wd {weight_decay} step {step}");
+                        assert_eq!(
+                            diff.to_dtype(DType::F64)
+                                .unwrap()
+                                .to_scalar::<f64>()
+                                .unwrap(),
+                            0.0,
+                            "{what}"
+                        );
+                        let saved = &sgd.momentum_buffers()[0].1;
+                        let bdiff = (saved - buf.as_ref().unwrap())
+                            .unwrap()
+                            .abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap();
+                        assert_eq!(
+                            bdiff
+                                .to_dtype(DType::F64)
+                                .unwrap()
+                                .to_scalar::<f64>()
+                                .unwrap(),
+                            0.0,
+                            "{what}: buffer"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
