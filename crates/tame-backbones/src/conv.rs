@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::{BatchStats, Epilogue, FrozenConvBn, Padding, WinogradFilters};
+use tame_ops::{BatchStats, ChainLayer, Epilogue, FrozenConvBn, Padding, WinogradFilters};
 
 use crate::norm::BatchNorm;
 
@@ -87,9 +87,21 @@ impl Conv {
         tame_ops::conv2d_fused(x, w, winograd, b, self.stride, self.padding, relu)
     }
 
+    /// `relu(forward(x))` as a layer of a fused chain (`tame_ops::conv_relu_chain`), with
+    /// the filters of [`prepared`](Self::prepared).
+    pub fn chain_layer<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> ChainLayer<'a> {
+        ChainLayer::ConvRelu {
+            weight: &self.weight,
+            bias: &self.bias,
+            winograd: filters,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
     /// The Winograd filters, made on the first call (none for other strides, and for a
     /// trainable weight, which would leave them stale).
-    fn prepared(&self) -> Result<Option<Arc<WinogradFilters>>> {
+    pub fn prepared(&self) -> Result<Option<Arc<WinogradFilters>>> {
         if self.stride != 1 || self.weight.is_variable() {
             return Ok(None);
         }

@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use crate::conv::Conv;
 use crate::linear::Dense;
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use tame_ops::ChainLayer;
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
 
@@ -93,6 +94,36 @@ impl Vgg16 {
         })
     }
 
+    /// The features as one op (`tame_ops::conv_relu_chain`), when it applies: a pass that
+    /// back-propagates to its input through no feature tap (TAME's masked training pass).
+    fn features_chained(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let filters = self
+            .features
+            .iter()
+            .map(|layer| match layer {
+                Layer::Conv(conv) => conv.prepared(),
+                _ => Ok(None),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let chain: Vec<ChainLayer> = self
+            .features
+            .iter()
+            .zip(&filters)
+            .filter_map(|(layer, f)| match layer {
+                Layer::Conv(conv) => Some(conv.chain_layer(f.as_deref())),
+                Layer::MaxPool => Some(ChainLayer::MaxPool {
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                }),
+                // Every convolution's ReLU is part of its chain layer.
+                Layer::Relu => None,
+                Layer::Linear(_) | Layer::Dropout => unreachable!("not among the features"),
+            })
+            .collect();
+        Ok(tame_ops::conv_relu_chain(x, &chain)?)
+    }
+
     /// Dropout with p = 0.5 as PyTorch applies it in train mode: kept units are doubled.
     fn dropout(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if mode == Mode::Eval {
@@ -142,20 +173,30 @@ impl Backbone for Vgg16 {
     fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput> {
         let mut taps = request.collector();
         let mut x = normalize_imagenet(images)?;
-        let mut layers = self.features.iter().enumerate().peekable();
-        while let Some((i, layer)) = layers.next() {
-            let name = format!("features.{i}");
-            x = match (layer, layers.peek()) {
-                // A convolution and its ReLU run as one op unless the convolution's own
-                // output is a tap.
-                (Layer::Conv(conv), Some((_, Layer::Relu))) if !taps.wants(&name) => {
-                    let (i, _) = layers.next().expect("peeked");
-                    taps.pass(&format!("features.{i}"), conv.forward_relu(&x)?)?
+        let feature_tapped = (0..self.features.len()).any(|i| taps.wants(&format!("features.{i}")));
+        let chained = match x.track_op() && !feature_tapped {
+            true => self.features_chained(&x)?,
+            false => None,
+        };
+        match chained {
+            Some(y) => x = y,
+            None => {
+                let mut layers = self.features.iter().enumerate().peekable();
+                while let Some((i, layer)) = layers.next() {
+                    let name = format!("features.{i}");
+                    x = match (layer, layers.peek()) {
+                        // A convolution and its ReLU run as one op unless the convolution's
+                        // own output is a tap.
+                        (Layer::Conv(conv), Some((_, Layer::Relu))) if !taps.wants(&name) => {
+                            let (i, _) = layers.next().expect("peeked");
+                            taps.pass(&format!("features.{i}"), conv.forward_relu(&x)?)?
+                        }
+                        _ => taps.pass(&name, self.apply(layer, &x, mode)?)?,
+                    };
+                    if taps.done() {
+                        return taps.finish(None);
+                    }
                 }
-                _ => taps.pass(&name, self.apply(layer, &x, mode)?)?,
-            };
-            if taps.done() {
-                return taps.finish(None);
             }
         }
         x = taps.pass("avgpool", tame_ops::adaptive_avg_pool2d(&x, 7, 7)?)?;

@@ -11,13 +11,13 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape};
 use candle_core::{Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::conv::{self, checked_filters, runs_here, Geometry};
 use crate::norm::{ChannelAffine, Moments};
-use crate::{run_float_kernel, BatchStats, FloatKernel, Padding, WinogradFilters};
+use crate::{relu_masked, run_with_captured, BatchStats, FloatKernel, Padding, WinogradFilters};
 
 /// The name errors give.
 const OP: &str = "bottleneck";
@@ -252,19 +252,7 @@ impl Bottleneck {
         kernel: &impl FloatKernel,
         args: &[(&CpuStorage, &Layout)],
     ) -> Result<CpuStorage> {
-        let guards: Vec<_> = self
-            .captured()
-            .into_iter()
-            .map(|t| t.storage_and_layout())
-            .collect();
-        let mut operands = args.to_vec();
-        for (storage, layout) in &guards {
-            match &**storage {
-                Storage::Cpu(s) => operands.push((s, *layout)),
-                _ => candle_core::bail!("{OP}: weights on another device"),
-            }
-        }
-        run_float_kernel(kernel, &operands, OP)
+        run_with_captured(kernel, args, &self.captured(), OP)
     }
 
     fn output_dims(&self) -> (usize, usize, usize, usize) {
@@ -361,11 +349,7 @@ impl FloatKernel for BottleneckGrad<'_> {
         let g_c1 = bn(&a[0], &g_y1, &c[0], &y[0]);
         let mut g_x = input_grad(0, &g_c1);
         // The shortcut's gradient: the output's, through its ReLU.
-        let g_identity: Vec<T> = g
-            .par_iter()
-            .zip(out)
-            .map(|(&g, &y)| if y > T::zero() { g } else { T::zero() })
-            .collect();
+        let g_identity = relu_masked(g, out);
         let g_shortcut = match c.get(3) {
             // No ReLU after the shortcut's batch norm: its y is never read.
             Some(cd) => input_grad(3, &bn(&a[3], &g_identity, cd, cd)),

@@ -10,13 +10,13 @@
 //! skip the column matrix altogether.
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::scratch::with_buffer;
-use crate::{clamp_negatives, run_float_kernel, FloatKernel, ReluMask};
+use crate::{clamp_negatives, run_float_kernel, run_with_captured, FloatKernel, ReluMask};
 
 mod winograd;
 
@@ -357,19 +357,11 @@ impl CustomOp3 for FusedConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let captured: Vec<_> = [&self.constant_bias, &self.filters]
+        let captured: Vec<&Tensor> = [&self.constant_bias, &self.filters]
             .into_iter()
             .flatten()
-            .map(|t| t.storage_and_layout())
             .collect();
-        let mut operands = vec![(s1, l1), (s2, l2), (s3, l3)];
-        for (storage, layout) in &captured {
-            match &**storage {
-                Storage::Cpu(s) => operands.push((s, *layout)),
-                _ => candle_core::bail!("{OP}: bias or Winograd filters on another device"),
-            }
-        }
-        let out = run_float_kernel(self, &operands, OP)?;
+        let out = run_with_captured(self, &[(s1, l1), (s2, l2), (s3, l3)], &captured, OP)?;
         let g = &self.g;
         Ok((out, Shape::from((g.batch, g.c_out, g.out_h, g.out_w))))
     }

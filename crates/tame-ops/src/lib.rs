@@ -9,6 +9,7 @@
 
 mod allocator;
 mod bottleneck;
+mod chain;
 mod conv;
 mod depthwise;
 mod linear;
@@ -19,6 +20,7 @@ mod scratch;
 
 pub use allocator::reuse_freed_memory;
 pub use bottleneck::{bottleneck_train, FrozenConvBn};
+pub use chain::{conv_relu_chain, ChainLayer};
 pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
 pub use linear::linear;
@@ -97,12 +99,36 @@ struct ReluMask;
 
 impl FloatKernel for ReluMask {
     fn run<T: candle_core::WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        operands[0]
-            .iter()
-            .zip(operands[1])
-            .map(|(&g, &y)| if y > T::zero() { g } else { T::zero() })
-            .collect()
+        relu_masked(operands[0], operands[1])
     }
+}
+
+/// `g` where `y` > 0, else 0 (in parallel).
+fn relu_masked<T: candle_core::WithDType>(g: &[T], y: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    g.par_iter()
+        .zip(y)
+        .map(|(&g, &y)| if y > T::zero() { g } else { T::zero() })
+        .collect()
+}
+
+/// Runs `kernel` on `args` followed by the `captured` tensors (an op's weights, which it
+/// holds rather than takes as arguments); all on the CPU.
+fn run_with_captured(
+    kernel: &impl FloatKernel,
+    args: &[(&candle_core::CpuStorage, &candle_core::Layout)],
+    captured: &[&candle_core::Tensor],
+    op: &str,
+) -> candle_core::Result<candle_core::CpuStorage> {
+    let guards: Vec<_> = captured.iter().map(|t| t.storage_and_layout()).collect();
+    let mut operands = args.to_vec();
+    for (storage, layout) in &guards {
+        match &**storage {
+            candle_core::Storage::Cpu(s) => operands.push((s, *layout)),
+            _ => candle_core::bail!("{op}: weights on another device"),
+        }
+    }
+    run_float_kernel(kernel, &operands, op)
 }
 
 impl candle_core::CustomOp2 for ReluMask {

@@ -17,24 +17,9 @@ const OP: &str = "max_pool2d";
 /// `ties / kernel²` where it should divide by `ties`), else the element-wise maximum of the
 /// kernel's shifted, subsampled windows, whose gradient is split between tied inputs.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let (batch, channels, h, w) = x.dims4()?;
-    if h + 2 * padding < kernel || w + 2 * padding < kernel || stride == 0 {
-        candle_core::bail!("{OP}: input {h}x{w} is smaller than the {kernel}x{kernel} kernel");
-    }
-    let out_h = (h + 2 * padding - kernel) / stride + 1;
-    let out_w = (w + 2 * padding - kernel) / stride + 1;
+    let pool = Pool::new(x.dims4()?, kernel, stride, padding)?;
+    let (h, w, out_h, out_w) = (pool.h, pool.w, pool.out_h, pool.out_w);
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        let pool = Pool {
-            batch,
-            channels,
-            h,
-            w,
-            kernel,
-            stride,
-            padding,
-            out_h,
-            out_w,
-        };
         return x.contiguous()?.apply_op1(pool);
     }
     if !x.track_op() && padding == 0 && kernel == stride && h % kernel == 0 && w % kernel == 0 {
@@ -77,7 +62,7 @@ fn shifted_window_maximum(
 
 /// Sizes of one max pooling.
 #[derive(Debug, Clone, Copy)]
-struct Pool {
+pub(crate) struct Pool {
     batch: usize,
     channels: usize,
     h: usize,
@@ -90,6 +75,34 @@ struct Pool {
 }
 
 impl Pool {
+    /// The pooling of a (B, C, H, W) input, checked.
+    pub(crate) fn new(
+        (batch, channels, h, w): (usize, usize, usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        if h + 2 * padding < kernel || w + 2 * padding < kernel || stride == 0 {
+            candle_core::bail!("{OP}: input {h}x{w} is smaller than the {kernel}x{kernel} kernel");
+        }
+        Ok(Self {
+            batch,
+            channels,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            out_h: (h + 2 * padding - kernel) / stride + 1,
+            out_w: (w + 2 * padding - kernel) / stride + 1,
+        })
+    }
+
+    /// (B, C, H_out, W_out).
+    pub(crate) fn output_dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.channels, self.out_h, self.out_w)
+    }
+
     fn planes(&self) -> usize {
         self.batch * self.channels
     }
@@ -124,7 +137,7 @@ impl Pool {
     /// contiguous slice loops (the per-window search of [`argmax`](Self::argmax) was 2.7 ms
     /// of ResNet-50's 57 ms forward). Same values: the first maximum in row-major order wins
     /// ties (0.0 vs -0.0) and NaN spreads, as in PyTorch.
-    fn forward<T: WithDType>(&self, x: &[T]) -> Vec<T> {
+    pub(crate) fn forward<T: WithDType>(&self, x: &[T]) -> Vec<T> {
         let neg_inf = T::from_f64(f64::NEG_INFINITY);
         let mut out = vec![neg_inf; self.planes() * self.out_h * self.out_w];
         out.par_chunks_mut(self.out_h * self.out_w)
@@ -186,8 +199,14 @@ impl Pool {
         out
     }
 
-    /// Each output's gradient added to its window's first maximum.
-    fn backward<T: WithDType>(&self, grad_out: &[T], x: &[T]) -> Vec<T> {
+    /// Each output's gradient added to its window's first maximum; with `positive_only`, only
+    /// where that maximum is above zero (the gradient through a ReLU that made `x` as well).
+    pub(crate) fn backward<T: WithDType>(
+        &self,
+        grad_out: &[T],
+        x: &[T],
+        positive_only: bool,
+    ) -> Vec<T> {
         let mut grad_x = vec![T::zero(); self.planes() * self.h * self.w];
         grad_x
             .par_chunks_mut(self.h * self.w)
@@ -196,8 +215,11 @@ impl Pool {
             .for_each(|((gx, plane), gy)| {
                 for i in 0..self.out_h {
                     for j in 0..self.out_w {
-                        if let Some(index) = self.argmax(plane, i, j) {
-                            gx[index] += gy[i * self.out_w + j];
+                        match self.argmax(plane, i, j) {
+                            Some(index) if !positive_only || plane[index] > T::zero() => {
+                                gx[index] += gy[i * self.out_w + j];
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -219,8 +241,7 @@ impl CustomOp1 for Pool {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = run_float_kernel(self, &[(storage, layout)], OP)?;
-        let shape = Shape::from((self.batch, self.channels, self.out_h, self.out_w));
-        Ok((out, shape))
+        Ok((out, Shape::from(self.output_dims())))
     }
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad_out: &Tensor) -> Result<Option<Tensor>> {
@@ -247,7 +268,7 @@ struct PoolGrad(Pool);
 
 impl FloatKernel for PoolGrad {
     fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        self.0.backward(operands[0], operands[1])
+        self.0.backward(operands[0], operands[1], false)
     }
 }
 
