@@ -62,23 +62,48 @@ impl BatchNorm {
     /// Normalises a (B, C, L) tensor. Train mode uses the biased batch variance and updates
     /// the running statistics with the unbiased one, as PyTorch does.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, AmError> {
+        self.forward_then(x, None, train)
+    }
+
+    /// `relu(bn(x) + skip)` in the batch norm's pass (the skip connection of TAME's
+    /// feature branches), one graph node instead of three.
+    pub fn forward_add_relu(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, AmError> {
+        self.forward_then(x, Some(skip), train)
+    }
+
+    /// bn(x), or `relu(bn(x) + skip)`, on (B, C, L) tensors.
+    fn forward_then(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor, AmError> {
         let (b, c, l) = x.dims3()?;
         // tame_ops' batch norm: one pass each way, with the weight's and bias's gradients
         // (candle's broadcast operations reduce each gradient over the batch and plane).
         let x4 = x.reshape((b, c, l, 1))?;
         let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
-        let none = tame_ops::Epilogue::default();
+        let skip4 = skip.map(|s| s.reshape((b, c, l, 1))).transpose()?;
+        let then = match &skip4 {
+            Some(s) => tame_ops::Epilogue::add_relu(s),
+            None => tame_ops::Epilogue::default(),
+        };
         let y = if train {
             if b * l < 2 {
                 return Err(AmError::BatchTooSmall(b * l));
             }
-            let (y, stats) = tame_ops::batch_norm_train(&x4, weight, bias, BN_EPS, none)?;
+            let (y, stats) = tame_ops::batch_norm_train(&x4, weight, bias, BN_EPS, then)?;
             self.update_running(&stats.mean, &stats.var, stats.count)?;
             y
         } else {
             let mean = self.running_mean.as_detached_tensor();
             let var = self.running_var.as_detached_tensor();
-            tame_ops::batch_norm_eval(&x4, weight, bias, &mean, &var, BN_EPS, none)?
+            tame_ops::batch_norm_eval(&x4, weight, bias, &mean, &var, BN_EPS, then)?
         };
         Ok(y.reshape((b, c, l))?)
     }

@@ -337,15 +337,23 @@ impl AttentionMechanism {
             }
             let x = x.reshape((batch, shape.channels, shape.height * shape.width))?;
             let mut y = self.convs[i].forward(&x)?;
-            if let Some(bn) = self.bns.get(i) {
-                y = bn.forward(&y, train)?;
-            }
-            if self.config.version().has_skip() {
-                y = (y + x)?;
-            }
-            y = match self.config.version() {
-                Version::SigmoidInFeatureBranch => candle_nn::ops::sigmoid(&y)?,
-                _ => y.relu()?,
+            let version = self.config.version();
+            y = match self.bns.get(i) {
+                // TAME's relu(bn(conv(x)) + x) with the addition and the ReLU in the batch
+                // norm's pass.
+                Some(bn) if version == Version::Tame => bn.forward_add_relu(&y, &x, train)?,
+                bn => {
+                    if let Some(bn) = bn {
+                        y = bn.forward(&y, train)?;
+                    }
+                    if version.has_skip() {
+                        y = (y + &x)?;
+                    }
+                    match version {
+                        Version::SigmoidInFeatureBranch => candle_nn::ops::sigmoid(&y)?,
+                        _ => y.relu()?,
+                    }
+                }
             };
             maps.push(y.reshape((batch, (), shape.height, shape.width))?);
         }

@@ -63,9 +63,9 @@ impl<'a> Epilogue<'a> {
 
 /// PyTorch's `batch_norm` in eval mode: `(x - mean) / sqrt(var + eps) * weight + bias` per
 /// channel, with the running statistics, then `then`. Gradients flow to `x`, the residual,
-/// and a trainable `weight` and `bias` (an attention mechanism's; on the fast path only
-/// without a residual). The running statistics must not be tracked on the fast path; where
-/// the fast path does not apply, candle's operations are used.
+/// and a trainable `weight` and `bias` (an attention mechanism's). The running statistics
+/// must not be tracked on the fast path; where the fast path does not apply, candle's
+/// operations are used.
 pub fn batch_norm_eval(
     x: &Tensor,
     weight: &Tensor,
@@ -78,7 +78,7 @@ pub fn batch_norm_eval(
     let inv_std = (var + eps)?.sqrt()?.recip()?;
     let scale = (weight * &inv_std)?;
     let shift = (bias - (mean * &scale)?)?;
-    if !fast_path(x, &[mean, var], [weight, bias], &then)? {
+    if !fast_path(x, &[mean, var], &then)? {
         let c = (1, (), 1, 1);
         let y = x
             .broadcast_mul(&scale.reshape(c)?)?
@@ -111,7 +111,7 @@ pub struct BatchStats {
 /// PyTorch's `batch_norm` in train mode: normalised with the batch's own statistics, which
 /// are returned for the running-statistics update, then `then`. The gradient to `x`
 /// includes the statistics' dependence on `x`; a trainable `weight` and `bias` get theirs
-/// too (on the fast path only without a residual).
+/// too.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
@@ -124,7 +124,7 @@ pub fn batch_norm_train(
     if count < 2 {
         candle_core::bail!("{OP}: train mode needs more than one value per channel");
     }
-    if !fast_path(x, &[], [weight, bias], &then)? {
+    if !fast_path(x, &[], &then)? {
         let mean = x
             .mean_keepdim(D::Minus1)?
             .mean_keepdim(D::Minus2)?
@@ -170,15 +170,9 @@ pub fn batch_norm_train(
     Ok((y, BatchStats { mean, var, count }))
 }
 
-/// The custom ops run f32/f64 on the CPU with `frozen` per-channel operands, and with
-/// trainable `params` (weight, bias) only where there is no residual; a residual must match
-/// the input.
-fn fast_path(
-    x: &Tensor,
-    frozen: &[&Tensor],
-    params: [&Tensor; 2],
-    then: &Epilogue,
-) -> Result<bool> {
+/// The custom ops run f32/f64 on the CPU with `frozen` per-channel operands; a residual must
+/// match the input.
+fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
     if let Some(r) = then.residual {
         if r.dims() != x.dims() || r.dtype() != x.dtype() {
             candle_core::bail!(
@@ -193,8 +187,7 @@ fn fast_path(
     Ok(x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && then.residual.is_none_or(|r| r.device().is_cpu())
-        && frozen.iter().all(|t| !t.track_op())
-        && (then.residual.is_none() || params.iter().all(|t| !t.track_op())))
+        && frozen.iter().all(|t| !t.track_op()))
 }
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
@@ -370,17 +363,29 @@ impl FloatKernel for ChannelAffine {
 
 impl ChannelAffine {
     /// The op on `x` (and `residual`), as a node of the graph. Trainable `params` (weight,
-    /// bias; never with a residual, see [`fast_path`]) join as one (2, C) operand, so that
-    /// the op's backward hands them their gradient; their values are already folded into
-    /// scale and shift.
+    /// bias) join as one (2, C) operand, so that the op's backward hands them their
+    /// gradient; their values are already folded into scale and shift.
     fn apply(self, x: &Tensor, residual: Option<&Tensor>, params: [&Tensor; 2]) -> Result<Tensor> {
         let x = x.contiguous()?;
+        let trainable = params.iter().any(|t| t.track_op());
         match residual {
+            Some(r) if trainable => x.apply_op3(
+                &r.contiguous()?,
+                &Tensor::stack(&params, 0)?,
+                WithParams(self),
+            ),
             Some(r) => x.apply_op2(&r.contiguous()?, self),
-            None if params.iter().any(|t| t.track_op()) => {
-                x.apply_op2(&Tensor::stack(&params, 0)?, WithParams(self))
-            }
+            None if trainable => x.apply_op2(&Tensor::stack(&params, 0)?, WithParams(self)),
             None => x.apply_op1(self),
+        }
+    }
+
+    /// The residual's gradient: the output's, through the ReLU when there is one.
+    fn residual_grad(&self, y: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+        if self.relu {
+            grad_y.contiguous()?.apply_op2_no_bwd(y, &ReluMask)
+        } else {
+            Ok(grad_y.clone())
         }
     }
 
@@ -591,16 +596,16 @@ impl CustomOp2 for ChannelAffine {
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_x = self.grads(x, y, grad_y, x.track_op(), false)?.0;
-        let grad_residual = match (residual.track_op(), self.relu) {
-            (false, _) => None,
-            (true, true) => Some(grad_y.contiguous()?.apply_op2_no_bwd(y, &ReluMask)?),
-            (true, false) => Some(grad_y.clone()),
-        };
+        let grad_residual = residual
+            .track_op()
+            .then(|| self.residual_grad(y, grad_y))
+            .transpose()?;
         Ok((grad_x, grad_residual))
     }
 }
 
-/// [`ChannelAffine`] with trainable (weight, bias) as its second operand, stacked (2, C).
+/// [`ChannelAffine`] with trainable (weight, bias) as its last operand, stacked (2, C):
+/// (x, params), or (x, residual, params).
 struct WithParams(ChannelAffine);
 
 impl CustomOp2 for WithParams {
@@ -627,6 +632,43 @@ impl CustomOp2 for WithParams {
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         self.0.grads(x, y, grad_y, x.track_op(), params.track_op())
+    }
+}
+
+impl CustomOp3 for WithParams {
+    fn name(&self) -> &'static str {
+        "tame-batch-norm-add-trainable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        _params: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = run_float_kernel(&self.0, &[(s1, l1), (s2, l2)], OP)?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_params) = self
+            .0
+            .grads(x, y, grad_y, x.track_op(), params.track_op())?;
+        let grad_residual = residual
+            .track_op()
+            .then(|| self.0.residual_grad(y, grad_y))
+            .transpose()?;
+        Ok((grad_x, grad_residual, grad_params))
     }
 }
 
@@ -774,15 +816,18 @@ mod tests {
         use candle_core::ModuleT;
         let dev = Device::Cpu;
         let x = seeded(&[3, 2, 4, 5], 21, &dev)?;
+        let res = seeded(x.dims(), 20, &dev)?;
         let [w, b, m, v] = operands(2)?;
         let r = seeded(x.dims(), 22, &dev)?;
         for train in [false, true] {
-            for relu in [false, true] {
-                let vars = [&x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
-                let [xv, wv, bv] = [0, 1, 2].map(|i| vars[i].as_tensor());
-                let then = Epilogue {
-                    residual: None,
-                    relu,
+            // Without an epilogue, then each of them (a residual, as the attention
+            // mechanism's skip connection, with and without the ReLU).
+            for epilogue in 0..4 {
+                let vars = [&x, &w, &b, &res].map(|t| Var::from_tensor(t).unwrap());
+                let [xv, wv, bv, rv] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+                let then = match epilogue {
+                    0 => Epilogue::default(),
+                    i => epilogues(rv)[i - 1],
                 };
                 let ours = if train {
                     batch_norm_train(xv, wv, bv, 1e-5, then)?.0
@@ -801,10 +846,12 @@ mod tests {
                 assert!(max_abs_diff(&ours, &theirs) < 1e-12);
                 let g1 = (ours * &r)?.sum_all()?.backward()?;
                 let g2 = (theirs * &r)?.sum_all()?.backward()?;
-                for (var, name) in vars.iter().zip(["x", "weight", "bias"]) {
+                let names = ["x", "weight", "bias", "residual"];
+                let inputs = if then.residual.is_some() { 4 } else { 3 };
+                for (var, name) in vars.iter().zip(names).take(inputs) {
                     let (a, b) = (g1.get(var).unwrap(), g2.get(var).unwrap());
                     let d = max_abs_diff(a, b);
-                    assert!(d < 1e-12, "train {train}, relu {relu}, {name}: {d}");
+                    assert!(d < 1e-12, "train {train}, {then:?}, {name}: {d}");
                 }
             }
         }
@@ -824,17 +871,14 @@ mod tests {
     }
 
     #[test]
-    fn a_trainable_weight_with_a_residual_takes_candles_operations() -> Result<()> {
+    fn weight_and_bias_gradients_with_a_residual_match_finite_differences() -> Result<()> {
         let x = seeded(&[2, 2, 3, 3], 11, &Device::Cpu)?;
         let r = seeded(&[2, 2, 3, 3], 12, &Device::Cpu)?;
-        let [w, b, ..] = operands(2)?;
-        let wv = Var::from_tensor(&w)?;
+        let [w, b, m, v] = operands(2)?;
         let then = Epilogue::add_relu(&r);
-        let (y, _) = batch_norm_train(&x, wv.as_tensor(), &b, 1e-5, then)?;
-        let (fast, _) = batch_norm_train(&x, &w, &b, 1e-5, then)?;
-        assert!(max_abs_diff(&y, &fast) < 1e-12);
-        let grads = y.sum_all()?.backward()?;
-        assert!(grads.get(&wv).is_some());
+        assert_gradients_match(&w, |w| Ok(batch_norm_train(&x, w, &b, 1e-5, then)?.0))?;
+        assert_gradients_match(&b, |b| Ok(batch_norm_train(&x, &w, b, 1e-5, then)?.0))?;
+        assert_gradients_match(&w, |w| batch_norm_eval(&x, w, &b, &m, &v, 1e-5, then))?;
         Ok(())
     }
 
