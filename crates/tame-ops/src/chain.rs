@@ -300,7 +300,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{max_abs_diff, seeded};
+    use crate::gradcheck::{assert_same_output_and_gradient, max_abs_diff, seeded};
     use crate::{conv2d_fused, max_pool2d};
 
     /// A layer's tensors: (weight, bias, filters) for a convolution, sizes for a pool.
@@ -395,17 +395,8 @@ mod tests {
             let layers = layers(&specs);
             let (y, grad) = run(|x| Ok(conv_relu_chain(x, &layers)?.expect("applies")), &x)?;
             let (y_ref, grad_ref) = run(|x| composed(x, &layers), &x)?;
-            assert_eq!(y.dims(), y_ref.dims(), "{dtype:?}");
-            assert_eq!(max_abs_diff(&y, &y_ref), 0.0, "{dtype:?}: output");
-            assert_eq!(
-                max_abs_diff(&grad, &grad_ref),
-                0.0,
-                "{dtype:?}: input gradient"
-            );
-            assert!(
-                max_abs_diff(&grad, &grad.zeros_like()?) > 0.0,
-                "{dtype:?}: zero gradient"
-            );
+            let what = format!("{dtype:?}");
+            assert_same_output_and_gradient(&what, (&y, &grad), (&y_ref, &grad_ref));
             let zeros = y.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             assert!(
                 zeros.contains(&0.0),

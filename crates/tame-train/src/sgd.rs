@@ -74,8 +74,8 @@ impl Sgd {
                         nesterov: self.nesterov,
                     };
                     let g = g.contiguous()?;
-                    b.inplace_op3(&g, p, &BufferPass(update))?;
-                    p.inplace_op3(&g, b, &ParamPass(update))?;
+                    b.inplace_op3(&g, p, &Pass(update, Target::Buffer))?;
+                    p.inplace_op3(&g, b, &Pass(update, Target::Param))?;
                     continue;
                 }
                 let mut d = g.clone();
@@ -163,9 +163,8 @@ impl Sgd {
     }
 }
 
-/// Whether a step with momentum buffer `b` runs as two in-place passes ([`BufferPass`],
-/// [`ParamPass`]) instead of candle's operations: f32/f64 on the CPU, with momentum, the
-/// three tensors alike. The composed update makes eight full-size tensors per parameter
+/// Whether a step with momentum buffer `b` runs as two in-place passes ([`Pass`]) instead
+/// of candle's operations: f32/f64 on the CPU, with momentum, the three tensors alike. The composed update makes eight full-size tensors per parameter
 /// (ResNet-50's mechanism: ~70 ms a step); the passes read and write the values once each.
 fn in_place(p: &Tensor, g: &Tensor, b: &Tensor, group: &ParamGroup) -> bool {
     group.momentum != 0.0
@@ -197,107 +196,79 @@ impl Update<'_> {
     }
 }
 
-/// buf = mu·buf + d, in place on the buffer; operands (g, p).
-struct BufferPass<'a>(Update<'a>);
-
-/// p = p − lr·(d + mu·buf) with Nesterov, p − lr·buf without, in place on the parameter;
-/// operands (g, the updated buf).
-struct ParamPass<'a>(Update<'a>);
-
-/// Runs `f(dst, a, b)` over three same-sized contiguous f32 or f64 storages.
-fn zip3(
-    dst: &mut CpuStorage,
-    l1: &Layout,
-    a: (&CpuStorage, &Layout),
-    b: (&CpuStorage, &Layout),
-    name: &str,
-    f32s: impl Fn(&mut [f32], &[f32], &[f32]),
-    f64s: impl Fn(&mut [f64], &[f64], &[f64]),
-) -> candle_core::Result<()> {
-    let range = |l: &Layout| {
-        l.contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: contiguous tensors expected")))
-    };
-    let (r0, r1, r2) = (range(l1)?, range(a.1)?, range(b.1)?);
-    match (dst, a.0, b.0) {
-        (CpuStorage::F32(d), CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            f32s(&mut d[r0.0..r0.1], &x[r1.0..r1.1], &y[r2.0..r2.1]);
-        }
-        (CpuStorage::F64(d), CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            f64s(&mut d[r0.0..r0.1], &x[r1.0..r1.1], &y[r2.0..r2.1]);
-        }
-        _ => candle_core::bail!("{name}: f32 or f64 tensors of one type expected"),
-    }
-    Ok(())
+/// Which tensor a [`Pass`] updates in place.
+#[derive(Clone, Copy)]
+enum Target {
+    /// buf = mu·buf + d; operands (g, p).
+    Buffer,
+    /// p = p − lr·(d + mu·buf) with Nesterov, p − lr·buf without; operands (g, the
+    /// updated buf).
+    Param,
 }
 
-impl BufferPass<'_> {
-    fn run<T: WithDType>(&self, buf: &mut [T], g: &[T], p: &[T]) {
-        let mu = T::from_f64(self.0.group.momentum);
-        for ((b, &g), &p) in buf.iter_mut().zip(g).zip(p) {
-            *b = *b * mu + self.0.decayed(g, p);
-        }
-    }
-}
+/// One of a parameter's two in-place passes.
+struct Pass<'a>(Update<'a>, Target);
 
-impl InplaceOp3 for BufferPass<'_> {
-    fn name(&self) -> &'static str {
-        "sgd-momentum-buffer"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        let (f, d) = (
-            |b: &mut [f32], g: &[f32], p: &[f32]| self.run(b, g, p),
-            |b: &mut [f64], g: &[f64], p: &[f64]| self.run(b, g, p),
-        );
-        zip3(s1, l1, (s2, l2), (s3, l3), self.name(), f, d)
-    }
-}
-
-impl ParamPass<'_> {
-    fn run<T: WithDType>(&self, p: &mut [T], g: &[T], buf: &[T]) {
+impl Pass<'_> {
+    fn run<T: WithDType>(&self, dst: &mut [T], g: &[T], other: &[T]) {
+        let Pass(update, target) = self;
         let (mu, lr) = (
-            T::from_f64(self.0.group.momentum),
-            T::from_f64(self.0.group.lr),
+            T::from_f64(update.group.momentum),
+            T::from_f64(update.group.lr),
         );
-        for ((p, &g), &b) in p.iter_mut().zip(g).zip(buf) {
-            let step = if self.0.nesterov {
-                self.0.decayed(g, *p) + b * mu
-            } else {
-                b
-            };
-            *p -= step * lr;
+        match target {
+            Target::Buffer => {
+                for ((b, &g), &p) in dst.iter_mut().zip(g).zip(other) {
+                    *b = *b * mu + update.decayed(g, p);
+                }
+            }
+            Target::Param => {
+                for ((p, &g), &b) in dst.iter_mut().zip(g).zip(other) {
+                    let step = if update.nesterov {
+                        update.decayed(g, *p) + b * mu
+                    } else {
+                        b
+                    };
+                    *p -= step * lr;
+                }
+            }
         }
     }
 }
 
-impl InplaceOp3 for ParamPass<'_> {
+impl InplaceOp3 for Pass<'_> {
     fn name(&self) -> &'static str {
-        "sgd-parameter"
+        match self.1 {
+            Target::Buffer => "sgd-momentum-buffer",
+            Target::Param => "sgd-parameter",
+        }
     }
 
     fn cpu_fwd(
         &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        dst: &mut CpuStorage,
+        dst_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+        other: &CpuStorage,
+        other_layout: &Layout,
     ) -> candle_core::Result<()> {
-        let (f, d) = (
-            |p: &mut [f32], g: &[f32], b: &[f32]| self.run(p, g, b),
-            |p: &mut [f64], g: &[f64], b: &[f64]| self.run(p, g, b),
-        );
-        zip3(s1, l1, (s2, l2), (s3, l3), self.name(), f, d)
+        let range = |l: &Layout| {
+            l.contiguous_offsets().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: contiguous tensors expected", self.name()))
+            })
+        };
+        let (r0, r1, r2) = (range(dst_layout)?, range(g_layout)?, range(other_layout)?);
+        match (dst, g, other) {
+            (CpuStorage::F32(d), CpuStorage::F32(g), CpuStorage::F32(o)) => {
+                self.run(&mut d[r0.0..r0.1], &g[r1.0..r1.1], &o[r2.0..r2.1]);
+            }
+            (CpuStorage::F64(d), CpuStorage::F64(g), CpuStorage::F64(o)) => {
+                self.run(&mut d[r0.0..r0.1], &g[r1.0..r1.1], &o[r2.0..r2.1]);
+            }
+            _ => candle_core::bail!("{}: f32 or f64 tensors of one type expected", self.name()),
+        }
+        Ok(())
     }
 }
 
