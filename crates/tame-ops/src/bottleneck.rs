@@ -17,7 +17,9 @@ use rayon::prelude::*;
 
 use crate::conv::{self, checked_filters, runs_here, Geometry};
 use crate::norm::{ChannelAffine, Moments};
-use crate::{relu_masked, run_with_captured, BatchStats, FloatKernel, Padding, WinogradFilters};
+use crate::{
+    lock, relu_masked, run_with_captured, BatchStats, FloatKernel, Padding, WinogradFilters,
+};
 
 /// The name errors give.
 const OP: &str = "bottleneck";
@@ -102,11 +104,6 @@ pub fn bottleneck_train(
         })
         .collect::<Result<_>>()?;
     Ok(Some((y, stats)))
-}
-
-/// A lock whose holder cannot leave it inconsistent (its values are replaced whole).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One convolution and batch norm, checked and made contiguous.

@@ -16,7 +16,7 @@ use candle_core::{Tensor, WithDType};
 
 use crate::conv::{self, checked_filters, runs_here, Geometry};
 use crate::pool::Pool;
-use crate::{relu_masked, run_with_captured, FloatKernel, Padding, WinogradFilters};
+use crate::{lock, relu_masked, run_with_captured, FloatKernel, Padding, WinogradFilters};
 
 /// The name errors give.
 const OP: &str = "conv_relu_chain";
@@ -209,7 +209,7 @@ impl FloatKernel for Chain {
         }
         let out = outputs.pop().expect("at least one layer");
         if self.keep {
-            *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(outputs));
+            *lock(&self.saved) = Some(Box::new(outputs));
         }
         out
     }
@@ -240,7 +240,7 @@ struct ChainGrad<'a>(&'a Chain);
 impl FloatKernel for ChainGrad<'_> {
     fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
         let chain = self.0;
-        let saved = chain.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = lock(&chain.saved);
         let saved = saved
             .as_ref()
             .and_then(|s| s.downcast_ref::<Vec<Vec<T>>>())

@@ -84,6 +84,12 @@ fn run_float_kernel(
     })
 }
 
+/// A fused op's stash, locked; a panic elsewhere while it was held leaves a valid value (it
+/// is replaced whole).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// ReLU in place.
 fn clamp_negatives<T: candle_core::WithDType>(values: &mut [T]) {
     for v in values {
