@@ -1,8 +1,8 @@
 """PyTorch half of `cargo run --release -p tame-ops --example bench_resnet_layers`: every
-distinct convolution of ResNet-50's forward pass at batch 1 (bias and ReLU, random weights),
+distinct convolution of ResNet-50's forward pass (batch 1 unless --batch; bias and ReLU, random weights),
 with how often each occurs; medians of the runs after a warm-up.
 
-    python xtask/bench/resnet_layers_pytorch.py --threads 2 [--runs 21]
+    python xtask/bench/resnet_layers_pytorch.py --threads 2 [--runs 21] [--batch 1]
 """
 import argparse
 import time
@@ -42,6 +42,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads: {args.threads}")
@@ -50,7 +51,7 @@ def main():
     total = 0.0
     with torch.no_grad():
         for name, count, c, size, o, k, s, p in LAYERS:
-            x = torch.randn(1, c, size, size)
+            x = torch.randn(args.batch, c, size, size)
             w = torch.randn(o, c, k, k) * 0.05
             b = torch.zeros(o)
             F.relu(F.conv2d(x, w, b, s, p))
@@ -61,7 +62,7 @@ def main():
                 times.append((time.perf_counter() - start) * 1e3)
             ms = sorted(times)[len(times) // 2]
             out = (size + 2 * p - k) // s + 1
-            gflop = 2 * o * c * k * k * out * out / 1e9
+            gflop = 2 * args.batch * o * c * k * k * out * out / 1e9
             total += ms * count
             print(f"| {name} | {count} | {ms:.3f} | {gflop / ms * 1e3:.0f} | {ms * count:.2f} |")
     print(f"| all convolutions | 53 | | | {total:.1f} |")

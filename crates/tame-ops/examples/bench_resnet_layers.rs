@@ -1,9 +1,9 @@
-//! Times every distinct convolution of ResNet-50's forward pass at batch 1 as the backbone
+//! Times every distinct convolution of ResNet-50's forward pass (batch 1 unless given) as the backbone
 //! runs it (bias and ReLU fused, Winograd filters prepared once), with how often each
 //! occurs in the network; `xtask/bench/resnet_layers_pytorch.py` times the same shapes with
 //! PyTorch. Random weights; medians of the runs after a warm-up.
 //!
-//! `RAYON_NUM_THREADS=2 cargo run --release -p tame-ops --example bench_resnet_layers [runs]`
+//! `RAYON_NUM_THREADS=2 cargo run --release -p tame-ops --example bench_resnet_layers [runs] [batch]`
 
 use std::time::Instant;
 
@@ -50,16 +50,19 @@ const LAYERS: [Layer; 23] = [
 ];
 
 fn main() -> Result<()> {
-    let runs = std::env::args()
-        .nth(1)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(21);
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(default)
+    };
+    let (runs, batch) = (arg(1, 21), arg(2, 1));
     let dev = Device::Cpu;
     println!("| convolution | count | ms | GFLOP/s | count x ms |");
     println!("|---|---:|---:|---:|---:|");
     let mut total = 0.0;
     for (name, count, c, size, o, k, s, p) in LAYERS {
-        let x = Tensor::randn(0f32, 1.0, (1, c, size, size), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (batch, c, size, size), &dev)?;
         let w = (Tensor::randn(0f32, 1.0, (o, c, k, k), &dev)? * 0.05)?;
         let prepared = WinogradFilters::new(&w)?;
         let bias = Tensor::zeros(o, x.dtype(), &dev)?;
@@ -75,7 +78,7 @@ fn main() -> Result<()> {
         times.sort_by(f64::total_cmp);
         let ms = times[times.len() / 2];
         let out = (size + 2 * p - k) / s + 1;
-        let gflop = 2.0 * (o * c * k * k * out * out) as f64 / 1e9;
+        let gflop = 2.0 * (batch * o * c * k * k * out * out) as f64 / 1e9;
         total += ms * count as f64;
         println!(
             "| {name} | {count} | {ms:.3} | {:.0} | {:.2} |",
