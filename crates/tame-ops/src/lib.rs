@@ -90,6 +90,32 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `len` values made in parallel, `chunk` at a time, by `fill(index, chunk)` (chunk `index`
+/// holds values `index * chunk..`): each chunk is zeroed by the task that fills it, while it
+/// is in that core's cache. Zero-filling a whole output first is a pass over all of it on
+/// one thread (with the convolutions' output fill, ~7 % of a ResNet-50 training step).
+fn par_chunks_zeroed<T: candle_core::WithDType>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    let mut values: Vec<T> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, part)| {
+            part.fill(MaybeUninit::new(T::zero()));
+            // SAFETY: every value of the part was just written; MaybeUninit<T> has T's layout.
+            let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+            fill(i, part);
+        });
+    // SAFETY: the parts cover 0..len and were all written above.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// ReLU in place.
 fn clamp_negatives<T: candle_core::WithDType>(values: &mut [T]) {
     for v in values {

@@ -17,7 +17,7 @@ use candle_core::{
 use candle_core::{Tensor, WithDType, D};
 use rayon::prelude::*;
 
-use crate::{clamp_negatives, run_float_kernel, FloatKernel, ReluMask};
+use crate::{clamp_negatives, par_chunks_zeroed, run_float_kernel, FloatKernel, ReluMask};
 
 /// The name errors give.
 const OP: &str = "batch_norm";
@@ -392,33 +392,29 @@ impl ChannelAffine {
     pub(crate) fn forward<T: WithDType>(&self, x: &[T], residual: Option<&[T]>) -> Vec<T> {
         let plane = self.plane;
         let c = self.scale.len();
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(i, (y, x))| {
-                let (a, b) = (
-                    T::from_f64(self.scale[i % c]),
-                    T::from_f64(self.shift[i % c]),
-                );
-                match residual {
-                    Some(r) => {
-                        let r = &r[i * plane..][..plane];
-                        for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
-                            *y = x * a + b + r;
-                        }
-                    }
-                    None => {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x * a + b;
-                        }
+        par_chunks_zeroed(x.len(), plane, |i, y| {
+            let x = &x[i * plane..][..plane];
+            let (a, b) = (
+                T::from_f64(self.scale[i % c]),
+                T::from_f64(self.shift[i % c]),
+            );
+            match residual {
+                Some(r) => {
+                    let r = &r[i * plane..][..plane];
+                    for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+                        *y = x * a + b + r;
                     }
                 }
-                if self.relu {
-                    clamp_negatives(y);
+                None => {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x * a + b;
+                    }
                 }
-            });
-        y
+            }
+            if self.relu {
+                clamp_negatives(y);
+            }
+        })
     }
 
     /// Per channel, Σ g' and Σ g'·x̂ with g' = g zeroed where the ReLU clamped (y = 0) and
@@ -498,35 +494,30 @@ impl ChannelAffine {
                 .collect(),
             _ => vec![(0.0, 0.0); c],
         };
-        let mut dx = vec![T::zero(); g.len()];
-        dx.par_chunks_mut(plane)
-            .zip(g.par_chunks(plane))
-            .zip(x.par_chunks(plane).zip(y.par_chunks(plane)))
-            .enumerate()
-            .for_each(|(i, ((dx, g), (x, y)))| {
-                let ch = i % c;
-                let a = self.scale[ch];
-                if !self.train {
-                    let a = T::from_f64(a);
-                    for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
-                        *d = live::<T, RELU>(gv, yv) * a;
-                    }
-                    return;
+        par_chunks_zeroed(g.len(), plane, |i, dx| {
+            let [g, x, y] = [g, x, y].map(|t| &t[i * plane..][..plane]);
+            let ch = i % c;
+            let a = self.scale[ch];
+            if !self.train {
+                let a = T::from_f64(a);
+                for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
+                    *d = live::<T, RELU>(gv, yv) * a;
                 }
-                // a·(g − mean_g − (x − mean)·inv_std·mean_gx), the per-channel factors
-                // folded first.
-                let (s, (mg, mgx)) = (self.inv_std[ch], means[ch]);
-                let m = T::from_f64(self.mean[ch]);
-                let (k0, k1, k2) = (
-                    T::from_f64(a),
-                    T::from_f64(a * mg),
-                    T::from_f64(a * s * mgx),
-                );
-                for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
-                    *d = k0 * live::<T, RELU>(gv, yv) - k1 - (xv - m) * k2;
-                }
-            });
-        dx
+                return;
+            }
+            // a·(g − mean_g − (x − mean)·inv_std·mean_gx), the per-channel factors
+            // folded first.
+            let (s, (mg, mgx)) = (self.inv_std[ch], means[ch]);
+            let m = T::from_f64(self.mean[ch]);
+            let (k0, k1, k2) = (
+                T::from_f64(a),
+                T::from_f64(a * mg),
+                T::from_f64(a * s * mgx),
+            );
+            for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
+                *d = k0 * live::<T, RELU>(gv, yv) - k1 - (xv - m) * k2;
+            }
+        })
     }
 
     /// The gradients of x (when `x_tracked`) and of the (weight, bias) rows (when

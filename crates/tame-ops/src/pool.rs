@@ -2,7 +2,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, WithDT
 use candle_core::{Result, Tensor, D};
 use rayon::prelude::*;
 
-use crate::{run_float_kernel, FloatKernel};
+use crate::{par_chunks_zeroed, run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "max_pool2d";
@@ -207,28 +207,25 @@ impl Pool {
         x: &[T],
         positive_only: bool,
     ) -> Vec<T> {
-        let mut grad_x = vec![T::zero(); self.planes() * self.h * self.w];
-        grad_x
-            .par_chunks_mut(self.h * self.w)
-            .zip(x.par_chunks(self.h * self.w))
-            .zip(grad_out.par_chunks(self.out_h * self.out_w))
-            .for_each(|((gx, plane), gy)| {
-                if self.padding == 0 && self.kernel == 2 && self.stride == 2 {
-                    self.backward_pairs(gx, plane, gy, positive_only);
-                    return;
-                }
-                for i in 0..self.out_h {
-                    for j in 0..self.out_w {
-                        match self.argmax(plane, i, j) {
-                            Some(index) if !positive_only || plane[index] > T::zero() => {
-                                gx[index] += gy[i * self.out_w + j];
-                            }
-                            _ => {}
+        let (in_plane, out_plane) = (self.h * self.w, self.out_h * self.out_w);
+        par_chunks_zeroed(self.planes() * in_plane, in_plane, |p, gx| {
+            let plane = &x[p * in_plane..][..in_plane];
+            let gy = &grad_out[p * out_plane..][..out_plane];
+            if self.padding == 0 && self.kernel == 2 && self.stride == 2 {
+                self.backward_pairs(gx, plane, gy, positive_only);
+                return;
+            }
+            for i in 0..self.out_h {
+                for j in 0..self.out_w {
+                    match self.argmax(plane, i, j) {
+                        Some(index) if !positive_only || plane[index] > T::zero() => {
+                            gx[index] += gy[i * self.out_w + j];
                         }
+                        _ => {}
                     }
                 }
-            });
-        grad_x
+            }
+        })
     }
 }
 

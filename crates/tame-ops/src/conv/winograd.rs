@@ -12,7 +12,6 @@
 use rayon::prelude::*;
 
 use super::{gemm_unchecked, Geometry, SharedOutput, View};
-use crate::clamp_negatives;
 use crate::scratch::with_buffer;
 use candle_core::WithDType;
 
@@ -242,21 +241,20 @@ unsafe fn transform_output<T: WithDType>(
             for row in 0..2.min(g.out_h - y0) {
                 // SAFETY: an output row of this block row, channel co: the caller's alone.
                 let dst = unsafe {
-                    out.slice(
+                    out.uninit(
                         (image * g.c_out + co) * plane + (y0 + row) * g.out_w,
                         g.out_w,
                     )
                 };
-                // Even output columns from the blocks' left outputs, odd from their right.
+                // Even output columns from the blocks' left outputs, odd from their right;
+                // every value of the row is written.
                 let (left, right) = (&y[2 * row], &y[2 * row + 1]);
+                let finish = |v: T| if relu && v < T::zero() { T::zero() } else { v };
                 for ((pair, &l), &r) in dst.chunks_mut(2).zip(left.iter()).zip(right.iter()) {
-                    pair[0] = l;
+                    pair[0].write(finish(l));
                     if let Some(second) = pair.get_mut(1) {
-                        *second = r;
+                        second.write(finish(r));
                     }
-                }
-                if relu {
-                    clamp_negatives(dst);
                 }
             }
         }
@@ -277,10 +275,12 @@ pub(super) fn forward<T: WithDType>(
     assert_eq!(u.len(), g.c_out * POSITIONS * g.c_in);
     let (across, _) = blocks(g);
     let in_size = g.c_in * g.in_plane();
-    let mut y = vec![T::zero(); g.batch * g.c_out * g.out_plane()];
+    // Every value is written once, by the output transform (no zero-fill first).
+    let len = g.batch * g.c_out * g.out_plane();
+    let mut y: Vec<T> = Vec::with_capacity(len);
     let out = SharedOutput {
         ptr: y.as_mut_ptr(),
-        len: y.len(),
+        len,
     };
     let block_rows = block_rows(g, rayon::current_num_threads());
     let tasks: Vec<_> = (0..g.batch)
@@ -326,6 +326,9 @@ pub(super) fn forward<T: WithDType>(
                 })
             })
         });
+    // SAFETY: the block rows cover every output row of every image, and the output
+    // transform writes every value of each of them.
+    unsafe { y.set_len(len) };
     y
 }
 
