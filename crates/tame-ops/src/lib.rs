@@ -179,3 +179,23 @@ impl candle_core::CustomOp2 for ReluMask {
         Ok((out, l1.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::par_chunks_zeroed;
+
+    /// Every chunk is handed out once, zeroed, with its index; a short last chunk too.
+    #[test]
+    fn chunks_arrive_zeroed_with_their_index() {
+        for (len, chunk) in [(10, 3), (9, 3), (1, 4), (0, 5), (7, 0)] {
+            let values: Vec<f32> = par_chunks_zeroed(len, chunk, |i, part| {
+                for (j, v) in part.iter_mut().enumerate() {
+                    assert_eq!(*v, 0.0);
+                    *v += (i * chunk.max(1) + j) as f32;
+                }
+            });
+            let expected: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            assert_eq!(values, expected, "len {len}, chunk {chunk}");
+        }
+    }
+}
