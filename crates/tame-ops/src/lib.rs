@@ -116,6 +116,28 @@ fn par_chunks_zeroed<T: candle_core::WithDType>(
     values
 }
 
+/// As [`par_chunks_zeroed`] for a `fill` that writes every value of its chunk itself: no
+/// zeroing first (a batch norm's output and input gradient, ~1.5 % of a ResNet-50
+/// training step as memset).
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given.
+unsafe fn par_chunks_written<T: candle_core::WithDType>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut values: Vec<T> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, part)| fill(i, part));
+    // SAFETY: the parts cover 0..len and the caller vouches that `fill` wrote them all.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// ReLU in place.
 fn clamp_negatives<T: candle_core::WithDType>(values: &mut [T]) {
     for v in values {
