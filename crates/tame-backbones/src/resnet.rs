@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use tame_ops::Epilogue;
+use tame_ops::{Epilogue, FrozenBlock};
 
 use crate::conv::{Conv, ConvBn};
 use crate::linear::Dense;
@@ -87,17 +87,27 @@ impl Bottleneck {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
-        let name = |suffix: &str| format!("{}.{suffix}", self.name);
+    /// Whether a tap asks for a node inside the block, not its output.
+    fn inner_tapped(&self, taps: &TapCollector) -> bool {
         let inner = self.node_names();
         // The block's own output is the last two names (relu_2 and the block's).
-        let inner_tapped = inner[..inner.len() - 2].iter().any(|n| taps.wants(n));
-        if train && !inner_tapped {
-            if let Some(y) = self.forward_train_fused(x)? {
-                let y = taps.pass(&name("relu_2"), y)?;
-                return taps.pass(&self.name, y);
-            }
-        }
+        inner[..inner.len() - 2].iter().any(|n| taps.wants(n))
+    }
+
+    /// Whether a tap asks for the block's output (under either of its names).
+    fn output_tapped(&self, taps: &TapCollector) -> bool {
+        taps.wants(&self.name) || taps.wants(&format!("{}.relu_2", self.name))
+    }
+
+    /// Offers the block's output to the taps under both its names.
+    fn pass_output(&self, y: Tensor, taps: &mut TapCollector) -> Result<Tensor> {
+        let y = taps.pass(&format!("{}.relu_2", self.name), y)?;
+        taps.pass(&self.name, y)
+    }
+
+    /// The block from its separate ops, each tapped node offered.
+    fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
+        let name = |suffix: &str| format!("{}.{suffix}", self.name);
         let names = |s: [&str; 3]| s.map(name);
         let [c1, b1, r1] = names(["conv1", "bn1", "relu"]);
         let y = conv_bn_relu(&self.first, x, train, taps, [&c1, &b1, &r1])?;
@@ -131,34 +141,16 @@ impl Bottleneck {
                     .bn_forward_then(&y, train, Epilogue::add_relu(&identity))?
             }
         };
-        let y = taps.pass(&name("relu_2"), y)?;
-        taps.pass(&self.name, y)
+        self.pass_output(y, taps)
     }
 
-    /// The train-mode block as one op (`tame_ops::bottleneck_train`), when it applies.
-    fn forward_train_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let pairs: Vec<&ConvBn> = [&self.first, &self.second, &self.third]
+    /// The pairs in `tame_ops::bottleneck_train`'s order: the main path's, then the
+    /// shortcut's.
+    fn pairs(&self) -> Vec<&ConvBn> {
+        [&self.first, &self.second, &self.third]
             .into_iter()
             .chain(&self.downsample)
-            .collect();
-        let filters = pairs
-            .iter()
-            .map(|p| p.prepared_filters())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let frozen: Vec<_> = pairs
-            .iter()
-            .zip(&filters)
-            .map(|(p, f)| p.frozen(f.as_deref()))
-            .collect();
-        let layers = [frozen[0], frozen[1], frozen[2]];
-        let Some((y, stats)) = tame_ops::bottleneck_train(x, layers, frozen.get(3).copied())?
-        else {
-            return Ok(None);
-        };
-        for (pair, stats) in pairs.iter().zip(stats) {
-            pair.track(stats)?;
-        }
-        Ok(Some(y))
+            .collect()
     }
 
     fn node_names(&self) -> Vec<String> {
@@ -176,6 +168,43 @@ impl Bottleneck {
         names.push(self.name.clone());
         names
     }
+}
+
+/// A run of train-mode blocks as one op (`tame_ops::bottleneck_train`), when it applies;
+/// each batch norm's running statistics are updated as its own op would.
+fn forward_train_fused(
+    blocks: &[(&Bottleneck, Option<String>)],
+    x: &Tensor,
+) -> Result<Option<Tensor>> {
+    let pairs: Vec<Vec<&ConvBn>> = blocks.iter().map(|(b, _)| b.pairs()).collect();
+    let filters = pairs
+        .iter()
+        .map(|block| block.iter().map(|p| p.prepared_filters()).collect())
+        .collect::<candle_core::Result<Vec<Vec<_>>>>()?;
+    let frozen: Vec<FrozenBlock> = pairs
+        .iter()
+        .zip(&filters)
+        .map(|(block, filters)| {
+            let f: Vec<_> = block
+                .iter()
+                .zip(filters)
+                .map(|(p, f)| p.frozen(f.as_deref()))
+                .collect();
+            FrozenBlock {
+                layers: [f[0], f[1], f[2]],
+                downsample: f.get(3).copied(),
+            }
+        })
+        .collect();
+    let Some((y, stats)) = tame_ops::bottleneck_train(x, &frozen)? else {
+        return Ok(None);
+    };
+    for (block, stats) in pairs.iter().zip(stats) {
+        for (pair, stats) in block.iter().zip(stats) {
+            pair.track(stats)?;
+        }
+    }
+    Ok(Some(y))
 }
 
 pub struct ResNet50 {
@@ -283,14 +312,54 @@ impl Backbone for ResNet50 {
         let x = normalize_imagenet(images)?;
         let x = conv_bn_relu(&self.stem, &x, train, &mut taps, ["conv1", "bn1", "relu"])?;
         let mut x = taps.pass("maxpool", tame_ops::max_pool2d(&x, 3, 2, 1)?)?;
-        for (stage, blocks) in self.layers.iter().enumerate() {
-            for block in blocks {
-                if taps.done() {
-                    return taps.finish(None);
-                }
-                x = block.forward(&x, train, &mut taps)?;
+        // Each block with the name of its stage's output when it is the stage's last.
+        let blocks: Vec<(&Bottleneck, Option<String>)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(stage, blocks)| {
+                let last = blocks.len() - 1;
+                let stage_name = move |j: usize| (j == last).then(|| format!("layer{}", stage + 1));
+                blocks
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, b)| (b, stage_name(j)))
+            })
+            .collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            if taps.done() {
+                return taps.finish(None);
             }
-            x = taps.pass(&format!("layer{}", stage + 1), x)?;
+            // In train mode, the longest run of blocks from here that no tap looks into
+            // runs as one op: a tapped output ends the run.
+            let mut end = i;
+            while train && end < blocks.len() && !blocks[end].0.inner_tapped(&taps) {
+                let (block, stage) = &blocks[end];
+                end += 1;
+                if block.output_tapped(&taps) || stage.as_ref().is_some_and(|s| taps.wants(s)) {
+                    break;
+                }
+            }
+            let fused = if end > i {
+                forward_train_fused(&blocks[i..end], &x)?
+            } else {
+                None
+            };
+            let end = match fused {
+                Some(y) => {
+                    x = blocks[end - 1].0.pass_output(y, &mut taps)?;
+                    end
+                }
+                None => {
+                    x = blocks[i].0.forward(&x, train, &mut taps)?;
+                    i + 1
+                }
+            };
+            if let Some(stage) = &blocks[end - 1].1 {
+                x = taps.pass(stage, x)?;
+            }
+            i = end;
         }
         if taps.done() {
             return taps.finish(None);
@@ -349,6 +418,45 @@ mod tests {
             assert!(max_abs_diff(&split.taps[0], &bn1.relu()?) == 0.0);
             assert!(max_abs_diff(&split.taps[1], &bn1_block.relu()?) == 0.0);
             assert!(max_abs_diff(&split.taps[2], &add.relu()?) == 0.0);
+        }
+        Ok(())
+    }
+
+    /// In train mode the blocks between tapped outputs run as one op; the logits, the
+    /// input gradient and the running statistics are those of the blocks composed from
+    /// their separate ops (a tap inside every block), to the bit.
+    #[test]
+    fn runs_of_train_mode_blocks_equal_the_blocks_one_by_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let images = Tensor::rand(0f32, 1f32, (2, 3, 64, 64), &dev)?;
+        let r = Tensor::rand(0f32, 1f32, (2, 1000), &dev)?;
+        let pass = |taps: &[String]| -> Result<(Tensor, Tensor, Vec<Tensor>)> {
+            let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, dev.clone());
+            let net = ResNet50::new(vb)?;
+            let x = candle_core::Var::from_tensor(&images)?;
+            let out = net.forward(x.as_tensor(), &net.tap_request(taps, true)?, Mode::Train)?;
+            let logits = out.logits.unwrap();
+            let grads = (&logits * &r)?.sum_all()?.backward()?;
+            let grad = grads.get(x.as_tensor()).unwrap().clone();
+            let stats = ["layer1.0.bn1", "layer2.0.downsample.1", "layer4.2.bn3"]
+                .iter()
+                .map(|n| net.running_stats(n).unwrap().1.copy())
+                .collect::<candle_core::Result<_>>()?;
+            Ok((logits, grad, stats))
+        };
+        // Taps that split the blocks into three runs, and taps inside every block.
+        let runs = pass(&["layer1.1", "layer3"].map(String::from))?;
+        let inside: Vec<String> = STAGES
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &(n, _))| (0..n).map(move |j| format!("layer{}.{j}.conv1", s + 1)))
+            .collect();
+        let one_by_one = pass(&inside)?;
+        assert_eq!(max_abs_diff(&runs.0, &one_by_one.0), 0.0, "logits");
+        assert_eq!(max_abs_diff(&runs.1, &one_by_one.1), 0.0, "input gradient");
+        assert!(runs.1.abs()?.max_all()?.to_scalar::<f32>()? > 0.0);
+        for (a, b) in runs.2.iter().zip(&one_by_one.2) {
+            assert_eq!(max_abs_diff(a, b), 0.0, "running variance");
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
-//! A ResNet bottleneck block with frozen weights in train mode (batch statistics) as one op:
-//! `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + identity)`, the identity `x`
-//! or `bnd(convd(x))`, forward and backward (to `x` alone).
+//! ResNet bottleneck blocks with frozen weights in train mode (batch statistics) as one op:
+//! each block `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + identity)`, the
+//! identity `x` or `bnd(convd(x))`, a run of consecutive blocks forward and backward (to the
+//! run's input alone).
 //!
 //! Composed from the separate ops, a block is six to eight graph nodes, and candle's
 //! backward pass gives every node's input a zero-filled gradient and an addition (ResNet-50's
-//! masked pass at batch 8: ~0.2 s of a 1.1 s backward). Here the block is one node whose
-//! backward walks its layers with the same kernels, so the numbers are the composed path's
-//! bit for bit; the ReLU mask of the block's output is made once for both branches.
+//! masked pass at batch 8: ~0.2 s of a 1.1 s backward). Here a run of blocks is one node
+//! whose backward walks its layers with the same kernels, so the numbers are the composed
+//! path's bit for bit; the ReLU mask of each block's output is made once for both branches.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -39,45 +40,58 @@ pub struct FrozenConvBn<'a> {
     pub eps: f64,
 }
 
-/// The block in train mode on `x` (B, C, H, W): `layers` are conv1/bn1, conv2/bn2 and
-/// conv3/bn3, `downsample` the shortcut's pair when there is one. Returns the output and
-/// the batch statistics of each batch norm (bn1, bn2, bn3, then the shortcut's) for the
-/// running-statistics update.
+/// One frozen bottleneck block: conv1/bn1, conv2/bn2 and conv3/bn3, and the shortcut's
+/// pair when it has one.
+#[derive(Clone, Copy)]
+pub struct FrozenBlock<'a> {
+    pub layers: [FrozenConvBn<'a>; 3],
+    pub downsample: Option<FrozenConvBn<'a>>,
+}
+
+/// The run of `blocks` in train mode on `x` (B, C, H, W), each block's output the next
+/// one's input. Returns the last block's output and, per block, the batch statistics of
+/// each of its batch norms (bn1, bn2, bn3, then the shortcut's) for the running-statistics
+/// update.
 ///
 /// `None` where the op does not apply — another device or dtype than f32/f64 on the CPU,
-/// a parameter that tracks a gradient, a batch norm over a single value — and the caller
-/// composes the block from the separate ops instead.
+/// a parameter that tracks a gradient, a batch norm over a single value, no blocks — and
+/// the caller composes the blocks from the separate ops instead.
 pub fn bottleneck_train(
     x: &Tensor,
-    layers: [FrozenConvBn; 3],
-    downsample: Option<FrozenConvBn>,
-) -> Result<Option<(Tensor, Vec<BatchStats>)>> {
-    let pairs: Vec<FrozenConvBn> = layers.into_iter().chain(downsample).collect();
-    let frozen = pairs
+    blocks: &[FrozenBlock],
+) -> Result<Option<(Tensor, Vec<Vec<BatchStats>>)>> {
+    let frozen = blocks
         .iter()
+        .flat_map(pairs)
         .all(|p| [p.weight, p.gamma, p.beta].iter().all(|t| !t.track_op()));
-    if !runs_here(x) || !frozen {
+    if !runs_here(x) || !frozen || blocks.is_empty() {
         return Ok(None);
     }
     let dtype = x.dtype();
-    let mut built = Vec::with_capacity(pairs.len());
-    let mut input = x.dims4()?;
-    for (i, p) in pairs.iter().enumerate() {
-        // The shortcut reads the block's input; the main path each layer's output.
-        if i == 3 {
-            input = x.dims4()?;
+    let mut built = Vec::with_capacity(blocks.len());
+    let mut block_input = x.dims4()?;
+    for block in blocks {
+        let mut layers = Vec::with_capacity(4);
+        let mut input = block_input;
+        for (i, p) in pairs(block).enumerate() {
+            // The shortcut reads the block's input; the main path each layer's output.
+            if i == 3 {
+                input = block_input;
+            }
+            let layer = Layer::new(&p, input, dtype)?;
+            let (b, _, h, w) = layer.g.output_dims();
+            if b * h * w < 2 {
+                return Ok(None);
+            }
+            input = layer.g.output_dims();
+            layers.push(layer);
         }
-        let layer = Layer::new(p, input, dtype)?;
-        let (b, _, h, w) = layer.g.output_dims();
-        if b * h * w < 2 {
-            return Ok(None);
-        }
-        input = layer.g.output_dims();
-        built.push(layer);
+        block_input = layers[2].g.output_dims();
+        built.push(layers);
     }
     let measured = Arc::new(Mutex::new(Vec::new()));
-    let op = Bottleneck {
-        layers: built,
+    let op = Bottlenecks {
+        blocks: built,
         keep: x.track_op(),
         measured: measured.clone(),
         saved: Mutex::new(None),
@@ -89,21 +103,31 @@ pub fn bottleneck_train(
         x.apply_op1_no_bwd(&op)?
     };
     let measured = std::mem::take(&mut *lock(&measured));
+    let as_tensor = |v: Vec<f64>| {
+        let n = v.len();
+        Tensor::from_vec(v, n, x.device())?.to_dtype(dtype)
+    };
     let stats = measured
         .into_iter()
-        .map(|m| {
-            let as_tensor = |v: Vec<f64>| {
-                let n = v.len();
-                Tensor::from_vec(v, n, x.device())?.to_dtype(dtype)
-            };
-            Ok(BatchStats {
-                mean: as_tensor(m.mean)?,
-                var: as_tensor(m.var)?,
-                count: m.count,
-            })
+        .map(|block| {
+            block
+                .into_iter()
+                .map(|m| {
+                    Ok(BatchStats {
+                        mean: as_tensor(m.mean)?,
+                        var: as_tensor(m.var)?,
+                        count: m.count,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
     Ok(Some((y, stats)))
+}
+
+/// A block's pairs in the op's order: the main path's three, then the shortcut's.
+fn pairs<'a>(block: &FrozenBlock<'a>) -> impl Iterator<Item = FrozenConvBn<'a>> {
+    block.layers.into_iter().chain(block.downsample)
 }
 
 /// One convolution and batch norm, checked and made contiguous.
@@ -202,7 +226,7 @@ struct Measured {
     count: usize,
 }
 
-/// What the backward pass reads, kept by the forward pass.
+/// What the backward pass reads of one block, kept by the forward pass.
 struct Saved<T> {
     /// Each layer's convolution output (the batch norms' inputs).
     conv_out: Vec<Vec<T>>,
@@ -211,35 +235,55 @@ struct Saved<T> {
     affines: Vec<ChannelAffine>,
 }
 
-struct Bottleneck {
-    /// conv1/bn1, conv2/bn2, conv3/bn3, then the shortcut's pair when there is one.
-    layers: Vec<Layer>,
+/// What the backward pass reads of the run.
+struct SavedRun<T> {
+    blocks: Vec<Saved<T>>,
+    /// The output of every block but the last (whose output is the op's).
+    outputs: Vec<Vec<T>>,
+}
+
+/// A block's weights and, for the layers that have them, prepared filters.
+type BlockWeights<'a, T> = Vec<(&'a [T], Option<&'a [T]>)>;
+
+struct Bottlenecks {
+    /// Per block: conv1/bn1, conv2/bn2, conv3/bn3, then the shortcut's pair when there is
+    /// one.
+    blocks: Vec<Vec<Layer>>,
     /// The backward pass will run: keep what it reads.
     keep: bool,
-    measured: Arc<Mutex<Vec<Measured>>>,
-    /// A `Saved<T>` for the pass's T.
+    /// Per block, per batch norm.
+    measured: Arc<Mutex<Vec<Vec<Measured>>>>,
+    /// A `SavedRun<T>` for the pass's T.
     saved: Mutex<Option<Box<dyn Any + Send + Sync>>>,
 }
 
-impl Bottleneck {
-    /// The weights' operands and the prepared filters of the layers that have them, from
-    /// operands laid out as [`captured`](Self::captured) lists them after the first `skip`.
-    fn weights<'a, T>(&self, operands: &[&'a [T]], skip: usize) -> Vec<(&'a [T], Option<&'a [T]>)> {
-        let n = self.layers.len();
-        let mut filters = operands[skip + n..].iter().copied();
-        self.layers
+impl Bottlenecks {
+    /// Each block's weights, from operands laid out as [`captured`](Self::captured) lists
+    /// them after the first `skip`.
+    fn weights<'a, T>(&self, operands: &[&'a [T]], skip: usize) -> Vec<BlockWeights<'a, T>> {
+        let mut operands = operands[skip..].iter().copied();
+        self.blocks
             .iter()
-            .zip(&operands[skip..skip + n])
-            .map(|(l, &w)| (w, l.filters.as_ref().and_then(|_| filters.next())))
+            .map(|layers| {
+                let weights: Vec<&[T]> = operands.by_ref().take(layers.len()).collect();
+                layers
+                    .iter()
+                    .zip(weights)
+                    .map(|(l, w)| (w, l.filters.as_ref().and_then(|_| operands.next())))
+                    .collect()
+            })
             .collect()
     }
 
-    /// The tensors the kernels read besides their arguments: the weights, then the
-    /// prepared filters.
+    /// The tensors the kernels read besides their arguments: block by block, its weights,
+    /// then its prepared filters.
     fn captured(&self) -> Vec<&Tensor> {
-        let weights = self.layers.iter().map(|l| &l.weight);
-        weights
-            .chain(self.layers.iter().filter_map(|l| l.filters.as_ref()))
+        self.blocks
+            .iter()
+            .flat_map(|layers| {
+                let weights = layers.iter().map(|l| &l.weight);
+                weights.chain(layers.iter().filter_map(|l| l.filters.as_ref()))
+            })
             .collect()
     }
 
@@ -253,54 +297,120 @@ impl Bottleneck {
     }
 
     fn output_dims(&self) -> (usize, usize, usize, usize) {
-        self.layers[2].g.output_dims()
+        let last = self.blocks.last().expect("a run has blocks");
+        last[2].g.output_dims()
+    }
+
+    fn input_dims(&self) -> (usize, usize, usize, usize) {
+        self.blocks[0][0].g.input_dims()
     }
 }
 
-impl FloatKernel for Bottleneck {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        let x = operands[0];
-        let w = self.weights(operands, 1);
-        let layer = |i: usize, input: &[T], relu: bool, residual: Option<&[T]>| {
-            self.layers[i].forward(input, w[i].0, w[i].1, relu, residual)
-        };
-        let (c1, a1, y1, v1) = layer(0, x, true, None);
-        let (c2, a2, y2, v2) = layer(1, &y1, true, None);
-        let shortcut = (self.layers.len() == 4).then(|| layer(3, x, false, None));
-        let identity = shortcut.as_ref().map_or(x, |s| &s.2);
-        let (c3, a3, out, v3) = layer(2, &y2, true, Some(identity));
+/// One block's forward pass on `x`: its output, what its backward pass reads and what it
+/// measured.
+fn block_forward<T: WithDType>(
+    layers: &[Layer],
+    w: &BlockWeights<'_, T>,
+    x: &[T],
+) -> (Vec<T>, Saved<T>, Vec<Measured>) {
+    let layer = |i: usize, input: &[T], relu: bool, residual: Option<&[T]>| {
+        layers[i].forward(input, w[i].0, w[i].1, relu, residual)
+    };
+    let (c1, a1, y1, v1) = layer(0, x, true, None);
+    let (c2, a2, y2, v2) = layer(1, &y1, true, None);
+    let shortcut = (layers.len() == 4).then(|| layer(3, x, false, None));
+    let identity = shortcut.as_ref().map_or(x, |s| &s.2);
+    let (c3, a3, out, v3) = layer(2, &y2, true, Some(identity));
 
-        let mut conv_out = vec![c1, c2, c3];
-        let mut affines = vec![a1, a2, a3];
-        let mut vars = vec![v1, v2, v3];
-        if let Some((cd, ad, _, vd)) = shortcut {
-            conv_out.push(cd);
-            affines.push(ad);
-            vars.push(vd);
+    let mut conv_out = vec![c1, c2, c3];
+    let mut affines = vec![a1, a2, a3];
+    let mut vars = vec![v1, v2, v3];
+    if let Some((cd, ad, _, vd)) = shortcut {
+        conv_out.push(cd);
+        affines.push(ad);
+        vars.push(vd);
+    }
+    let measured = affines
+        .iter()
+        .zip(vars)
+        .zip(&conv_out)
+        .map(|((a, var), c)| Measured {
+            mean: a.mean.clone(),
+            var,
+            count: c.len() / a.scale.len(),
+        })
+        .collect();
+    let saved = Saved {
+        conv_out,
+        relu_out: [y1, y2],
+        affines,
+    };
+    (out, saved, measured)
+}
+
+/// One block's input gradient from its output's gradient `g` and its output `out`.
+fn block_backward<T: WithDType>(
+    layers: &[Layer],
+    w: &BlockWeights<'_, T>,
+    saved: &Saved<T>,
+    g: &[T],
+    out: &[T],
+) -> Vec<T> {
+    let (c, a, y) = (&saved.conv_out, &saved.affines, &saved.relu_out);
+    // A train-mode batch norm's input gradient (the ReLU's mask from its output y).
+    let bn = |a: &ChannelAffine, g: &[T], c: &[T], y: &[T]| {
+        let sums = a.param_grads(g, c, y);
+        a.backward(g, c, y, Some(&sums))
+    };
+    let input_grad = |i: usize, g: &[T]| conv::input_grad(&layers[i].g, g, w[i].0);
+
+    let g_c3 = bn(&a[2], g, &c[2], out);
+    let g_y2 = input_grad(2, &g_c3);
+    let g_c2 = bn(&a[1], &g_y2, &c[1], &y[1]);
+    let g_y1 = input_grad(1, &g_c2);
+    let g_c1 = bn(&a[0], &g_y1, &c[0], &y[0]);
+    let mut g_x = input_grad(0, &g_c1);
+    // The shortcut's gradient: the output's, through its ReLU.
+    let g_identity = relu_masked(g, out);
+    let g_shortcut = match c.get(3) {
+        // No ReLU after the shortcut's batch norm: its y is never read.
+        Some(cd) => input_grad(3, &bn(&a[3], &g_identity, cd, cd)),
+        None => g_identity,
+    };
+    g_x.par_iter_mut()
+        .zip(&g_shortcut)
+        .for_each(|(gx, &gs)| *gx += gs);
+    g_x
+}
+
+impl FloatKernel for Bottlenecks {
+    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+        let w = self.weights(operands, 1);
+        let mut saved = SavedRun {
+            blocks: Vec::with_capacity(self.blocks.len()),
+            outputs: Vec::with_capacity(self.blocks.len()),
+        };
+        let mut measured = Vec::with_capacity(self.blocks.len());
+        let mut current: Option<Vec<T>> = None;
+        for (layers, w) in self.blocks.iter().zip(&w) {
+            let x = current.as_deref().unwrap_or(operands[0]);
+            let (out, block, m) = block_forward(layers, w, x);
+            measured.push(m);
+            let input = current.replace(out);
+            if self.keep {
+                saved.blocks.push(block);
+                saved.outputs.extend(input);
+            }
         }
-        *lock(&self.measured) = affines
-            .iter()
-            .zip(vars)
-            .zip(&conv_out)
-            .map(|((a, var), c)| Measured {
-                mean: a.mean.clone(),
-                var,
-                count: c.len() / a.scale.len(),
-            })
-            .collect();
+        *lock(&self.measured) = measured;
         if self.keep {
-            let saved = Saved {
-                conv_out,
-                relu_out: [y1, y2],
-                affines,
-            };
             *lock(&self.saved) = Some(Box::new(saved));
         }
-        out
+        current.expect("a run has blocks")
     }
 }
 
-impl CustomOp1 for Bottleneck {
+impl CustomOp1 for Bottlenecks {
     fn name(&self) -> &'static str {
         "tame-bottleneck"
     }
@@ -313,53 +423,35 @@ impl CustomOp1 for Bottleneck {
     fn bwd(&self, _x: &Tensor, out: &Tensor, grad_out: &Tensor) -> Result<Option<Tensor>> {
         let grad_x = grad_out
             .contiguous()?
-            .apply_op2_no_bwd(out, &BottleneckGrad(self))?;
+            .apply_op2_no_bwd(out, &BottlenecksGrad(self))?;
         Ok(Some(grad_x))
     }
 }
 
-/// (grad_out, out) -> grad_x of a [`Bottleneck`] pass.
-struct BottleneckGrad<'a>(&'a Bottleneck);
+/// (grad_out, out) -> grad_x of a [`Bottlenecks`] pass: the blocks' backward passes, last
+/// block first.
+struct BottlenecksGrad<'a>(&'a Bottlenecks);
 
-impl FloatKernel for BottleneckGrad<'_> {
+impl FloatKernel for BottlenecksGrad<'_> {
     fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        let block = self.0;
-        let saved = lock(&block.saved);
+        let run = self.0;
+        let saved = lock(&run.saved);
         let saved = saved
             .as_ref()
-            .and_then(|s| s.downcast_ref::<Saved<T>>())
+            .and_then(|s| s.downcast_ref::<SavedRun<T>>())
             .expect("a bottleneck's backward pass runs after its forward pass, in one dtype");
-        let (g, out) = (operands[0], operands[1]);
-        let w = block.weights(operands, 2);
-        let (c, a, y) = (&saved.conv_out, &saved.affines, &saved.relu_out);
-        // A train-mode batch norm's input gradient (the ReLU's mask from its output y).
-        let bn = |a: &ChannelAffine, g: &[T], c: &[T], y: &[T]| {
-            let sums = a.param_grads(g, c, y);
-            a.backward(g, c, y, Some(&sums))
-        };
-        let input_grad = |i: usize, g: &[T]| conv::input_grad(&block.layers[i].g, g, w[i].0);
-
-        let g_c3 = bn(&a[2], g, &c[2], out);
-        let g_y2 = input_grad(2, &g_c3);
-        let g_c2 = bn(&a[1], &g_y2, &c[1], &y[1]);
-        let g_y1 = input_grad(1, &g_c2);
-        let g_c1 = bn(&a[0], &g_y1, &c[0], &y[0]);
-        let mut g_x = input_grad(0, &g_c1);
-        // The shortcut's gradient: the output's, through its ReLU.
-        let g_identity = relu_masked(g, out);
-        let g_shortcut = match c.get(3) {
-            // No ReLU after the shortcut's batch norm: its y is never read.
-            Some(cd) => input_grad(3, &bn(&a[3], &g_identity, cd, cd)),
-            None => g_identity,
-        };
-        g_x.par_iter_mut()
-            .zip(&g_shortcut)
-            .for_each(|(gx, &gs)| *gx += gs);
-        g_x
+        let w = run.weights(operands, 2);
+        let mut grad: Option<Vec<T>> = None;
+        for (i, layers) in run.blocks.iter().enumerate().rev() {
+            let g = grad.as_deref().unwrap_or(operands[0]);
+            let out = saved.outputs.get(i).map_or(operands[1], Vec::as_slice);
+            grad = Some(block_backward(layers, &w[i], &saved.blocks[i], g, out));
+        }
+        grad.expect("a run has blocks")
     }
 }
 
-impl CustomOp2 for BottleneckGrad<'_> {
+impl CustomOp2 for BottlenecksGrad<'_> {
     fn name(&self) -> &'static str {
         "tame-bottleneck-grad"
     }
@@ -372,7 +464,7 @@ impl CustomOp2 for BottleneckGrad<'_> {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = self.0.run_with_captured(self, &[(s1, l1), (s2, l2)])?;
-        Ok((out, Shape::from(self.0.layers[0].g.input_dims())))
+        Ok((out, Shape::from(self.0.input_dims())))
     }
 }
 
@@ -486,16 +578,33 @@ mod tests {
         Ok((y, [s1, s2, s3].into_iter().chain(sd).collect()))
     }
 
-    fn fused(x: &Tensor, pairs: &[Pair]) -> Result<(Tensor, Vec<BatchStats>)> {
+    fn block(pairs: &[Pair]) -> FrozenBlock<'_> {
         let f: Vec<_> = pairs.iter().map(Pair::frozen).collect();
-        Ok(bottleneck_train(x, [f[0], f[1], f[2]], f.get(3).copied())?.expect("the op applies"))
+        FrozenBlock {
+            layers: [f[0], f[1], f[2]],
+            downsample: f.get(3).copied(),
+        }
+    }
+
+    fn fused(x: &Tensor, pairs: &[Pair]) -> Result<(Tensor, Vec<BatchStats>)> {
+        let (y, mut stats) = bottleneck_train(x, &[block(pairs)])?.expect("the op applies");
+        Ok((y, stats.remove(0)))
+    }
+
+    fn assert_same_stats(what: &str, stats: &[BatchStats], expected: &[BatchStats]) {
+        assert_eq!(stats.len(), expected.len(), "{what}");
+        for (s, r) in stats.iter().zip(expected) {
+            assert_eq!(s.count, r.count, "{what}");
+            assert_eq!(max_abs_diff(&s.mean, &r.mean), 0.0, "{what}: mean");
+            assert_eq!(max_abs_diff(&s.var, &r.var), 0.0, "{what}: variance");
+        }
     }
 
     /// The output, the batch statistics and the input gradient of `sum(block(x) * r)`.
-    fn run(
-        block: impl Fn(&Tensor) -> Result<(Tensor, Vec<BatchStats>)>,
+    fn run<S>(
+        block: impl Fn(&Tensor) -> Result<(Tensor, S)>,
         x: &Tensor,
-    ) -> Result<(Tensor, Vec<BatchStats>, Tensor)> {
+    ) -> Result<(Tensor, S, Tensor)> {
         let var = Var::from_tensor(x)?;
         let (y, stats) = block(var.as_tensor())?;
         let r = seeded(y.dims(), 77, x.device())?.to_dtype(x.dtype())?;
@@ -519,13 +628,42 @@ mod tests {
                 let (y_ref, stats_ref, grad_ref) = run(|x| composed(x, pairs), &x)?;
                 let what = format!("case {i} {:?}", x.dtype());
                 assert_same_output_and_gradient(&what, (&y, &grad), (&y_ref, &grad_ref));
-                assert_eq!(stats.len(), stats_ref.len(), "{what}");
-                for (s, r) in stats.iter().zip(&stats_ref) {
-                    assert_eq!(s.count, r.count, "{what}");
-                    assert_eq!(max_abs_diff(&s.mean, &r.mean), 0.0, "{what}: mean");
-                    assert_eq!(max_abs_diff(&s.var, &r.var), 0.0, "{what}: variance");
-                }
+                assert_same_stats(&what, &stats, &stats_ref);
             }
+        }
+        Ok(())
+    }
+
+    /// A run of blocks (one that downsamples, then two with the identity shortcut) as one
+    /// op is the blocks composed one after the other, bit for bit, in output, statistics
+    /// and input gradient.
+    #[test]
+    fn a_run_of_blocks_is_the_blocks_one_after_the_other() -> Result<()> {
+        let runs = [
+            pairs((6, 3, 2, true, 7, 3), 400)?,
+            pairs((12, 3, 1, false, 4, 3), 500)?,
+            pairs((12, 3, 1, false, 4, 3), 600)?,
+        ];
+        let x = seeded(&[3, 6, 7, 7], 9, &Device::Cpu)?;
+        let one_op = |x: &Tensor| {
+            let blocks: Vec<FrozenBlock> = runs.iter().map(|p| block(p)).collect();
+            Ok(bottleneck_train(x, &blocks)?.expect("the op applies"))
+        };
+        let one_by_one = |x: &Tensor| {
+            let (mut y, mut stats) = (x.clone(), Vec::new());
+            for pairs in &runs {
+                let (next, s) = composed(&y, pairs)?;
+                stats.push(s);
+                y = next;
+            }
+            Ok((y, stats))
+        };
+        let (y, stats, grad) = run(one_op, &x)?;
+        let (y_ref, expected, grad_ref) = run(one_by_one, &x)?;
+        assert_same_output_and_gradient("run of 3", (&y, &grad), (&y_ref, &grad_ref));
+        assert_eq!(stats.len(), 3);
+        for (i, (s, e)) in stats.iter().zip(&expected).enumerate() {
+            assert_same_stats(&format!("block {i}"), s, e);
         }
         Ok(())
     }
@@ -541,9 +679,10 @@ mod tests {
         assert_eq!(max_abs_diff(&y, &composed(&x, &pairs)?.0), 0.0);
 
         let trainable = Var::from_tensor(&pairs[1].gamma)?;
-        let mut f: Vec<_> = pairs.iter().map(Pair::frozen).collect();
-        f[1].gamma = trainable.as_tensor();
-        assert!(bottleneck_train(&x, [f[0], f[1], f[2]], None)?.is_none());
+        let mut b = block(&pairs);
+        b.layers[1].gamma = trainable.as_tensor();
+        assert!(bottleneck_train(&x, &[b])?.is_none());
+        assert!(bottleneck_train(&x, &[])?.is_none());
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ mod resize;
 mod scratch;
 
 pub use allocator::reuse_freed_memory;
-pub use bottleneck::{bottleneck_train, FrozenConvBn};
+pub use bottleneck::{bottleneck_train, FrozenBlock, FrozenConvBn};
 pub use chain::{conv_relu_chain, ChainLayer};
 pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
 pub use depthwise::{depthwise_conv2d, Padding};
