@@ -125,13 +125,20 @@ fn transform_input<T: WithDType>(
                 };
                 // Padded column c holds input column j = c - left: the input columns of
                 // the parity of `left` land on even ones, from even[ceil(left / 2)] on.
-                let input = &plane[iy * g.w..][..g.w];
-                let parity = g.left % 2;
-                let (first_even, first_odd) = (g.left.div_ceil(2), g.left / 2);
-                let onto_even = input.iter().skip(parity).step_by(2);
-                let onto_odd = input.iter().skip(1 - parity).step_by(2);
-                copy_into(&mut even[first_even.min(len)..], onto_even);
-                copy_into(&mut odd[first_odd.min(len)..], onto_odd);
+                let mut input = &plane[iy * g.w..][..g.w];
+                let first_even = g.left.div_ceil(2);
+                if g.left % 2 == 1 {
+                    // Input column 0 is padded column `left`, odd: odd[left / 2].
+                    if let (Some(d), Some(&v)) = (odd.get_mut(g.left / 2), input.first()) {
+                        *d = v;
+                    }
+                    input = &input[1..];
+                }
+                split_pairs(
+                    input,
+                    &mut even[first_even.min(len)..],
+                    &mut odd[first_even.min(len)..],
+                );
             }
             // Bᵀ·d, in place: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
             let [[e0, o0], [e1, o1], [e2, o2], [e3, o3]] = d;
@@ -186,9 +193,21 @@ fn sub_from<T: WithDType>(dst: &mut [T], a: &[T]) {
 }
 
 /// Copies `values` into the start of `dst`, as many as fit.
-fn copy_into<'a, T: WithDType>(dst: &mut [T], values: impl Iterator<Item = &'a T>) {
-    for (d, &x) in dst.iter_mut().zip(values) {
-        *d = x;
+/// input[2t] -> even[t] and input[2t + 1] -> odd[t] (even and odd as long), as far as
+/// they reach. One pass over pairs: two strided gathers (`step_by(2)`) ran one value at a
+/// time.
+fn split_pairs<T: WithDType>(input: &[T], even: &mut [T], odd: &mut [T]) {
+    let pairs = input.chunks_exact(2);
+    let last = pairs.remainder().first();
+    let n = pairs.len().min(even.len());
+    for ((pair, e), o) in pairs.zip(even.iter_mut()).zip(odd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if let (Some(&v), Some(d)) = (last, even.get_mut(n)) {
+        if n == input.len() / 2 {
+            *d = v;
+        }
     }
 }
 
