@@ -204,7 +204,7 @@ impl candle_core::CustomOp2 for ReluMask {
 
 #[cfg(test)]
 mod tests {
-    use super::par_chunks_zeroed;
+    use super::{par_chunks_written, par_chunks_zeroed};
 
     /// Every chunk is handed out once, zeroed, with its index; a short last chunk too.
     #[test]
@@ -216,6 +216,24 @@ mod tests {
                     *v += (i * chunk.max(1) + j) as f32;
                 }
             });
+            let expected: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            assert_eq!(values, expected, "len {len}, chunk {chunk}");
+        }
+    }
+
+    /// Every chunk is handed out once with its index, a short last chunk too, and what the
+    /// fill writes is the result.
+    #[test]
+    fn written_chunks_cover_the_values_with_their_index() {
+        for (len, chunk) in [(10, 3), (9, 3), (1, 4), (0, 5), (7, 0)] {
+            // SAFETY: the fill writes every value of its chunk.
+            let values: Vec<f32> = unsafe {
+                par_chunks_written(len, chunk, |i, part| {
+                    for (j, v) in part.iter_mut().enumerate() {
+                        v.write((i * chunk.max(1) + j) as f32);
+                    }
+                })
+            };
             let expected: Vec<f32> = (0..len).map(|v| v as f32).collect();
             assert_eq!(values, expected, "len {len}, chunk {chunk}");
         }

@@ -192,22 +192,19 @@ fn sub_from<T: WithDType>(dst: &mut [T], a: &[T]) {
     }
 }
 
-/// Copies `values` into the start of `dst`, as many as fit.
 /// input[2t] -> even[t] and input[2t + 1] -> odd[t] (even and odd as long), as far as
 /// they reach. One pass over pairs: two strided gathers (`step_by(2)`) ran one value at a
 /// time.
 fn split_pairs<T: WithDType>(input: &[T], even: &mut [T], odd: &mut [T]) {
     let pairs = input.chunks_exact(2);
     let last = pairs.remainder().first();
-    let n = pairs.len().min(even.len());
     for ((pair, e), o) in pairs.zip(even.iter_mut()).zip(odd.iter_mut()) {
         *e = pair[0];
         *o = pair[1];
     }
-    if let (Some(&v), Some(d)) = (last, even.get_mut(n)) {
-        if n == input.len() / 2 {
-            *d = v;
-        }
+    // An odd-length input's last value, input[2 · (len / 2)], goes to even[len / 2].
+    if let (Some(&v), Some(d)) = (last, even.get_mut(input.len() / 2)) {
+        *d = v;
     }
 }
 
