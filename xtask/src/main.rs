@@ -37,11 +37,12 @@ enum Task {
 
 fn main() -> Result<()> {
     tame_ops::reuse_freed_memory();
-    match Cli::parse().task {
+    let task = Cli::parse().task;
+    tame_ops::on_worker(|| match task {
         Task::Bench { what } => bench::run(what),
         Task::FetchWeights(args) => fetch::run(args),
         Task::ExportAm(args) => export::run(args),
         Task::LrTest(args) => pipeline::lr_test(args),
         Task::TrainEval(args) => pipeline::train_eval(args),
-    }
+    })
 }

@@ -64,7 +64,7 @@ enum Command {
 fn main() {
     tame_ops::reuse_freed_memory();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = tame_ops::on_worker(|| match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Datalist(args) => datalist::run(args),
@@ -74,7 +74,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(args),
         Command::FetchWeights(args) => fetch::run(args),
-    };
+    });
     if let Err(err) = result {
         eprintln!("error: {}", one_line(&err));
         std::process::exit(1);

@@ -17,6 +17,7 @@ mod norm;
 mod pool;
 mod resize;
 mod scratch;
+mod threads;
 
 pub use allocator::reuse_freed_memory;
 pub use bottleneck::{bottleneck_train, FrozenBlock, FrozenConvBn};
@@ -27,6 +28,7 @@ pub use linear::linear;
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::{bilinear_matrix, resize_bilinear};
+pub use threads::on_worker;
 
 #[cfg(test)]
 mod gradcheck;
