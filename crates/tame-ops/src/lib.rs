@@ -140,12 +140,19 @@ unsafe fn par_chunks_written<T: candle_core::WithDType>(
     values
 }
 
-/// ReLU in place.
+/// ReLU in place (NaN stays NaN, as PyTorch's).
+///
+/// Every value is stored back, the kept ones as `v + 0` (-0 becomes +0): a store of `v`
+/// itself is a no-op the compiler drops, leaving a store only where the value is negative,
+/// which vectorises to masked stores. AMD's cores run those slowly: they were a third of the
+/// time of the convolutions' bias, residual and ReLU passes in ResNet-50's forward pass.
 fn clamp_negatives<T: candle_core::WithDType>(values: &mut [T]) {
     for v in values {
-        if *v < T::zero() {
-            *v = T::zero();
-        }
+        *v = if *v < T::zero() {
+            T::zero()
+        } else {
+            *v + T::zero()
+        };
     }
 }
 
@@ -206,7 +213,36 @@ impl candle_core::CustomOp2 for ReluMask {
 
 #[cfg(test)]
 mod tests {
-    use super::{par_chunks_written, par_chunks_zeroed};
+    use super::{clamp_negatives, par_chunks_written, par_chunks_zeroed};
+
+    /// As the plain `if v < 0 { v = 0 }`, NaN and infinities included, over a length that
+    /// leaves a remainder after the vector loop.
+    #[test]
+    fn relu_in_place_zeroes_the_negatives_only() {
+        let mut values: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
+        values.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            -1e-30,
+        ]);
+        let mut expected = values.clone();
+        for v in &mut expected {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+        clamp_negatives(&mut values);
+        for (i, (v, e)) in values.iter().zip(&expected).enumerate() {
+            assert!(v == e || (v.is_nan() && e.is_nan()), "{i}: {v} vs {e}");
+        }
+        let mut doubles = vec![-2.0f64, 3.0, f64::NAN];
+        clamp_negatives(&mut doubles);
+        assert_eq!(doubles[..2], [0.0, 3.0]);
+        assert!(doubles[2].is_nan());
+    }
 
     /// Every chunk is handed out once, zeroed, with its index; a short last chunk too.
     #[test]
