@@ -18,6 +18,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::scratch::with_buffer;
+use crate::split_pairs;
 use crate::{
     clamp_negatives, par_chunks_zeroed, run_float_kernel, run_with_captured, FloatKernel, ReluMask,
 };
@@ -733,6 +734,11 @@ fn split_phases<T: WithDType>(g: &Geometry, plane: &[T], phase_len: usize, phase
         .chunks_exact(g.w)
         .zip(phases.chunks_exact_mut(s * phase_len))
     {
+        if s == 2 {
+            let (even, odd) = split.split_at_mut(phase_len);
+            split_pairs(row, even, odd);
+            continue;
+        }
         let mut chunks = row.chunks_exact(s);
         for (q, chunk) in chunks.by_ref().enumerate() {
             for (p, &v) in chunk.iter().enumerate() {
@@ -1156,8 +1162,9 @@ mod tests {
         usize,
         Padding,
     );
-    const CASES: [Case; 6] = [
+    const CASES: [Case; 7] = [
         (2, 3, 9, 8, 4, 3, 3, 1, Padding::uniform(1)),
+        (1, 3, 10, 10, 2, 3, 3, 2, Padding::uniform(1)),
         (1, 2, 11, 11, 3, 7, 7, 2, Padding::uniform(3)),
         (
             2,

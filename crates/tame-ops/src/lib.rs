@@ -140,6 +140,22 @@ unsafe fn par_chunks_written<T: candle_core::WithDType>(
     values
 }
 
+/// input[2t] -> even[t] and input[2t + 1] -> odd[t] (even and odd as long), as far as
+/// they reach: a row split into its two phases for a stride-2 window (convolution, max
+/// pool, Winograd's blocks). One pass over pairs: strided gathers ran one value at a time.
+pub(crate) fn split_pairs<T: candle_core::WithDType>(input: &[T], even: &mut [T], odd: &mut [T]) {
+    let pairs = input.chunks_exact(2);
+    let last = pairs.remainder().first();
+    for ((pair, e), o) in pairs.zip(even.iter_mut()).zip(odd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    // An odd-length input's last value, input[2 · (len / 2)], goes to even[len / 2].
+    if let (Some(&v), Some(d)) = (last, even.get_mut(input.len() / 2)) {
+        *d = v;
+    }
+}
+
 /// ReLU in place (NaN stays NaN, as PyTorch's).
 ///
 /// Every value is stored back, the kept ones as `v + 0` (-0 becomes +0): a store of `v`

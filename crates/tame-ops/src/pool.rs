@@ -2,7 +2,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, WithDT
 use candle_core::{Result, Tensor, D};
 use rayon::prelude::*;
 
-use crate::{par_chunks_zeroed, run_float_kernel, FloatKernel};
+use crate::{par_chunks_zeroed, run_float_kernel, split_pairs, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "max_pool2d";
@@ -165,9 +165,14 @@ impl Pool {
                         continue;
                     }
                     // Slots past a phase's last column stay -inf, as the padding counts.
-                    for (q, chunk) in row.chunks(self.stride).enumerate() {
-                        for (p, &v) in chunk.iter().enumerate() {
-                            phases[p * phase_len + q] = v;
+                    if self.stride == 2 {
+                        let (even, odd) = phases.split_at_mut(phase_len);
+                        split_pairs(row, even, odd);
+                    } else {
+                        for (q, chunk) in row.chunks(self.stride).enumerate() {
+                            for (p, &v) in chunk.iter().enumerate() {
+                                phases[p * phase_len + q] = v;
+                            }
                         }
                     }
                     for dc in 0..self.kernel {
@@ -457,6 +462,7 @@ mod tests {
         let specials = [0.0, -0.0, 1.0, -1.0, f64::NAN, f64::NEG_INFINITY, 2.0];
         for (h, w, k, s, p) in [
             (9, 8, 3, 2, 1),
+            (7, 9, 3, 2, 1),
             (5, 7, 2, 1, 1),
             (6, 6, 3, 3, 2),
             (4, 4, 2, 2, 0),

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::{gemm_unchecked, Geometry, SharedOutput, View};
 use crate::scratch::with_buffer;
+use crate::split_pairs;
 use candle_core::WithDType;
 
 /// Positions of the 4x4 transform: one GEMM each.
@@ -189,22 +190,6 @@ fn add_into<T: WithDType>(dst: &mut [T], a: &[T]) {
 fn sub_from<T: WithDType>(dst: &mut [T], a: &[T]) {
     for (d, &x) in dst.iter_mut().zip(a) {
         *d -= x;
-    }
-}
-
-/// input[2t] -> even[t] and input[2t + 1] -> odd[t] (even and odd as long), as far as
-/// they reach. One pass over pairs: two strided gathers (`step_by(2)`) ran one value at a
-/// time.
-fn split_pairs<T: WithDType>(input: &[T], even: &mut [T], odd: &mut [T]) {
-    let pairs = input.chunks_exact(2);
-    let last = pairs.remainder().first();
-    for ((pair, e), o) in pairs.zip(even.iter_mut()).zip(odd.iter_mut()) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-    // An odd-length input's last value, input[2 · (len / 2)], goes to even[len / 2].
-    if let (Some(&v), Some(d)) = (last, even.get_mut(input.len() / 2)) {
-        *d = v;
     }
 }
 
