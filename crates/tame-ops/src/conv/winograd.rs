@@ -211,33 +211,36 @@ unsafe fn transform_output<T: WithDType>(
     let (across, _) = blocks(g);
     let count = rows.len() * across;
     let plane = g.out_plane();
-    // Aᵀ·M as two rows of four runs, then the four outputs of each block as runs.
-    let mut scratch = vec![T::zero(); 12 * across];
+    // Aᵀ·M as two rows of four runs, then the four outputs of each block as runs, each run
+    // over all block rows at once (a channel's blocks are contiguous in m): runs of one
+    // block row (7-28 blocks in ResNet-50) left the loops mostly in their remainders.
+    let mut scratch = vec![T::zero(); 12 * count];
+    let finish = |v: T| if relu && v < T::zero() { T::zero() } else { v };
     for (co, &b) in bias.iter().enumerate() {
+        let mm: [&[T]; POSITIONS] =
+            std::array::from_fn(|p| &m[(p * g.c_out + co) * count..][..count]);
+        let (rows01, outputs) = scratch.split_at_mut(8 * count);
+        let mut runs = rows01.chunks_exact_mut(count);
+        let am: [&mut [T]; 8] = std::array::from_fn(|_| runs.next().unwrap());
+        for c in 0..4 {
+            let (m0, m1, m2, m3) = (mm[c], mm[4 + c], mm[8 + c], mm[12 + c]);
+            combine(am[c], m0, m1, |a, b| a + b);
+            add_into(am[c], m2);
+            combine(am[4 + c], m1, m2, |b, c| b - c);
+            sub_from(am[4 + c], m3);
+        }
+        let mut runs = outputs.chunks_exact_mut(count);
+        let mut y: [&mut [T]; 4] = std::array::from_fn(|_| runs.next().unwrap());
+        for row in 0..2 {
+            let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|c| &am[4 * row + c][..]);
+            let (left, right) = y.split_at_mut(2 * row + 1);
+            let (y_left, y_right) = (&mut left[2 * row], &mut right[0]);
+            combine(y_left, s0, s1, |a, c| a + c + b);
+            add_into(y_left, s2);
+            combine(y_right, s1, s2, |a, c| a - c + b);
+            sub_from(y_right, s3);
+        }
         for (r, by) in rows.clone().enumerate() {
-            let mm: [&[T]; POSITIONS] =
-                std::array::from_fn(|p| &m[(p * g.c_out + co) * count + r * across..][..across]);
-            let (rows01, outputs) = scratch.split_at_mut(8 * across);
-            let mut runs = rows01.chunks_exact_mut(across);
-            let am: [&mut [T]; 8] = std::array::from_fn(|_| runs.next().unwrap());
-            for c in 0..4 {
-                let (m0, m1, m2, m3) = (mm[c], mm[4 + c], mm[8 + c], mm[12 + c]);
-                combine(am[c], m0, m1, |a, b| a + b);
-                add_into(am[c], m2);
-                combine(am[4 + c], m1, m2, |b, c| b - c);
-                sub_from(am[4 + c], m3);
-            }
-            let mut runs = outputs.chunks_exact_mut(across);
-            let mut y: [&mut [T]; 4] = std::array::from_fn(|_| runs.next().unwrap());
-            for row in 0..2 {
-                let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|c| &am[4 * row + c][..]);
-                let (left, right) = y.split_at_mut(2 * row + 1);
-                let (y_left, y_right) = (&mut left[2 * row], &mut right[0]);
-                combine(y_left, s0, s1, |a, c| a + c + b);
-                add_into(y_left, s2);
-                combine(y_right, s1, s2, |a, c| a - c + b);
-                sub_from(y_right, s3);
-            }
             let y0 = 2 * by;
             for row in 0..2.min(g.out_h - y0) {
                 // SAFETY: an output row of this block row, channel co: the caller's alone.
@@ -248,14 +251,16 @@ unsafe fn transform_output<T: WithDType>(
                     )
                 };
                 // Even output columns from the blocks' left outputs, odd from their right;
-                // every value of the row is written.
-                let (left, right) = (&y[2 * row], &y[2 * row + 1]);
-                let finish = |v: T| if relu && v < T::zero() { T::zero() } else { v };
-                for ((pair, &l), &r) in dst.chunks_mut(2).zip(left.iter()).zip(right.iter()) {
+                // every value of the row is written (an odd row's last from a left one).
+                let left = &y[2 * row][r * across..][..across];
+                let right = &y[2 * row + 1][r * across..][..across];
+                let mut pairs = dst.chunks_exact_mut(2);
+                for ((pair, &l), &r) in pairs.by_ref().zip(left).zip(right) {
                     pair[0].write(finish(l));
-                    if let Some(second) = pair.get_mut(1) {
-                        second.write(finish(r));
-                    }
+                    pair[1].write(finish(r));
+                }
+                if let [last] = pairs.into_remainder() {
+                    last.write(finish(left[across - 1]));
                 }
             }
         }
