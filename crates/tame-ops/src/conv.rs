@@ -599,11 +599,13 @@ unsafe fn gemm_split<T: WithDType>(
         return;
     }
     assert!(l.last(m, k) < lhs.len() && r.last(k, n) < rhs.len());
-    // Blocks keep whole microkernel panels (16 rows, a multiple of 6 and 8 columns).
+    // Blocks of 16 rows or columns: gemm computes a row-major destination transposed, so
+    // its columns fill the 16-wide microkernel panels. (Blocks of 48 columns split a 28x28
+    // layer's 784 pixels 432 : 352; 400 : 384 ran its products 1-8 % faster.)
     let (split_rows, len, align) = if m >= n {
         (true, m, 16)
     } else {
-        (false, n, 48)
+        (false, n, 16)
     };
     let block = len.div_ceil(threads.max(1)).next_multiple_of(align);
     if block >= len {
@@ -1210,8 +1212,8 @@ mod tests {
 
     #[test]
     fn products_split_over_threads_match_the_plain_sum() {
-        // Tall products split their rows, wide ones their columns (blocks of 16 rows or 48
-        // columns, the last one short); strided views, an offset and accumulation included.
+        // Tall products split their rows, wide ones their columns (blocks of 16, the last
+        // one short); strided views, an offset and accumulation included.
         for (m, n, k) in [(70, 30, 9), (20, 200, 7), (16, 16, 5), (33, 33, 3)] {
             let value = |i: usize, salt: usize| ((i * 7919 + salt) % 101) as f64 / 50.0 - 1.0;
             let lhs: Vec<f64> = (0..m * k).map(|i| value(i, 1)).collect();
