@@ -89,6 +89,20 @@ pub trait Backbone: Send + Sync {
             .zip(out.taps.iter().map(|t| t.dims().to_vec()))
             .collect())
     }
+
+    /// The (C, H, W) of each of `taps` (checked names) for a `size`x`size` image: what an
+    /// attention mechanism reading them is laid out for.
+    fn tap_dims(&self, taps: &[String], size: usize, device: &Device) -> Result<Vec<[usize; 3]>> {
+        let image = Tensor::zeros((1, 3, size, size), DType::F32, device)?;
+        let out = self.forward(&image, &self.tap_request(taps, false)?, Mode::Eval)?;
+        out.taps
+            .iter()
+            .map(|t| {
+                let (_, c, h, w) = t.dims4()?;
+                Ok([c, h, w])
+            })
+            .collect()
+    }
 }
 
 /// The backbones this crate builds.

@@ -213,8 +213,18 @@ fn taps_and_default_taps_have_the_documented_shapes() {
             vec![1, 1280, 7, 7]
         ]
     );
+    // The (C, H, W) of chosen taps, in the order asked, at another input size.
+    let chosen = ["blocks.15".to_string(), "stem".to_string()];
+    assert_eq!(
+        net.tap_dims(&chosen, 160, &Device::Cpu).unwrap(),
+        [[320, 5, 5], [32, 80, 80]]
+    );
     // Unknown taps are refused with the valid names.
     let err = net.tap_request(&["blocks.16".into()], false).unwrap_err();
+    assert!(err.to_string().contains("blocks.15.project"), "{err}");
+    let err = net
+        .tap_dims(&["blocks.16".into()], 224, &Device::Cpu)
+        .unwrap_err();
     assert!(err.to_string().contains("blocks.15.project"), "{err}");
 }
 

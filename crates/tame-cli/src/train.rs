@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
-use tame_backbones::{Backbone, BackboneKind, Mode};
+use tame_backbones::{Backbone, BackboneKind};
 use tame_data::{Augmentation, ImageList, Loader, LoaderConfig};
 use tame_train::{
     find_latest_checkpoint, read_checkpoint, BackboneMode, StepObserver, StepRecord, StopReason,
@@ -146,17 +146,11 @@ impl SetupArgs {
             Some(l) => parse_layers(l),
             None => backbone.default_taps(),
         };
-        let request = backbone.tap_request(&taps, false)?;
-        let probe = Tensor::zeros((1, 3, 224, 224), DType::F32, &device)?;
         let shapes = backbone
-            .forward(&probe, &request, Mode::Eval)?
-            .taps
-            .iter()
-            .map(|t| {
-                let (_, c, h, w) = t.dims4()?;
-                Ok(TapShape::new(c, h, w))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .tap_dims(&taps, 224, &device)?
+            .into_iter()
+            .map(|[c, h, w]| TapShape::new(c, h, w))
+            .collect();
         let am_config = AmConfig::new(self.version, shapes)?;
         let list = ImageList::read(&self.train_list)?;
         if list.is_empty() {

@@ -49,25 +49,15 @@ fn main() -> Result<()> {
     let device = Device::Cpu;
     let net = load_backbone(kind, &WeightsSpec::Synthetic, &device)?;
     let taps = net.default_taps();
-    let shapes = net.tap_shapes(224, &device)?;
-    let tap_shapes = taps
-        .iter()
-        .map(|name| {
-            let (_, dims) = shapes
-                .iter()
-                .find(|(n, _)| n == name)
-                .ok_or("no tap shape")?;
-            Ok(TapShape::new(dims[1], dims[2], dims[3]))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let am = AttentionMechanism::new(
-        &AmConfig::new(Version::Tame, tap_shapes)?,
-        0,
-        DType::F32,
-        &device,
-    )?;
     let image = Tensor::rand(0f32, 1f32, (1, 3, 224, 224), &device)?;
     let request = net.tap_request(&taps, true)?;
+    let tap_shapes = net
+        .tap_dims(&taps, 224, &device)?
+        .into_iter()
+        .map(|[c, h, w]| TapShape::new(c, h, w))
+        .collect();
+    let config = AmConfig::new(Version::Tame, tap_shapes)?;
+    let am = AttentionMechanism::new(&config, 0, DType::F32, &device)?;
     let once = || explain(net.as_ref(), &request, &am, &image);
     once()?;
     let (mut outside, mut on_worker) = (Vec::new(), Vec::new());
