@@ -119,18 +119,11 @@ fn backbones(runs: usize, model: Option<BackboneKind>) -> Result<()> {
 
 /// A freshly initialised TAME mechanism on `backbone`'s default taps.
 fn mechanism(backbone: &dyn Backbone, device: &Device) -> Result<AttentionMechanism> {
-    let shapes = backbone.tap_shapes(224, device)?;
     let taps = backbone
-        .default_taps()
-        .iter()
-        .map(|name| {
-            let (_, dims) = shapes
-                .iter()
-                .find(|(n, _)| n == name)
-                .context("default tap not among the tap shapes")?;
-            Ok(TapShape::new(dims[1], dims[2], dims[3]))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .tap_dims(&backbone.default_taps(), 224, device)?
+        .into_iter()
+        .map(|[c, h, w]| TapShape::new(c, h, w))
+        .collect();
     let config = AmConfig::new(Version::Tame, taps)?;
     Ok(AttentionMechanism::new(&config, 0, DType::F32, device)?)
 }

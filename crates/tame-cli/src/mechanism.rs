@@ -110,22 +110,11 @@ pub fn config(
     version: Version,
     device: &Device,
 ) -> Result<AmConfig> {
-    backbone.tap_request(taps, false)?;
-    let shapes = backbone.tap_shapes(224, device)?;
-    let shapes = taps
-        .iter()
-        .map(|name| {
-            let dims = &shapes
-                .iter()
-                .find(|(n, _)| n == name)
-                .with_context(|| format!("{} has no tap `{name}`", backbone.name()))?
-                .1;
-            match dims.as_slice() {
-                [_, c, h, w] => Ok(TapShape::new(*c, *h, *w)),
-                other => bail!("tap `{name}` has shape {other:?}, not (B, C, H, W)"),
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let shapes = backbone
+        .tap_dims(taps, 224, device)?
+        .into_iter()
+        .map(|[c, h, w]| TapShape::new(c, h, w))
+        .collect();
     Ok(AmConfig::new(version, shapes)?)
 }
 
