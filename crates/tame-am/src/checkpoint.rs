@@ -331,29 +331,16 @@ fn check_meta(meta: &CheckpointMeta, config: &AmConfig) -> Result<(), Mismatch> 
     Ok(())
 }
 
-fn temp_in_dir(path: &Path) -> Result<tempfile::TempPath, AmError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map(tempfile::NamedTempFile::into_temp_path)
-        .map_err(|source| AmError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+fn temp_in_dir(path: &Path) -> Result<tame_atomic::TempPath, AmError> {
+    tame_atomic::temp_beside(path).map_err(|source| AmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn persist(tmp: tempfile::TempPath, path: &Path) -> Result<(), AmError> {
-    tmp.persist(path).map_err(|e| AmError::Io {
+fn persist(tmp: tame_atomic::TempPath, path: &Path) -> Result<(), AmError> {
+    tame_atomic::persist(tmp, path).map_err(|source| AmError::Io {
         path: path.to_path_buf(),
-        source: e.error,
+        source,
     })
 }

@@ -1,6 +1,5 @@
 //! Pieces every subcommand shares: the model arguments and atomic output files.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -56,18 +55,7 @@ pub fn batch_tensor(images: Vec<f32>, count: usize, device: &Device) -> Result<T
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
 /// that `path` is either the old file or the complete new one, never a partial write.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    tame_atomic::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Image files (.jpg, .jpeg, .png) under `root`, recursively, relative to it, sorted.

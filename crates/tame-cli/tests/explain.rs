@@ -152,6 +152,17 @@ fn writes_crop_overlay_and_map_per_class() {
         min >= 0.0 && max <= 1.0 && max - min > 0.5,
         "map range {min}..{max}"
     );
+    // Outputs get the permissions of any new file (0o666 less the umask), not owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for name in ["162_166.png", "162_166_162_mask.png", "162_166_162.npy"] {
+            assert_eq!(mode(&out.join(name)), mode(&plain), "{name}");
+        }
+    }
 
     let Run { ok, stdout, stderr } = run(&["--top-k", "3", "--json"]);
     assert!(ok, "{stderr}");

@@ -207,25 +207,16 @@ fn bad(path: &Path, reason: String) -> TrainError {
     }
 }
 
-fn temp_in_dir(path: &Path) -> Result<tempfile::TempPath, TrainError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    tempfile::Builder::new()
-        .prefix(".tame-checkpoint.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map(tempfile::NamedTempFile::into_temp_path)
-        .map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+fn temp_in_dir(path: &Path) -> Result<tame_atomic::TempPath, TrainError> {
+    tame_atomic::temp_beside(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn persist(tmp: tempfile::TempPath, path: &Path) -> Result<(), TrainError> {
-    tmp.persist(path).map_err(|e| TrainError::Io {
+fn persist(tmp: tame_atomic::TempPath, path: &Path) -> Result<(), TrainError> {
+    tame_atomic::persist(tmp, path).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
-        source: e.error,
+        source,
     })
 }

@@ -70,20 +70,11 @@ pub fn plot_lr_curves(
     }
     let image = image::RgbImage::from_raw(w, h, buffer)
         .ok_or_else(|| fail("image buffer of the wrong size".into()))?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".tame-plot.")
-        .suffix(".png")
-        .tempfile_in(dir)
-        .map_err(|e| fail(e.to_string()))?
-        .into_temp_path();
+    let tmp = tame_atomic::temp_beside(out).map_err(|e| fail(e.to_string()))?;
     image
         .save_with_format(&tmp, image::ImageFormat::Png)
         .map_err(|e| fail(e.to_string()))?;
-    tmp.persist(out).map_err(|e| fail(e.error.to_string()))?;
+    tame_atomic::persist(tmp, out).map_err(|e| fail(e.to_string()))?;
     Ok((x_range, y_range))
 }
 

@@ -500,7 +500,8 @@ impl StepLog {
                 }
             }
         }
-        fs::write(path, text).map_err(io)?;
+        // Rewritten whole: a crash here must not lose the rows of the steps kept.
+        tame_atomic::write(path, text.as_bytes()).map_err(io)?;
         let file = fs::OpenOptions::new().append(true).open(path).map_err(io)?;
         Ok(Self {
             file,
