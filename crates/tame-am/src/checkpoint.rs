@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -111,14 +110,10 @@ impl AttentionMechanism {
             path: json.clone(),
             source,
         })?;
-        let tmp = temp_in_dir(&json)?;
-        fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-            .map_err(|source| AmError::Io {
-                path: json.clone(),
-                source,
-            })?;
-        persist(tmp, &json)
+        tame_atomic::write(&json, text.as_bytes()).map_err(|source| AmError::Io {
+            path: json.clone(),
+            source,
+        })
     }
 
     /// Reads a checkpoint for the mechanism `config`: the project's safetensors format

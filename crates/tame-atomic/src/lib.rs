@@ -78,7 +78,7 @@ mod tests {
         write(&path, b"old").unwrap();
         let tmp = temp_beside(&path).unwrap();
         std::fs::write(&tmp, b"half").unwrap();
-        assert!(names_in(dir.path()).len() == 2);
+        assert_eq!(names_in(dir.path()).len(), 2);
         drop(tmp); // the writer failed before persisting
         assert_eq!(names_in(dir.path()), ["ckpt.safetensors"]);
         assert_eq!(std::fs::read(&path).unwrap(), b"old");

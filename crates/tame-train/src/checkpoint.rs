@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -70,14 +69,10 @@ pub fn write_checkpoint(
     meta.config = serde_json::to_value(state).map_err(|e| bad(path, e.to_string()))?;
     let json = sidecar_path(path);
     let text = serde_json::to_string_pretty(&meta).map_err(|e| bad(path, e.to_string()))?;
-    let tmp = temp_in_dir(&json)?;
-    fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .map_err(|source| TrainError::Io {
-            path: json.clone(),
-            source,
-        })?;
-    persist(tmp, &json)
+    tame_atomic::write(&json, text.as_bytes()).map_err(|source| TrainError::Io {
+        path: json.clone(),
+        source,
+    })
 }
 
 /// Reads a checkpoint written by [`write_checkpoint`] for the mechanism `config`.
