@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The PyTorch counterpart of `crates/tame-data/examples/bench_decode.rs`.
 
-    python xtask/bench/data_pytorch.py [WORKERS] [ROUNDS] [NAME_PART]
+    python xtask/bench/data_pytorch.py [WORKERS] [ROUNDS] [NAME_PART] [DIR]
 
-Decode + Resize(256) + crop + ToTensor with PIL and torchvision on the sample images,
-ROUNDS times over (only those whose name contains NAME_PART, if given): one process calling the transforms directly, then a DataLoader
+Decode + Resize(256) + crop + ToTensor with PIL and torchvision on the images of DIR (default:
+the committed test photos), ROUNDS times over (only those whose name contains NAME_PART, if
+given): one process calling the transforms directly, then a DataLoader
 (batches of 32, WORKERS worker processes) with the evaluation and training transforms.
 """
 
@@ -17,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sample-images"
+SAMPLES = Path(__file__).resolve().parents[2] / "tests" / "photos"
 
 EVAL = transforms.Compose(
     [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]
@@ -53,7 +54,12 @@ def main():
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     name_part = sys.argv[3] if len(sys.argv) > 3 else ""
     torch.set_num_threads(1)
-    names = sorted(p for p in SAMPLES.iterdir() if name_part in p.name)
+    folder = Path(sys.argv[4]) if len(sys.argv) > 4 else SAMPLES
+    names = sorted(
+        p
+        for p in folder.iterdir()
+        if name_part in p.name and p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
     paths = names * rounds
     print(f"{len(names)} sample images x {rounds} rounds = {len(paths)} images")
 

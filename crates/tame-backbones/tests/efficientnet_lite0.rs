@@ -230,20 +230,21 @@ fn taps_and_default_taps_have_the_documented_shapes() {
 
 /// The real ImageNet weights: `cargo xtask fetch-weights lite0` puts them in the cache.
 fn real_weights() -> Option<PathBuf> {
-    cache_file(BackboneKind::EfficientNetLite0).filter(|p| p.is_file())
+    tame_testdata::external_file(
+        cache_file(BackboneKind::EfficientNetLite0),
+        "the EfficientNet-Lite0 ImageNet weights",
+        "run `cargo xtask fetch-weights lite0`",
+    )
 }
 
-/// The photos: `$TAME_PHOTOS_DIR`, else `$XDG_CACHE_HOME/tame/photos`, else
-/// `~/.cache/tame/photos`.
+/// The photos as the wheels ship them (the fixtures were made from these exact files).
 fn photos_dir() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    let dir = var("TAME_PHOTOS_DIR").map(PathBuf::from).or_else(|| {
-        var("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("tame").join("photos"))
-    })?;
-    dir.is_dir().then_some(dir)
+    tame_testdata::external_dir(
+        "TAME_PHOTOS_DIR",
+        "the original sample photos of the scikit-image 0.26.0 and matplotlib 3.11.2 wheels",
+        "coffee.png, chelsea.png, astronaut.png, rocket.jpg from skimage/data/, \
+         grace_hopper.jpg from matplotlib/mpl-data/sample_data/; .ci/run extracts them",
+    )
 }
 
 fn to_input(rgb: &tame_data::RgbImage) -> Tensor {
@@ -262,12 +263,6 @@ fn argmax(logits: &[f32]) -> usize {
 #[test]
 fn real_photos_give_pytorchs_logits_and_classes() {
     let (Some(weights), Some(photos)) = (real_weights(), photos_dir()) else {
-        println!(
-            "skipped: needs the EfficientNet-Lite0 weights (`cargo xtask fetch-weights lite0`) \
-             and the photos (coffee.png, chelsea.png, astronaut.png from scikit-image, \
-             grace_hopper.jpg from matplotlib, rocket.jpg from scikit-image) in \
-             $TAME_PHOTOS_DIR or ~/.cache/tame/photos"
-        );
         return;
     };
     let fx = fixtures("lite0_photos.npz");

@@ -1,4 +1,4 @@
-//! `tame compare` as a user runs it, on two sample images with synthetic backbone weights.
+//! `tame compare` as a user runs it, on two committed photos with synthetic backbone weights.
 
 mod support;
 
@@ -8,7 +8,7 @@ use support::{samples, tame, Run};
 fn writes_one_row_per_method_as_markdown_and_csv() {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("two.txt");
-    std::fs::write(&list, "162_166.JPEG 162\n232.JPEG 232\n").unwrap();
+    std::fs::write(&list, "coffee.jpg 967\nrocket.jpg 812\n").unwrap();
     let out = dir.path().join("table.md");
     let Run { ok, stdout, stderr } = tame(&[
         "compare",
@@ -59,7 +59,7 @@ fn writes_one_row_per_method_as_markdown_and_csv() {
     );
 
     // A list line naming a missing image is reported with its line before any work.
-    std::fs::write(&list, "162_166.JPEG 162\nnope.JPEG 1\n").unwrap();
+    std::fs::write(&list, "coffee.jpg 967\nnope.JPEG 1\n").unwrap();
     let Run { ok, stderr, .. } = tame(&[
         "compare",
         "--weights",

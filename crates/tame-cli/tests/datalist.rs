@@ -10,10 +10,14 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     std::fs::create_dir_all(images.join("sub")).unwrap();
-    for name in ["162_166.JPEG", "232.JPEG", "129_130.png"] {
+    for name in ["coffee.jpg", "rocket.jpg", "astronaut_224_rgba.png"] {
         std::fs::copy(samples.join(name), images.join("sub").join(name)).unwrap();
     }
-    std::fs::copy(samples.join("885.JPEG"), images.join("885.JPEG")).unwrap();
+    std::fs::copy(
+        samples.join("chelsea_small.jpg"),
+        images.join("chelsea_small.jpg"),
+    )
+    .unwrap();
     let list = dir.path().join("train.txt");
     let args = |resume: bool| {
         let mut a = vec![
@@ -40,10 +44,10 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
     assert_eq!(
         paths,
         [
-            "885.JPEG",
-            "sub/129_130.png",
-            "sub/162_166.JPEG",
-            "sub/232.JPEG"
+            "chelsea_small.jpg",
+            "sub/astronaut_224_rgba.png",
+            "sub/coffee.jpg",
+            "sub/rocket.jpg"
         ]
     );
     let parsed = tame_data::ImageList::read(&list).unwrap();
@@ -51,11 +55,7 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
 
     // A new image and a corrupt one: --resume keeps the listed lines, labels the new image and
     // skips the unreadable file with a warning.
-    std::fs::copy(
-        samples.join("273_269.JPEG"),
-        images.join("sub/273_269.JPEG"),
-    )
-    .unwrap();
+    std::fs::copy(samples.join("astronaut.jpg"), images.join("sub/z.jpg")).unwrap();
     std::fs::write(images.join("broken.jpg"), b"not an image").unwrap();
     let Run { ok, stderr, .. } = tame(&args(true));
     assert!(ok, "{stderr}");
@@ -66,11 +66,7 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
     let resumed = std::fs::read_to_string(&list).unwrap();
     assert!(resumed.starts_with(&text));
     assert_eq!(resumed.lines().count(), 5);
-    assert!(resumed
-        .lines()
-        .last()
-        .unwrap()
-        .starts_with("sub/273_269.JPEG "));
+    assert!(resumed.lines().last().unwrap().starts_with("sub/z.jpg "));
 }
 
 #[test]

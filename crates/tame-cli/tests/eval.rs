@@ -1,5 +1,5 @@
 //! `tame eval` as a user runs it: synthetic ResNet-50 weights, a random attention mechanism
-//! saved as a snapshot folder, two of the sample images.
+//! saved as a snapshot folder, two of the committed photos.
 
 mod support;
 
@@ -8,10 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
 
-const SAMPLES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/sample-images"
-);
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/photos");
 const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
 
 /// Runs `tame`; its stdout and stderr together.
@@ -57,7 +54,7 @@ fn writes_one_row_per_epoch_and_the_per_image_values() {
     }
     let list = write(
         &tmp.path().join("list.txt"),
-        "162_166.JPEG 162\n805_soccer_ball.JPEG 805\n",
+        "coffee.jpg 967\nrocket.jpg 812\n",
     );
     let out = tmp.path().join("eval.csv");
     let per_image = tmp.path().join("images.csv");
@@ -99,7 +96,7 @@ fn writes_one_row_per_epoch_and_the_per_image_values() {
     let images = std::fs::read_to_string(&per_image).unwrap();
     let rows: Vec<&str> = images.lines().collect();
     assert_eq!(rows.len(), 1 + 2 * 2, "{images}");
-    assert!(rows[1].starts_with("2,162_166.JPEG,162,"), "{images}");
+    assert!(rows[1].starts_with("2,coffee.jpg,967,"), "{images}");
     assert_eq!(rows[1].split(',').count(), 8, "{images}");
 }
 
@@ -131,7 +128,7 @@ fn malformed_list_missing_image_and_unfit_mechanism_give_clear_errors() {
 
     let bad = write(
         &tmp.path().join("bad.txt"),
-        "162_166.JPEG 162\n232.JPEG two hundred\n",
+        "coffee.jpg 967\nrocket.jpg two hundred\n",
     );
     let (ok, text) = run(&bad, &[]);
     assert!(!ok, "{text}");
@@ -144,14 +141,14 @@ fn malformed_list_missing_image_and_unfit_mechanism_give_clear_errors() {
 
     let missing = write(
         &tmp.path().join("missing.txt"),
-        "162_166.JPEG 162\n\nno_such_image.JPEG 3\n",
+        "coffee.jpg 967\n\nno_such_image.JPEG 3\n",
     );
     let (ok, text) = run(&missing, &[]);
     assert!(!ok && text.contains(&format!("{missing}:3:")), "{text}");
     assert!(text.contains("no_such_image.JPEG"), "{text}");
 
     // layer1 has other shapes than the checkpoint was trained on.
-    let good = write(&tmp.path().join("good.txt"), "162_166.JPEG 162\n");
+    let good = write(&tmp.path().join("good.txt"), "coffee.jpg 967\n");
     let (ok, text) = run(&good, &["--layers", "layer1,layer3,layer4"]);
     assert!(!ok && text.contains("epoch_1.safetensors"), "{text}");
     assert!(!out.exists(), "no output after an error");

@@ -53,7 +53,7 @@ fn maps_equal_the_pytorch_reference_pipeline() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/explain.json")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let image = samples().join("129_130.png");
+    let image = samples().join("astronaut_224_rgba.png");
     let cases = [
         (
             "vgg16",
@@ -92,7 +92,7 @@ fn maps_equal_the_pytorch_reference_pipeline() {
             out.to_str().unwrap(),
         ]);
         assert!(ok, "{stderr}");
-        let map = read_npy(&out.join("129_130_130.npy"));
+        let map = read_npy(&out.join("astronaut_224_rgba_130.npy"));
         let expected = &fixture[backbone];
         let indices = expected["indices"].as_array().unwrap();
         let values = expected["values"].as_array().unwrap();
@@ -115,7 +115,7 @@ fn writes_crop_overlay_and_map_per_class() {
     let dir = tempfile::tempdir().unwrap();
     let am = resnet_am(dir.path());
     let out = dir.path().join("out");
-    let image = samples().join("162_166.JPEG");
+    let image = samples().join("coffee.jpg");
     let args = |extra: &[&str]| {
         let mut a = vec![
             "explain",
@@ -140,11 +140,11 @@ fn writes_crop_overlay_and_map_per_class() {
         stdout.contains("top-5:") && stdout.contains("explained 162 (beagle)"),
         "{stdout}"
     );
-    let crop = image::open(out.join("162_166.png")).unwrap();
+    let crop = image::open(out.join("coffee.png")).unwrap();
     assert_eq!((crop.width(), crop.height()), (224, 224));
-    let overlay = image::open(out.join("162_166_162_mask.png")).unwrap();
+    let overlay = image::open(out.join("coffee_162_mask.png")).unwrap();
     assert_eq!((overlay.width(), overlay.height()), (224, 224));
-    let map = read_npy(&out.join("162_166_162.npy"));
+    let map = read_npy(&out.join("coffee_162.npy"));
     let (min, max) = map
         .iter()
         .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -159,7 +159,7 @@ fn writes_crop_overlay_and_map_per_class() {
         let plain = dir.path().join("plain");
         std::fs::File::create(&plain).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        for name in ["162_166.png", "162_166_162_mask.png", "162_166_162.npy"] {
+        for name in ["coffee.png", "coffee_162_mask.png", "coffee_162.npy"] {
             assert_eq!(mode(&out.join(name)), mode(&plain), "{name}");
         }
     }
@@ -192,7 +192,7 @@ fn bad_input_fails_cleanly_without_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let am = resnet_am(dir.path());
     let out = dir.path().join("out");
-    let image = samples().join("162_166.JPEG");
+    let image = samples().join("coffee.jpg");
     let corrupt = dir.path().join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xff\xd8\xff not really a jpeg").unwrap();
     let common = [
@@ -291,7 +291,7 @@ fn with_no_arguments_explains_the_built_in_photo() {
 fn every_method_writes_its_map_and_the_side_by_side_picture() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let image = samples().join("232.JPEG");
+    let image = samples().join("rocket.jpg");
     let Run { ok, stdout, stderr } = tame(&[
         "explain",
         image.to_str().unwrap(),
@@ -311,13 +311,13 @@ fn every_method_writes_its_map_and_the_side_by_side_picture() {
     ]);
     assert!(ok, "{stderr}");
     for suffix in ["", "_gradcam", "_gradcam++", "_scorecam", "_rise"] {
-        let map = read_npy(&out.join(format!("232_232{suffix}.npy")));
+        let map = read_npy(&out.join(format!("rocket_232{suffix}.npy")));
         assert_eq!(map.len(), 224 * 224, "{suffix}");
         assert!(map.iter().all(|v| (0.0..=1.0).contains(v)), "{suffix}");
-        assert!(out.join(format!("232_232{suffix}_mask.png")).is_file());
+        assert!(out.join(format!("rocket_232{suffix}_mask.png")).is_file());
     }
     assert!(stdout.contains("by gradcam++"), "{stdout}");
-    let grid = image::open(out.join("232_232_methods.png")).unwrap();
+    let grid = image::open(out.join("rocket_232_methods.png")).unwrap();
     assert_eq!((grid.width(), grid.height()), (6 * 224 + 5 * 4, 224));
 
     let Run { ok, stderr, .. } = tame(&["explain", "--method", "lime"]);

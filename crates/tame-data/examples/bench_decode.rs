@@ -1,12 +1,13 @@
 //! Throughput of decode + Resize(256) + crop + to-float on the sample images.
 //!
 //! ```text
-//! cargo run --release -p tame-data --example bench_decode -- [WORKERS] [ROUNDS] [NAME_PART]
+//! cargo run --release -p tame-data --example bench_decode -- [WORKERS] [ROUNDS] [NAME_PART] [DIR]
 //! ```
 //! Prints images/s for one thread calling the functions directly, then for the
 //! [`Loader`] (batches of 32, `WORKERS` decoding threads) with the evaluation and the
-//! training transforms. Each measurement goes over the sample images `ROUNDS` times (only
-//! those whose name contains `NAME_PART`, if given).
+//! training transforms. Each measurement goes over the images of `DIR` (default: the
+//! committed test photos) `ROUNDS` times (only those whose name contains `NAME_PART`, if
+//! given).
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -24,20 +25,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     let workers: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(200), |a| a.parse())?;
     let name_part = args.next().unwrap_or_default();
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/sample-images"
-    ));
+    let dir = args
+        .next()
+        .map_or_else(tame_testdata::photos_dir, PathBuf::from);
     let mut names: Vec<String> = std::fs::read_dir(&dir)?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, std::io::Error>>()?;
-    names.retain(|name| name.contains(&name_part));
+    names.retain(|name| {
+        let lower = name.to_ascii_lowercase();
+        name.contains(&name_part) && [".jpg", ".jpeg", ".png"].iter().any(|e| lower.ends_with(e))
+    });
     names.sort();
     let n = names.len() * rounds;
-    println!(
-        "{} sample images x {rounds} rounds = {n} images",
-        names.len()
-    );
+    println!("{} images x {rounds} rounds = {n} images", names.len());
 
     // One thread, direct calls: the per-core cost of the pipeline.
     let mut out = vec![0.0f32; IMAGE_LEN];

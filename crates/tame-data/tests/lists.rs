@@ -1,4 +1,5 @@
-//! The ILSVRC list files shipped in `shared/data/ilsvrc-lists` parse completely.
+//! The ILSVRC list files parse completely: the two shipped in `datalist/`, and the 50 000-line
+//! `val.txt` of the original TAME project (not shipped) from `$TAME_ILSVRC_LISTS`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -6,15 +7,12 @@ use std::path::PathBuf;
 use tame_data::ImageList;
 
 fn list(name: &str) -> ImageList {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/ilsvrc-lists"
-    ));
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datalist"));
     ImageList::read(dir.join(name)).unwrap()
 }
 
-fn check(name: &str, count: usize) -> ImageList {
-    let l = list(name);
+/// Checks `count` lines, distinct paths, no blank lines, ILSVRC validation file names.
+fn check(l: ImageList, name: &str, count: usize) -> ImageList {
     assert_eq!(l.len(), count, "{name}");
     let paths: HashSet<_> = l.entries().iter().map(|e| &e.path).collect();
     assert_eq!(paths.len(), count, "{name}: duplicate paths");
@@ -31,7 +29,7 @@ fn check(name: &str, count: usize) -> ImageList {
 
 #[test]
 fn evaluation_2000_parses() {
-    let l = check("Evaluation_2000.txt", 2000);
+    let l = check(list("Evaluation_2000.txt"), "Evaluation_2000.txt", 2000);
     // First line: `ILSVRC2012_val_00010011.JPEG 248 ` (note the trailing space).
     assert_eq!(
         l.entries()[0].path,
@@ -42,13 +40,24 @@ fn evaluation_2000_parses() {
 
 #[test]
 fn validation_2000_parses() {
-    let l = check("Validation_2000.txt", 2000);
+    let l = check(list("Validation_2000.txt"), "Validation_2000.txt", 2000);
     assert_eq!(l.entries()[1].label, 19);
 }
 
 #[test]
 fn val_parses_with_every_class_fifty_times() {
-    let l = check("val.txt", 50_000);
+    let Some(dir) = tame_testdata::external_dir(
+        "TAME_ILSVRC_LISTS",
+        "the folder holding the original TAME project's val.txt",
+        "see datalist/README.md",
+    ) else {
+        return;
+    };
+    let l = check(
+        ImageList::read(dir.join("val.txt")).unwrap(),
+        "val.txt",
+        50_000,
+    );
     let mut per_class = vec![0usize; 1000];
     for e in l.entries() {
         per_class[e.label as usize] += 1;

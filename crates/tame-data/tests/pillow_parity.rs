@@ -1,5 +1,6 @@
-//! `Resize(256)` + `CenterCrop(224)` against torchvision on Pillow images, on real sample
-//! photos: a downscale (500x469), an upscale (150x138) and a 224x224 image (-> 256).
+//! `Resize(256)` + `CenterCrop(224)` against torchvision on Pillow images, on the committed
+//! photos: a downscale (coffee.jpg, 600x400), an upscale (chelsea_small.jpg, 150x100) and a
+//! 224x224 image (astronaut_224_rgba.png, -> 256, alpha dropped).
 //! Fixtures made by `xtask/fixtures/make_data_fixtures.py`: `<name>.pil.png` is Pillow's
 //! decode of the photo, `<name>.eval.png` torchvision's transform of it.
 
@@ -8,11 +9,7 @@ use std::path::PathBuf;
 use tame_data::{eval_transform, load_rgb, RgbImage, CROP_SIZE};
 
 fn sample(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/sample-images"
-    ))
-    .join(name)
+    tame_testdata::photo(name)
 }
 
 fn fixture(name: &str) -> RgbImage {
@@ -58,18 +55,18 @@ fn check_end_to_end(name: &str) {
 
 #[test]
 fn downscaled_photo_matches_torchvision() {
-    check_transform("232.JPEG");
-    check_end_to_end("232.JPEG");
+    check_transform("coffee.jpg");
+    check_end_to_end("coffee.jpg");
 }
 
 #[test]
 fn upscaled_photo_matches_torchvision() {
-    check_transform("885.JPEG");
-    check_end_to_end("885.JPEG");
+    check_transform("chelsea_small.jpg");
+    check_end_to_end("chelsea_small.jpg");
 }
 
 #[test]
 fn square_224_photo_matches_torchvision() {
-    check_transform("162_166.JPEG");
-    check_end_to_end("162_166.JPEG");
+    check_transform("astronaut_224_rgba.png");
+    check_end_to_end("astronaut_224_rgba.png");
 }

@@ -1,4 +1,4 @@
-//! Shared by the end-to-end tests: running `tame` and finding the sample images.
+//! Shared by the end-to-end tests: running `tame` and finding the committed photos.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,11 +24,8 @@ pub fn tame<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     }
 }
 
-/// The sample images of the original project (`shared/` beside the checkout).
+/// The committed test photos (`tests/photos/`).
 #[allow(dead_code)] // not every test binary uses every helper
 pub fn samples() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/sample-images"
-    ))
+    tame_testdata::photos_dir()
 }
