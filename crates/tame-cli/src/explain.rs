@@ -324,6 +324,11 @@ fn print_report(report: &ImageReport, model: &str) {
         report.image.display(),
         top.join(", ")
     );
+    println!(
+        "  the {size}x{size} crop it saw: {}",
+        report.crop.display(),
+        size = tame_data::CROP_SIZE
+    );
     for e in &report.explained {
         let by = match e.method {
             "tame" => String::new(),
