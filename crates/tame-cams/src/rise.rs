@@ -43,6 +43,8 @@ impl Default for RiseConfig {
 pub struct Rise<'a> {
     backbone: &'a dyn Backbone,
     config: RiseConfig,
+    /// Masks given to [`Rise::with_masks`], (N, H, W); drawn from the seed when `None`.
+    given: Option<Tensor>,
     mean: [f32; 3],
 }
 
@@ -65,6 +67,38 @@ impl<'a> Rise<'a> {
             mean: input_mean(backbone.name())?,
             backbone,
             config,
+            given: None,
+        })
+    }
+
+    /// RISE with the masks `masks` (N, H, W), values in [0, 1], instead of drawn ones: every
+    /// image explained must be H x W. `probability` is the p of the 1 / (N p) normalisation
+    /// (the keep probability the masks were drawn with; the authors' `p1`); `batch_size` masked
+    /// images go through the backbone at a time. For masks made elsewhere, e.g. by the authors'
+    /// `generate_masks`. Fails as [`Rise::new`] does, and on masks that are not (N, H, W).
+    pub fn with_masks(
+        backbone: &'a dyn Backbone,
+        masks: &Tensor,
+        probability: f32,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let (n, h, w) = masks.dims3().map_err(|_| {
+            MetricsError::BadInput(format!("RISE masks must be (N, H, W), got {masks:?}"))
+        })?;
+        if h == 0 || w == 0 {
+            return Err(MetricsError::BadInput(format!(
+                "RISE masks must not be empty, got {masks:?}"
+            )));
+        }
+        let config = RiseConfig {
+            masks: n,
+            probability,
+            batch_size,
+            ..RiseConfig::default()
+        };
+        Ok(Self {
+            given: Some(masks.clone()),
+            ..Self::new(backbone, config)?
         })
     }
 }
@@ -131,6 +165,13 @@ impl MaskSampler {
             .collect();
         let dy = self.rng.random_range(0..self.cell.0);
         let dx = self.rng.random_range(0..self.cell.1);
+        self.render(&grid, dy, dx, out);
+    }
+
+    /// The mask of the s x s `grid` (reading order) cropped at shift (`dy`, `dx`), appended to
+    /// `out`.
+    fn render(&self, grid: &[f32], dy: usize, dx: usize, out: &mut Vec<f32>) {
+        let s = self.grid;
         // Columns first (s rows of W values), then rows.
         let cols = &self.cols[dx..dx + self.width];
         let mut wide = vec![0f32; s * self.width];
@@ -150,6 +191,12 @@ impl MaskSampler {
     }
 }
 
+/// Where one `explain` call takes its masks from.
+enum Masks<'t> {
+    Given(&'t Tensor),
+    Drawn(Box<MaskSampler>),
+}
+
 impl Explainer for Rise<'_> {
     fn taps(&self) -> &[String] {
         &[]
@@ -159,18 +206,35 @@ impl Explainer for Rise<'_> {
         let b = check_batch(images, classes)?;
         let (_, _, height, width) = images.dims4()?;
         let device = images.device();
-        let mut sampler = MaskSampler::new(&self.config, height, width);
+        let mut source = match &self.given {
+            Some(given) => {
+                let (_, h, w) = given.dims3()?;
+                if (h, w) != (height, width) {
+                    return Err(MetricsError::BadInput(format!(
+                        "RISE was given {h}x{w} masks for {height}x{width} images"
+                    )));
+                }
+                Masks::Given(given)
+            }
+            None => Masks::Drawn(Box::new(MaskSampler::new(&self.config, height, width))),
+        };
         let mut saliency = Tensor::zeros((b, height * width), images.dtype(), device)?;
         let mut done = 0;
         while done < self.config.masks {
             let n = self.config.batch_size.min(self.config.masks - done);
-            let mut values = Vec::with_capacity(n * height * width);
-            for _ in 0..n {
-                sampler.next_into(&mut values);
-            }
-            let masks =
-                Tensor::from_vec(values, (n, height * width), device)?.to_dtype(images.dtype())?;
-            let masks_4d = masks.reshape((n, 1, height, width))?;
+            let masks = match &mut source {
+                Masks::Given(given) => given.narrow(0, done, n)?.to_device(device)?,
+                Masks::Drawn(sampler) => {
+                    let mut values = Vec::with_capacity(n * height * width);
+                    for _ in 0..n {
+                        sampler.next_into(&mut values);
+                    }
+                    Tensor::from_vec(values, (n, height, width), device)?
+                }
+            };
+            let masks = masks.to_dtype(images.dtype())?;
+            let masks_4d = masks.unsqueeze(1)?;
+            let masks = masks.reshape((n, height * width))?;
             let mut rows = Vec::with_capacity(b);
             for (i, &class) in classes.iter().enumerate() {
                 let masked = mask_in_normalised_space(&images.i(i)?, &masks_4d, self.mean)?;
@@ -231,6 +295,31 @@ mod tests {
             sampler.next_into(&mut out);
         }
         out
+    }
+
+    #[test]
+    fn masks_equal_the_authors_generate_masks() {
+        // Grids and shifts drawn by the authors' code, and the masks it made of them
+        // (xtask/fixtures/make_rise_fixtures.py).
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rise.npz");
+        let fx: std::collections::HashMap<String, Tensor> =
+            Tensor::read_npz(path).unwrap().into_iter().collect();
+        let grids = fx["rise/grids"].to_dtype(candle_core::DType::F32).unwrap();
+        let grids = grids.to_vec3::<f32>().unwrap();
+        let shifts = fx["rise/shifts"].to_vec2::<i64>().unwrap();
+        let expected = fx["rise/masks"].to_vec3::<f32>().unwrap();
+        let (height, width) = (expected[0].len(), expected[0][0].len());
+        let config = RiseConfig {
+            grid: grids[0].len(),
+            ..RiseConfig::default()
+        };
+        let sampler = MaskSampler::new(&config, height, width);
+        for (i, grid) in grids.iter().enumerate() {
+            let mut ours = Vec::new();
+            let (dy, dx) = (shifts[i][0] as usize, shifts[i][1] as usize);
+            sampler.render(&grid.concat(), dy, dx, &mut ours);
+            assert_close(&ours, &expected[i].concat());
+        }
     }
 
     #[test]

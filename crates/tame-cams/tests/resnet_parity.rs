@@ -1,14 +1,16 @@
 //! Grad-CAM, Grad-CAM++ and Score-CAM maps equal pytorch-grad-cam's on ResNet-50 with synthetic
-//! weights and inputs (`python xtask/fixtures/make_cam_fixtures.py`); all methods are
-//! deterministic.
+//! weights and inputs (`python xtask/fixtures/make_cam_fixtures.py`), and RISE's equal the
+//! authors' code given the same masks (`python xtask/fixtures/make_rise_fixtures.py`); all
+//! methods are deterministic.
 //!
 //! Tolerance: max |ours - reference| <= 1e-4 * max |reference| over each map (raw maps, before
-//! normalisation). Both sides run in float64 (see the fixture script: in float32, Score-CAM's
+//! normalisation). Both sides run in float64 (see the fixture scripts: in float32, Score-CAM's
 //! softmax over channels turns the backbones' rounding noise into larger map differences).
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use tame_backbones::synthetic::{synthetic_uniform, SyntheticWeights};
 use tame_backbones::weights::{load_backbone, WeightsSpec};
@@ -197,6 +199,84 @@ fn rise_is_seeded() {
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0);
     assert!(a.iter().zip(&c).all(|(x, y)| (x - y).abs() <= 1e-5 * scale));
+}
+
+/// The synthetic weights with `fc` (weight and bias) scaled, as the RISE fixture script does:
+/// unscaled, the softmax is saturated and RISE's weights are all 0 or 1.
+struct ScaledHead(f64);
+
+impl SimpleBackend for ScaledHead {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = SyntheticWeights.get(s, name, init, dtype, dev)?;
+        match name.starts_with("fc.") {
+            true => t.affine(self.0, 0.0),
+            false => Ok(t),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        SyntheticWeights.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        SyntheticWeights.contains_tensor(name)
+    }
+}
+
+/// The authors' RISE (`RISE.forward` of github.com/eclique/RISE) with the masks their
+/// `generate_masks` drew: saliency = sum_i P(c | M_i ⊙ x) M_i / N / p1 on the normalised
+/// image x, which `Rise::with_masks` computes by the same formula. The masks are checked
+/// against the authors' upsampling and crop in `rise.rs`'s unit tests.
+#[test]
+fn rise_with_the_authors_masks_matches_their_code() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rise.npz");
+    let fx: HashMap<String, Tensor> = Tensor::read_npz(path).unwrap().into_iter().collect();
+    let scalar = |name: &str| fx[&format!("rise/{name}")].to_vec1::<f64>().unwrap()[0];
+    let vb = VarBuilder::from_backend(
+        Box::new(ScaledHead(scalar("fc_scale"))),
+        DType::F64,
+        Device::Cpu,
+    );
+    let backbone = BackboneKind::ResNet50.build(vb).unwrap();
+    let masks = &fx["rise/masks"];
+    let (_, height, width) = masks.dims3().unwrap();
+    let values: Vec<f64> = synthetic_uniform("input.cams.rise", 2 * 3 * height * width)
+        .into_iter()
+        .map(|u| u as f32 as f64)
+        .collect();
+    let images = Tensor::from_vec(values, (2, 3, height, width), &Device::Cpu).unwrap();
+    let classes = classes(&fx, "rise");
+    let probability = scalar("probability") as f32;
+    let run = |batch_size| {
+        Rise::with_masks(backbone.as_ref(), masks, probability, batch_size)
+            .unwrap()
+            .explain(&images, &[], &classes)
+            .unwrap()
+    };
+    let maps = run(10);
+    let worst = assert_maps("rise", &maps, &fx);
+    println!("rise: worst relative difference {worst:.1e}");
+    // Another batch size: the same masks, only the summation order differs.
+    let diff = (maps - run(7)).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f64>().unwrap() <= 1e-12);
+}
+
+#[test]
+fn rise_refuses_masks_of_another_size() {
+    let backbone = resnet();
+    let images = image("input.cams.rise", 1, 32);
+    let masks = Tensor::ones((4, 32, 31), DType::F32, &Device::Cpu).unwrap();
+    let rise = Rise::with_masks(backbone.as_ref(), &masks, 0.5, 2).unwrap();
+    assert!(rise.explain(&images, &[], &[0]).is_err());
+    let flat = Tensor::ones((4, 32), DType::F32, &Device::Cpu).unwrap();
+    assert!(Rise::with_masks(backbone.as_ref(), &flat, 0.5, 2).is_err());
 }
 
 #[test]

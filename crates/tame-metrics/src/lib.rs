@@ -44,7 +44,8 @@ pub use evaluate::{EvalConfig, Evaluator, ImageScores, MetricSet, Report, Totals
 pub use explainer::{normalize_maps, Explainer, TameExplainer};
 pub use impute::{impute_linear, ImputeConfig};
 pub use insdel::{
-    gaussian_blur, insertion_deletion, InsDelConfig, InsDelReport, InsDelScores, InsDelTotals,
+    gaussian_blur, insertion_deletion, insertion_deletion_with, InsDelConfig, InsDelReport,
+    InsDelScores, InsDelTotals, Substrates,
 };
 pub use keep::keep_fraction;
 pub use road::{road_scores, RoadConfig, RoadOrder, RoadPoint, RoadReport, RoadScores, RoadTotals};

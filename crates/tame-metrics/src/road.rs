@@ -1,6 +1,9 @@
 //! ROAD, remove and debias (Rong et al., ICML 2022): remove the most (MoRF) or least (LeRF)
 //! relevant pixels by the map, impute them from their neighbours with noise, and see whether
-//! the prediction survives.
+//! the prediction survives. Pixels are chosen as pytorch-grad-cam's `ROADMostRelevantFirst`
+//! and `ROADLeastRelevantFirst` choose them: by a percentile threshold on the map.
+
+use std::cmp::Ordering;
 
 use candle_core::Device;
 use tame_backbones::IMAGENET_STD;
@@ -35,7 +38,8 @@ impl RoadOrder {
 /// Settings of [`road_scores`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoadConfig {
-    /// Fractions of pixels removed, each in (0, 1).
+    /// Fractions f of pixels removed, each in (0, 1): pytorch-grad-cam's percentile
+    /// 100 (1 - f) (see [`road_scores`]).
     pub fractions: Vec<f64>,
     /// Noise of the imputation in units of the backbone's normalised input (ROAD's 0.01);
     /// it is applied in [0, 1] space scaled by each channel's ImageNet std, which is the same
@@ -78,8 +82,14 @@ pub struct RoadScores {
 /// predicted class and its probability `y`, `first_index` the run-wide index of image 0 (for
 /// the noise streams).
 ///
-/// Pixels are ranked by map value (descending for MoRF, ascending for LeRF, ties in reading
-/// order); at fraction f the first round(f·H·W) are removed from every channel and imputed.
+/// At fraction f the pixels removed from every channel and imputed are, with t(v) numpy's
+/// `percentile(v, 100 (1 - f))` (linear interpolation, in f32 as numpy computes it for f32
+/// values): for MoRF those where map >= t(map), for LeRF those where 1 - map >=
+/// t(1 - map), as pytorch-grad-cam 1.5.7's `ROADMostRelevantFirst(100 (1 - f))` and
+/// `ROADLeastRelevantFirst(100 (1 - f))`. With distinct map values that is
+/// floor(f (H·W - 1)) + 1 pixels; pixels equal to the threshold all go, so a map with many
+/// equal values may lose more (MoRF removes every pixel when more than 1 - f of them share the
+/// map's minimum).
 #[allow(clippy::too_many_arguments)]
 pub fn road_scores(
     classify: &Classify,
@@ -102,6 +112,11 @@ pub fn road_scores(
     }
     let [channels, height, width] = dims;
     let plane = height * width;
+    if plane == 0 {
+        return Err(MetricsError::BadInput(format!(
+            "ROAD needs images of at least one pixel, got {dims:?}"
+        )));
+    }
     let len = channels * plane;
     let impute = ImputeConfig {
         noise_std: std::array::from_fn(|c| config.noise * IMAGENET_STD[c % 3] as f64),
@@ -109,8 +124,22 @@ pub fn road_scores(
     };
     let levels = config.fractions.len();
     let per_image = 2 * levels;
-    let orders: Vec<Vec<usize>> = (0..n)
-        .map(|i| descending(&maps[i * plane..(i + 1) * plane]))
+    // Per image, per order: the score each pixel is removed by and each fraction's threshold.
+    let scores: Vec<[Vec<f32>; 2]> = (0..n)
+        .map(|i| {
+            let map = &maps[i * plane..(i + 1) * plane];
+            [map.to_vec(), map.iter().map(|v| 1.0 - v).collect()]
+        })
+        .collect();
+    let thresholds: Vec<[Vec<f32>; 2]> = scores
+        .iter()
+        .map(|per_order| {
+            per_order.clone().map(|mut sorted| {
+                sorted.sort_by(f32::total_cmp);
+                let at = |f: &f64| percentile(&sorted, 1.0 - f);
+                config.fractions.iter().map(at).collect()
+            })
+        })
         .collect();
     let outcomes = classify_generated(
         classify,
@@ -121,17 +150,13 @@ pub fn road_scores(
         |j| classes[j / per_image],
         |j, image| {
             let (i, rest) = (j / per_image, j % per_image);
-            let (order, level) = (RoadOrder::BOTH[rest / levels], rest % levels);
-            let count = (config.fractions[level] * plane as f64).round() as usize;
-            let mut removed = vec![false; plane];
-            let ranked = &orders[i];
-            let chosen: Box<dyn Iterator<Item = &usize>> = match order {
-                RoadOrder::MoRF => Box::new(ranked.iter()),
-                RoadOrder::LeRF => Box::new(ascending_view(ranked, &maps[i * plane..])),
-            };
-            for &p in chosen.take(count) {
-                removed[p] = true;
-            }
+            let (order, level) = (rest / levels, rest % levels);
+            let threshold = thresholds[i][order][level];
+            // pytorch-grad-cam keeps `score < threshold`: the rest, NaN included, goes.
+            let removed: Vec<bool> = scores[i][order]
+                .iter()
+                .map(|v| v.partial_cmp(&threshold) != Some(Ordering::Less))
+                .collect();
             image.copy_from_slice(&pixels[i * len..(i + 1) * len]);
             let seed = mix(&[config.seed, first_index + i as u64, rest as u64]);
             impute_linear(image, height, width, &removed, &impute, seed);
@@ -153,20 +178,23 @@ pub fn road_scores(
         .collect())
 }
 
-/// Pixel indices by descending value, ties in reading order.
-pub(crate) fn descending(map: &[f32]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..map.len()).collect();
-    order.sort_by(|&a, &b| map[b].total_cmp(&map[a]));
-    order
-}
-
-/// The ascending order (ties in reading order) from the descending one: reversed, then
-/// each run of equal values put back in reading order.
-fn ascending_view<'a>(descending: &'a [usize], map: &'a [f32]) -> impl Iterator<Item = &'a usize> {
-    descending
-        .chunk_by(move |&a, &b| map[a] == map[b])
-        .rev()
-        .flat_map(|run| run.iter())
+/// numpy's `percentile(sorted, 100 q)` with its default linear interpolation, as numpy
+/// computes it for f32 values and a Python number q (pytorch-grad-cam's percentiles are
+/// ints): the index (n - 1) q and its fraction in f64, the interpolation in f32.
+fn percentile(sorted: &[f32], q: f64) -> f32 {
+    let last = sorted.len() - 1;
+    let index = last as f64 * q;
+    let below = index.floor();
+    let gamma = index - below;
+    let below = (below.max(0.0) as usize).min(last);
+    let (a, b) = (sorted[below], sorted[(below + 1).min(last)]);
+    let diff = b - a;
+    // numpy's `_lerp`: from the nearer end, for symmetry.
+    if gamma >= 0.5 {
+        b - diff * (1.0 - gamma) as f32
+    } else {
+        a + diff * gamma as f32
+    }
 }
 
 /// Hashes words into one seed (SplitMix64 steps).
