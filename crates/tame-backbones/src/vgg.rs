@@ -1,7 +1,8 @@
 //! torchvision's `vgg16` (configuration D, no batch norm), with taps named as its graph nodes:
 //! `features.0` ... `features.30`, `avgpool`, `flatten`, `classifier.0` ... `classifier.6`.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -47,6 +48,14 @@ pub struct Vgg16 {
     features: Vec<Layer>,
     classifier: Vec<Layer>,
     dropout_rng: Mutex<StdRng>,
+    /// Keep masks that replace the draws while set ([`Vgg16::set_dropout_masks`]).
+    dropout_masks: Mutex<Option<VecDeque<Tensor>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Vgg16 {
@@ -81,7 +90,18 @@ impl Vgg16 {
             features,
             classifier,
             dropout_rng: Mutex::new(StdRng::seed_from_u64(0)),
+            dropout_masks: Mutex::new(None),
         })
+    }
+
+    /// Makes train-mode dropout apply the given keep masks instead of drawing its own, to
+    /// compare a pass with another implementation's (PyTorch's) draws. Each mask has the
+    /// shape of its dropout's input, 1 where a unit is kept (and doubled) and 0 where it is
+    /// dropped; each dropout layer a pass runs (`classifier.2`, then `classifier.5`) takes
+    /// the next one, across passes. While masks are set, a dropout with none left is an
+    /// error; `None` goes back to the seeded draws.
+    pub fn set_dropout_masks(&self, masks: Option<Vec<Tensor>>) {
+        *lock(&self.dropout_masks) = masks.map(VecDeque::from);
     }
 
     fn apply(&self, layer: &Layer, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -129,11 +149,23 @@ impl Vgg16 {
         if mode == Mode::Eval {
             return Ok(x.clone());
         }
+        if let Some(masks) = lock(&self.dropout_masks).as_mut() {
+            let keep = masks.pop_front().ok_or_else(|| {
+                candle_core::Error::Msg("no dropout mask left of those set".into())
+            })?;
+            if keep.dims() != x.dims() {
+                return Err(candle_core::Error::Msg(format!(
+                    "a dropout mask of shape {:?} for an input of shape {:?}",
+                    keep.dims(),
+                    x.dims()
+                ))
+                .into());
+            }
+            let keep = keep.to_device(x.device())?.to_dtype(x.dtype())?;
+            return Ok((x * (keep * 2.0)?)?);
+        }
         let mask: Vec<f32> = {
-            let mut rng = self
-                .dropout_rng
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut rng = lock(&self.dropout_rng);
             (0..x.elem_count())
                 .map(|_| if rng.random::<bool>() { 2.0 } else { 0.0 })
                 .collect()
@@ -164,10 +196,7 @@ impl Backbone for Vgg16 {
     }
 
     fn reseed(&self, seed: u64) {
-        *self
-            .dropout_rng
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = StdRng::seed_from_u64(seed);
+        *lock(&self.dropout_rng) = StdRng::seed_from_u64(seed);
     }
 
     fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput> {

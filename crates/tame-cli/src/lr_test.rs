@@ -53,7 +53,7 @@ pub fn run(args: LrTestArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let stop = stop_on_ctrl_c()?;
-    let curve = lr_range_test(
+    let outcome = lr_range_test(
         &mut trainer,
         &setup.loader,
         &LrTestConfig::default(),
@@ -64,8 +64,12 @@ pub fn run(args: LrTestArgs) -> Result<()> {
         &stop,
     )?;
     bar.finish();
-    if curve.lrs.is_empty() {
-        bail!("the range test recorded no point");
+    let curve = outcome.curve;
+    match outcome.non_finite {
+        Some(e) if curve.lrs.is_empty() => bail!("{e}"),
+        Some(e) => eprintln!("warning: {e}"),
+        None if curve.lrs.is_empty() => bail!("the range test recorded no point"),
+        None => {}
     }
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;

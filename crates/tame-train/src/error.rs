@@ -22,6 +22,19 @@ pub enum TrainError {
         /// The loss value.
         value: f64,
     },
+    /// The loss became NaN or infinite during the range test, which stopped there.
+    #[error(
+        "the loss is {value} at batch {batch} of the range test (learning rate {lr:.3e}); \
+         the test stopped there"
+    )]
+    RangeTestNonFinite {
+        /// Batch (1-based) of the pass whose loss was not finite.
+        batch: u64,
+        /// Learning rate of the weights group at that batch.
+        lr: f64,
+        /// The loss value.
+        value: f64,
+    },
     /// A checkpoint that cannot be read or does not belong to this run.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

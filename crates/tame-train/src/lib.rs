@@ -22,7 +22,9 @@ pub use checkpoint::{
     OPTIMIZER_PREFIX,
 };
 pub use error::TrainError;
-pub use lr_finder::{lr_range_test, moving_average, suggest_max_lr, LrCurve, LrTestConfig};
+pub use lr_finder::{
+    lr_range_test, moving_average, suggest_max_lr, LrCurve, LrTestConfig, LrTestOutcome,
+};
 pub use plot::{plot_lr_curves, AxisRanges};
 pub use schedule::OneCycle;
 pub use sgd::{ParamGroup, Sgd};

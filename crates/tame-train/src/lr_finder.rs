@@ -65,19 +65,30 @@ impl LrCurve {
     }
 }
 
+/// What [`lr_range_test`] measured.
+#[derive(Debug)]
+pub struct LrTestOutcome {
+    /// The points, in step order.
+    pub curve: LrCurve,
+    /// [`TrainError::RangeTestNonFinite`], naming the batch and its learning rate, when a
+    /// non-finite loss ended the test; `curve` holds the points before it.
+    pub non_finite: Option<TrainError>,
+}
+
 /// Runs the range test with `trainer`'s mechanism, optimizer groups and loss over one pass
 /// of `loader`: the rate of step k (from 0) is `start * mult^k` with
 /// `mult = (end / start)^(1 / (N - 1))`, N the batches in the pass, biases at twice it.
 /// The smoothed loss is `avg / (1 - beta^k)` with `avg = beta * avg + (1 - beta) * loss`;
 /// the test stops when it exceeds `stop_factor` times the best one, when the loss is not
-/// finite, or when `stop` is raised. `progress` sees (step, lr, smoothed loss).
+/// finite, or when `stop` is raised. Each batch draws its own dropout masks, seeded by the
+/// run's seed and the batch's number. `progress` sees (step, lr, smoothed loss).
 pub fn lr_range_test(
     trainer: &mut Trainer<'_>,
     loader: &Loader,
     config: &LrTestConfig,
     progress: &mut dyn FnMut(usize, f64, f64),
     stop: &AtomicBool,
-) -> Result<LrCurve, TrainError> {
+) -> Result<LrTestOutcome, TrainError> {
     let n = loader.num_batches();
     if n < 2 {
         return Err(TrainError::Config(format!(
@@ -87,9 +98,10 @@ pub fn lr_range_test(
     let mult = (config.end_lr / config.start_lr).powf(1.0 / (n - 1) as f64);
     let param = trainer.am().parameters()[0].1.clone();
     let mut curve = LrCurve::default();
+    let mut non_finite = None;
     let (mut lr, mut avg, mut best) = (config.start_lr, 0.0f64, 0.0f64);
     let mut k = 0i32;
-    for batch in loader.epoch(1)? {
+    for (index, batch) in loader.epoch(1)?.enumerate() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
@@ -97,6 +109,7 @@ pub fn lr_range_test(
         if batch.is_empty() {
             continue;
         }
+        let number = index as u64 + 1;
         let images = Tensor::from_vec(
             batch.images,
             (batch.labels.len(), 3, 224, 224),
@@ -104,10 +117,23 @@ pub fn lr_range_test(
         )?
         .to_device(param.device())?
         .to_dtype(param.dtype())?;
-        let loss = match trainer.step_with(&images, &batch.labels, &[lr, 2.0 * lr], config.momentum)
-        {
+        let step = trainer.step_with(
+            &images,
+            &batch.labels,
+            number,
+            &[lr, 2.0 * lr],
+            config.momentum,
+        );
+        let loss = match step {
             Ok(record) => record.loss,
-            Err(TrainError::NonFinite { .. }) => break,
+            Err(TrainError::NonFinite { value, .. }) => {
+                non_finite = Some(TrainError::RangeTestNonFinite {
+                    batch: number,
+                    lr,
+                    value,
+                });
+                break;
+            }
             Err(e) => return Err(e),
         };
         k += 1;
@@ -124,7 +150,7 @@ pub fn lr_range_test(
         progress(k as usize, lr, smoothed);
         lr *= mult;
     }
-    Ok(curve)
+    Ok(LrTestOutcome { curve, non_finite })
 }
 
 /// A suggested maximum learning rate: the rate at the steepest descent of the smoothed loss

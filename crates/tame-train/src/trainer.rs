@@ -286,22 +286,23 @@ impl<'a> Trainer<'a> {
     /// schedule's current position.
     pub fn step(&mut self, images: &Tensor, labels: &[u32]) -> Result<StepRecord, TrainError> {
         let (lrs, momentum) = self.schedule.at(self.state.global_step);
-        let record = self.step_with(images, labels, &lrs, momentum)?;
+        let record = self.step_with(images, labels, self.state.global_step + 1, &lrs, momentum)?;
         self.state.global_step += 1;
         Ok(record)
     }
 
-    /// One optimizer step with the given group learning rates and momentum (the schedule is
-    /// not consulted and does not advance).
+    /// One optimizer step numbered `step` (from 1; it seeds the dropout) with the given group
+    /// learning rates and momentum; the schedule is not consulted, the position not advanced.
     pub(crate) fn step_with(
         &mut self,
         images: &Tensor,
         labels: &[u32],
+        step: u64,
         lrs: &[f64],
         momentum: f64,
     ) -> Result<StepRecord, TrainError> {
-        let step = self.state.global_step + 1;
-        // Dropout draws depend on the step alone, so a resumed run sees the same masks.
+        // Dropout draws depend on the run's seed and the step alone, so a resumed run sees
+        // the same masks.
         self.backbone.reseed(mix(self.config.seed, step));
         let mode = self.config.backbone_mode.mode();
         let taps = self.backbone.forward(images, &self.taps, mode)?.taps;

@@ -1,4 +1,4 @@
-//! Synthetic backbones and mechanisms, and lists of the shared sample images.
+//! Synthetic backbones and mechanisms, and lists of the committed sample photos.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -11,17 +11,15 @@ use tame_backbones::{Backbone, BackboneKind};
 use tame_data::{ImageList, Loader, LoaderConfig};
 use tame_train::{BackboneMode, TrainConfig};
 
-pub const SAMPLE_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/sample-images"
-);
+/// The committed free-licence photos (`tests/photos/`).
+pub const SAMPLE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/photos");
 
-/// The sample images of the parity fixtures, with the class their name starts with.
+/// Sample photos with a class each (arbitrary: the backbones have synthetic weights).
 pub const IMAGES: [(&str, u32); 4] = [
-    ("162_166.JPEG", 162),
-    ("232.JPEG", 232),
-    ("273_269.JPEG", 273),
-    ("409_aclock.JPEG", 409),
+    ("coffee.jpg", 967),
+    ("astronaut.jpg", 834),
+    ("rocket.jpg", 812),
+    ("chelsea_small.jpg", 285),
 ];
 
 pub fn backbone(kind: BackboneKind) -> Box<dyn Backbone> {
@@ -72,17 +70,15 @@ pub fn synthetic_am_in(config: &AmConfig, dtype: DType) -> AttentionMechanism {
     AttentionMechanism::from_tensors(config, tensors, dtype, &dev).unwrap()
 }
 
-/// The evaluation crops (lossless PNG) of the images of the loop-parity fixtures: the
-/// reference decodes the same pixels (JPEG decoders differ by a level here and there).
-pub const PARITY_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tame-metrics/tests/fixtures"
-);
+/// The evaluation crops (lossless PNG, written by `xtask/fixtures/make_train_fixtures.py`) of
+/// [`IMAGES`], the images of the loop-parity fixtures: the reference decodes the same pixels
+/// (JPEG decoders differ by a level here and there).
+pub const PARITY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 pub const PARITY_IMAGES: [(&str, u32); 4] = [
-    ("162_166.eval.png", 162),
-    ("232.eval.png", 232),
-    ("409_aclock.eval.png", 409),
-    ("805_soccer_ball.eval.png", 805),
+    ("coffee.eval.png", 967),
+    ("astronaut.eval.png", 834),
+    ("rocket.eval.png", 812),
+    ("chelsea_small.eval.png", 285),
 ];
 
 /// A loader of the first `count` sample images.
@@ -95,7 +91,7 @@ pub fn parity_loader(batch: usize) -> Loader {
     list_loader(&PARITY_IMAGES, PARITY_DIR, batch, false, false, 0)
 }
 
-fn list_loader(
+pub fn list_loader(
     images: &[(&str, u32)],
     dir: &str,
     batch: usize,
