@@ -81,6 +81,40 @@ impl SimpleBackend for SyntheticWeights {
     }
 }
 
+/// [`SyntheticWeights`] with every tensor whose name starts with `prefix` multiplied by
+/// `factor`. The synthetic logits are in the thousands, so a softmax over them is saturated
+/// (every probability 0 or 1); the metrics' fixtures scale the last layer (`fc.`) down.
+pub struct ScaledSyntheticWeights {
+    pub prefix: &'static str,
+    pub factor: f64,
+}
+
+impl SimpleBackend for ScaledSyntheticWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = SyntheticWeights.get(s, name, init, dtype, dev)?;
+        if name.starts_with(self.prefix) {
+            t.affine(self.factor, 0.0)
+        } else {
+            Ok(t)
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        SyntheticWeights.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        SyntheticWeights.contains_tensor(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

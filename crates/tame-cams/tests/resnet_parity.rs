@@ -9,10 +9,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use tame_backbones::synthetic::{synthetic_uniform, SyntheticWeights};
+use tame_backbones::synthetic::{synthetic_uniform, ScaledSyntheticWeights, SyntheticWeights};
 use tame_backbones::weights::{load_backbone, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind};
 use tame_cams::{
@@ -201,35 +200,6 @@ fn rise_is_seeded() {
     assert!(a.iter().zip(&c).all(|(x, y)| (x - y).abs() <= 1e-5 * scale));
 }
 
-/// The synthetic weights with `fc` (weight and bias) scaled, as the RISE fixture script does:
-/// unscaled, the softmax is saturated and RISE's weights are all 0 or 1.
-struct ScaledHead(f64);
-
-impl SimpleBackend for ScaledHead {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        init: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = SyntheticWeights.get(s, name, init, dtype, dev)?;
-        match name.starts_with("fc.") {
-            true => t.affine(self.0, 0.0),
-            false => Ok(t),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        SyntheticWeights.get_unchecked(name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        SyntheticWeights.contains_tensor(name)
-    }
-}
-
 /// The authors' RISE (`RISE.forward` of github.com/eclique/RISE) with the masks their
 /// `generate_masks` drew: saliency = sum_i P(c | M_i ⊙ x) M_i / N / p1 on the normalised
 /// image x, which `Rise::with_masks` computes by the same formula. The masks are checked
@@ -240,7 +210,11 @@ fn rise_with_the_authors_masks_matches_their_code() {
     let fx: HashMap<String, Tensor> = Tensor::read_npz(path).unwrap().into_iter().collect();
     let scalar = |name: &str| fx[&format!("rise/{name}")].to_vec1::<f64>().unwrap()[0];
     let vb = VarBuilder::from_backend(
-        Box::new(ScaledHead(scalar("fc_scale"))),
+        // Scaled in float64, as the script does: unscaled, the softmax is saturated.
+        Box::new(ScaledSyntheticWeights {
+            prefix: "fc.",
+            factor: scalar("fc_scale"),
+        }),
         DType::F64,
         Device::Cpu,
     );

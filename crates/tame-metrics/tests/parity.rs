@@ -8,12 +8,11 @@
 //! the script writes) so that both sides see the same pixels. Tolerances: AD and IC within 0.01 points, each Y and O
 //! within 1e-3.
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 use tame_am::{AmConfig, AttentionMechanism, TapShape, Version};
-use tame_backbones::synthetic::{synthetic_uniform, synthetic_values, SyntheticWeights};
+use tame_backbones::synthetic::{synthetic_uniform, synthetic_values, ScaledSyntheticWeights};
 use tame_backbones::BackboneKind;
 use tame_backbones::Mode;
 use tame_data::{load_rgb, to_chw_f32, IMAGE_LEN};
@@ -27,34 +26,6 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 fn fixtures() -> Value {
     let path = format!("{FIXTURES}/eval_parity.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The synthetic weights with the final layer scaled, as the fixture script does.
-struct ScaledHead(f32);
-
-impl SimpleBackend for ScaledHead {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        init: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = SyntheticWeights.get(s, name, init, dtype, dev)?;
-        match name.starts_with("fc.") {
-            true => t.affine(self.0 as f64, 0.0),
-            false => Ok(t),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        SyntheticWeights.get_unchecked(name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        SyntheticWeights.contains_tensor(name)
-    }
 }
 
 fn synthetic_am(config: &AmConfig) -> AttentionMechanism {
@@ -77,7 +48,10 @@ fn ad_ic_equal_the_reference_loop() {
     let scale = eval["fc_scale"].as_f64().unwrap() as f32;
     let backbone = BackboneKind::ResNet50
         .build(VarBuilder::from_backend(
-            Box::new(ScaledHead(scale)),
+            Box::new(ScaledSyntheticWeights {
+                prefix: "fc.",
+                factor: f64::from(scale),
+            }),
             DType::F32,
             Device::Cpu,
         ))
