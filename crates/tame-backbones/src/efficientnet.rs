@@ -343,6 +343,14 @@ impl Backbone for EfficientNetLite0 {
         ["blocks.4", "blocks.10", "head"].map(String::from).to_vec()
     }
 
+    fn cam_tap(&self) -> &'static str {
+        "head"
+    }
+
+    fn input_mean(&self) -> [f32; 3] {
+        [LITE_MEAN; 3]
+    }
+
     fn reseed(&self, seed: u64) {
         *self
             .rng

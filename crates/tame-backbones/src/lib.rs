@@ -66,6 +66,13 @@ pub trait Backbone: Send + Sync {
     /// The taps TAME reads by default.
     fn default_taps(&self) -> Vec<String>;
 
+    /// The tap the CAM methods explain by default: the last convolutional stage's output.
+    fn cam_tap(&self) -> &'static str;
+
+    /// The per-channel mean `forward` subtracts from its [0, 1] input: the colour of a pixel
+    /// that is zero in the space the network computes in.
+    fn input_mean(&self) -> [f32; 3];
+
     /// Runs images (B, 3, H, W) with values in [0, 1] through the network (the normalisation
     /// the weights expect happens inside). Stops as early as the request allows.
     fn forward(&self, images: &Tensor, request: &TapRequest, mode: Mode) -> Result<ForwardOutput>;

@@ -302,6 +302,14 @@ impl Backbone for ResNet50 {
         ["layer2", "layer3", "layer4"].map(String::from).to_vec()
     }
 
+    fn cam_tap(&self) -> &'static str {
+        "layer4"
+    }
+
+    fn input_mean(&self) -> [f32; 3] {
+        crate::IMAGENET_MEAN
+    }
+
     fn reseed(&self, _seed: u64) {
         // ResNet-50 has no dropout: train mode is deterministic.
     }

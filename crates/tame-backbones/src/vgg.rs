@@ -195,6 +195,15 @@ impl Backbone for Vgg16 {
             .to_vec()
     }
 
+    fn cam_tap(&self) -> &'static str {
+        // The last convolution's ReLU, before the last pool, as pytorch-grad-cam's examples.
+        "features.29"
+    }
+
+    fn input_mean(&self) -> [f32; 3] {
+        crate::IMAGENET_MEAN
+    }
+
     fn reseed(&self, seed: u64) {
         *lock(&self.dropout_rng) = StdRng::seed_from_u64(seed);
     }

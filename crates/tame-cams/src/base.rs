@@ -2,42 +2,12 @@
 //! backbone's normalised space and the weighted sum of activation maps.
 
 use candle_core::{Tensor, D};
-use tame_backbones::{Backbone, BackboneKind, Mode, IMAGENET_MEAN, LITE_MEAN};
+use tame_backbones::{Backbone, Mode};
 use tame_metrics::{MetricsError, Result};
 
-/// The tap Grad-CAM, Grad-CAM++ and Score-CAM explain by default: the last convolutional
-/// stage (`features.29` for VGG-16, `layer4` for ResNet-50, `head` for EfficientNet-Lite0).
-/// `None` for a backbone this crate does not know.
-pub fn default_target_tap(backbone_name: &str) -> Option<&'static str> {
-    match backbone_name.parse::<BackboneKind>().ok()? {
-        BackboneKind::Vgg16 => Some("features.29"),
-        BackboneKind::ResNet50 => Some("layer4"),
-        BackboneKind::EfficientNetLite0 => Some("head"),
-    }
-}
-
-/// The per-channel mean the backbone subtracts from its [0, 1] input: the colour a pixel
-/// takes when it is masked out in the normalised space (see [`mask_in_normalised_space`]).
-pub fn input_mean(backbone_name: &str) -> Result<[f32; 3]> {
-    Ok(match backbone_name.parse::<BackboneKind>()? {
-        BackboneKind::Vgg16 | BackboneKind::ResNet50 => IMAGENET_MEAN,
-        BackboneKind::EfficientNetLite0 => [LITE_MEAN; 3],
-    })
-}
-
-/// `tap` if given, else the backbone's [`default_target_tap`]; checked against its tap names.
+/// `tap` if given, else the backbone's [`Backbone::cam_tap`]; checked against its tap names.
 pub(crate) fn resolve_tap(backbone: &dyn Backbone, tap: Option<&str>) -> Result<String> {
-    let tap = match tap {
-        Some(tap) => tap.to_string(),
-        None => default_target_tap(backbone.name())
-            .ok_or_else(|| {
-                MetricsError::BadInput(format!(
-                    "no default target tap for backbone `{}`: name one",
-                    backbone.name()
-                ))
-            })?
-            .to_string(),
-    };
+    let tap = tap.unwrap_or(backbone.cam_tap()).to_string();
     backbone.tap_request(std::slice::from_ref(&tap), false)?;
     Ok(tap)
 }

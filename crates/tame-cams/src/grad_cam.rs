@@ -10,7 +10,7 @@ use crate::gradients::tap_and_gradient;
 /// Settings of [`GradCam`] and [`GradCamPlusPlus`](crate::GradCamPlusPlus).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GradCamConfig {
-    /// The tap to explain; `None`: [`default_target_tap`](crate::default_target_tap).
+    /// The tap to explain; `None`: the backbone's [`cam_tap`](tame_backbones::Backbone::cam_tap).
     pub tap: Option<String>,
 }
 

@@ -15,7 +15,6 @@ mod gradients;
 mod rise;
 mod score_cam;
 
-pub use base::{default_target_tap, input_mean};
 pub use grad_cam::{GradCam, GradCamConfig};
 pub use grad_cam_plus_plus::GradCamPlusPlus;
 pub use rise::{Rise, RiseConfig};

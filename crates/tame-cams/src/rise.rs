@@ -6,9 +6,7 @@ use rand::{Rng, SeedableRng};
 use tame_backbones::Backbone;
 use tame_metrics::{Explainer, MetricsError, Result};
 
-use crate::base::{
-    check_batch, check_classes, input_mean, logits, mask_in_normalised_space, select_classes,
-};
+use crate::base::{check_batch, check_classes, logits, mask_in_normalised_space, select_classes};
 
 /// Settings of [`Rise`] (defaults: the paper's N = 4000, s = 7, p = 0.5).
 #[derive(Clone, Debug, PartialEq)]
@@ -64,7 +62,7 @@ impl<'a> Rise<'a> {
             )));
         }
         Ok(Self {
-            mean: input_mean(backbone.name())?,
+            mean: backbone.input_mean(),
             backbone,
             config,
             given: None,

@@ -5,14 +5,14 @@ use tame_backbones::{Backbone, Mode};
 use tame_metrics::{Explainer, MetricsError, Result};
 
 use crate::base::{
-    check_batch, check_classes, input_mean, logits, mask_in_normalised_space, resolve_tap,
-    select_classes, weighted_sum_relu,
+    check_batch, check_classes, logits, mask_in_normalised_space, resolve_tap, select_classes,
+    weighted_sum_relu,
 };
 
 /// Settings of [`ScoreCam`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScoreCamConfig {
-    /// The tap to explain; `None`: [`default_target_tap`](crate::default_target_tap).
+    /// The tap to explain; `None`: the backbone's [`cam_tap`](tame_backbones::Backbone::cam_tap).
     pub tap: Option<String>,
     /// Masked images per forward pass (pytorch-grad-cam's default: 16).
     pub batch_size: usize,
@@ -53,7 +53,7 @@ impl<'a> ScoreCam<'a> {
         Ok(Self {
             tap: resolve_tap(backbone, config.tap.as_deref())?,
             batch_size: config.batch_size,
-            mean: input_mean(backbone.name())?,
+            mean: backbone.input_mean(),
             backbone,
         })
     }

@@ -6,9 +6,7 @@
 
 use candle_core::{Device, Tensor};
 use tame_backbones::{Backbone, ForwardOutput, Mode, TapRequest};
-use tame_cams::{
-    GradCam, GradCamConfig, GradCamPlusPlus, Rise, RiseConfig, ScoreCam, ScoreCamConfig,
-};
+use tame_cams::{GradCam, GradCamConfig, GradCamPlusPlus};
 use tame_metrics::Explainer;
 
 const V: [[f32; 3]; 2] = [[1.0, -2.0, 0.5], [-0.5, 1.5, 1.0]];
@@ -29,6 +27,15 @@ impl Backbone for Toy {
 
     fn default_taps(&self) -> Vec<String> {
         self.tap_names()
+    }
+
+    fn cam_tap(&self) -> &'static str {
+        "features"
+    }
+
+    fn input_mean(&self) -> [f32; 3] {
+        // A = 2x - 0.5 is zero at x = 0.25.
+        [0.25; 3]
     }
 
     fn forward(
@@ -176,19 +183,21 @@ fn settings_are_checked() {
     };
     let err = GradCam::new(&Toy, unknown).err().expect("unknown tap");
     assert!(err.to_string().contains("features"), "{err}");
-    let err = GradCam::new(&Toy, GradCamConfig::default())
-        .err()
-        .expect("no default");
-    assert!(err.to_string().contains("toy"), "{err}");
-    // The toy's input normalisation is unknown: the masking methods refuse it.
-    let score = ScoreCamConfig {
-        tap: Some("features".into()),
-        ..ScoreCamConfig::default()
-    };
-    assert!(ScoreCam::new(&Toy, score).is_err());
-    assert!(Rise::new(&Toy, RiseConfig::default()).is_err());
-
+    // No tap named: the backbone's own CAM tap.
+    let by_default = GradCam::new(&Toy, GradCamConfig::default()).unwrap();
     let cam = GradCam::new(&Toy, config()).unwrap();
+    assert_eq!(
+        by_default
+            .explain(&images(), &[], &CLASSES)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap(),
+        cam.explain(&images(), &[], &CLASSES)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()
+    );
+
     let err = cam.explain(&images(), &[], &[0]).unwrap_err();
     assert!(err.to_string().contains("2 images but 1 classes"), "{err}");
     let err = cam.explain(&images(), &[], &[0, 2]).unwrap_err();
