@@ -47,9 +47,13 @@ impl ModelArgs {
     }
 }
 
-/// A (B, 3, 224, 224) tensor from a loader batch.
+/// A (B, 3, H, W) tensor from a loader batch.
 pub fn batch_tensor(images: Vec<f32>, count: usize, device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(images, (count, 3, 224, 224), device)?)
+    Ok(Tensor::from_vec(
+        images,
+        tame_data::batch_shape(count),
+        device,
+    )?)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so

@@ -181,7 +181,7 @@ fn grid(
         let crop = eval_transform(&load_rgb(path)?);
         let mut pixels = vec![0f32; IMAGE_LEN];
         to_chw_f32(&crop, &mut pixels);
-        let image = Tensor::from_vec(pixels, (1, 3, 224, 224), device)?;
+        let image = Tensor::from_vec(pixels, tame_data::batch_shape(1), device)?;
         let mut class = None;
         let mut row = vec![crop.clone()];
         // Each method reads its own taps; the first pass also gives the class.
@@ -193,7 +193,11 @@ fn grid(
                 class = Some(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
             }
             let classes = class.as_deref().unwrap_or_default();
-            let map = normalize_maps(&explainer.explain(&image, &out.taps, classes)?, 224, 224)?;
+            let map = normalize_maps(
+                &explainer.explain(&image, &out.taps, classes)?,
+                tame_data::CROP_SIDE,
+                tame_data::CROP_SIDE,
+            )?;
             row.push(jet_overlay(&crop, &map.flatten_all()?.to_vec1::<f32>()?));
         }
         rows.push(row);

@@ -12,7 +12,9 @@ use serde::Serialize;
 use tame_am::Version;
 use tame_backbones::imagenet::class_name;
 use tame_backbones::Mode;
-use tame_data::{decode_rgb, explain_transform, load_rgb, to_chw_f32, RgbImage, IMAGE_LEN};
+use tame_data::{
+    decode_rgb, explain_transform, load_rgb, to_chw_f32, RgbImage, CROP_SIDE, IMAGE_LEN,
+};
 use tame_metrics::normalize_maps;
 
 use crate::common::{find_images, write_atomically, ModelArgs};
@@ -181,7 +183,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         for (crop, out) in crops.iter().zip(pixels.chunks_mut(IMAGE_LEN)) {
             to_chw_f32(crop, out);
         }
-        let batch = Tensor::from_vec(pixels, (crops.len(), 3, 224, 224), &device)?;
+        let batch = Tensor::from_vec(pixels, tame_data::batch_shape(crops.len()), &device)?;
         let out = backbone.forward(&batch, &request, Mode::Eval)?;
         let logits = out.logits.context("the backbone returned no logits")?;
         let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
@@ -193,7 +195,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
                 None => args.labels.clone(),
             })
             .collect();
-        // maps[m][j]: method m's (B, 224, 224) maps of each image's j-th class.
+        // maps[m][j]: method m's (B, S, S) maps of each image's j-th class.
         let maps = explainers
             .iter()
             .map(|(method, explainer)| {
@@ -202,7 +204,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
                     .map(|j| {
                         let column: Vec<u32> = classes.iter().map(|c| c[j]).collect();
                         let raw = explainer.explain(&batch, &out.taps, &column)?;
-                        Ok(normalize_maps(&raw, 224, 224)?)
+                        Ok(normalize_maps(&raw, CROP_SIDE, CROP_SIDE)?)
                     })
                     .collect::<Result<Vec<Tensor>>>()
             })
@@ -279,7 +281,7 @@ fn write_outputs(
             let overlay = out_dir.join(format!("{stem}_{class}{suffix}_mask.png"));
             write_atomically(&overlay, &crate::render::png_bytes(&overlay_image)?)?;
             let npy = out_dir.join(format!("{stem}_{class}{suffix}.npy"));
-            write_atomically(&npy, &npy_bytes(map, &[224, 224]))?;
+            write_atomically(&npy, &npy_bytes(map, &[CROP_SIDE, CROP_SIDE]))?;
             panels.push(overlay_image);
             explained.push(ExplainedClass {
                 class,

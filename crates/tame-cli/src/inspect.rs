@@ -17,7 +17,7 @@ pub struct InspectArgs {
     weights: WeightsSpec,
 
     /// Input size (square) the shapes are computed for.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = tame_data::CROP_SIDE)]
     size: usize,
 
     /// Where to run: cpu, cuda or cuda:N.

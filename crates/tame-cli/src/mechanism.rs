@@ -111,7 +111,7 @@ pub fn config(
     device: &Device,
 ) -> Result<AmConfig> {
     let shapes = backbone
-        .tap_dims(taps, 224, device)?
+        .tap_dims(taps, tame_data::CROP_SIDE, device)?
         .into_iter()
         .map(|[c, h, w]| TapShape::new(c, h, w))
         .collect();

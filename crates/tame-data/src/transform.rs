@@ -12,8 +12,16 @@ use rand::Rng;
 pub const RESIZE_SHORTER: u32 = 256;
 /// The side of the square crop fed to the backbones.
 pub const CROP_SIZE: u32 = 224;
+/// [`CROP_SIZE`] as a tensor dimension.
+pub const CROP_SIDE: usize = CROP_SIZE as usize;
 /// Floats in one transformed image (`3 x CROP_SIZE x CROP_SIZE`, CHW).
-pub const IMAGE_LEN: usize = 3 * (CROP_SIZE as usize) * (CROP_SIZE as usize);
+pub const IMAGE_LEN: usize = 3 * CROP_SIDE * CROP_SIDE;
+
+/// The (N, 3, H, W) shape of `images` transformed images laid out one after the other, as
+/// a [`crate::Batch`] holds them.
+pub fn batch_shape(images: usize) -> (usize, usize, usize, usize) {
+    (images, 3, CROP_SIDE, CROP_SIDE)
+}
 
 /// The size torchvision's `Resize(shorter)` gives a `width x height` image: the shorter
 /// side becomes `shorter`, the longer `int(shorter * long / short)`.

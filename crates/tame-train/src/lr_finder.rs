@@ -112,7 +112,7 @@ pub fn lr_range_test(
         let number = index as u64 + 1;
         let images = Tensor::from_vec(
             batch.images,
-            (batch.labels.len(), 3, 224, 224),
+            tame_data::batch_shape(batch.labels.len()),
             &Device::Cpu,
         )?
         .to_device(param.device())?

@@ -403,9 +403,10 @@ impl<'a> Trainer<'a> {
                     continue;
                 }
                 let n = batch.len();
-                let images = Tensor::from_vec(batch.images, (n, 3, 224, 224), &Device::Cpu)?
-                    .to_device(&device)?
-                    .to_dtype(dtype)?;
+                let images =
+                    Tensor::from_vec(batch.images, tame_data::batch_shape(n), &Device::Cpu)?
+                        .to_device(&device)?
+                        .to_dtype(dtype)?;
                 let record = self.step(&images, &batch.labels)?;
                 log.append(&record)?;
                 observer.step(&record);
