@@ -14,9 +14,9 @@ use tame_data::{eval_transform, load_rgb, to_chw_f32, RgbImage, IMAGE_LEN};
 use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
 use crate::common::{write_atomically, ModelArgs};
-use crate::eval::{read_list, Pass};
 use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
+use crate::pass::{read_list, Pass};
 use crate::render::{jet_overlay, png_bytes, rows_of};
 
 #[derive(Args)]
@@ -81,9 +81,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let list = read_list(&args.test_list, &args.val_dir)?;
     let (backbone, device) = args.model.load()?;
     let methods = &args.methods.0;
-    let mechanism =
-        args.mechanism
-            .load_for(methods, args.model.model, backbone.as_ref(), &device)?;
+    let mechanism = args.mechanism.load_if(
+        methods.contains(&Method::Tame),
+        args.model.model,
+        backbone.as_ref(),
+        &device,
+    )?;
     // Every method is set up before any runs, so a bad setting fails fast.
     let explainers = methods
         .iter()

@@ -134,9 +134,12 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     let methods = &args.method.0;
 
     let (backbone, device) = args.model.load()?;
-    let mechanism =
-        args.mechanism
-            .load_for(methods, args.model.model, backbone.as_ref(), &device)?;
+    let mechanism = args.mechanism.load_if(
+        methods.contains(&Method::Tame),
+        args.model.model,
+        backbone.as_ref(),
+        &device,
+    )?;
     let explainers = methods
         .iter()
         .map(|&m| {

@@ -11,6 +11,7 @@ mod inspect;
 mod lr_test;
 mod mechanism;
 mod methods;
+mod pass;
 mod render;
 mod train;
 

@@ -167,16 +167,16 @@ pub struct MechanismArgs {
 }
 
 impl MechanismArgs {
-    /// The mechanism TAME needs among `methods` (none when TAME is not asked for): `--am`, or
-    /// the built-in demo for the backbone that has one.
-    pub fn load_for(
+    /// The mechanism, when `needed` (TAME is among the methods asked for): `--am`, or the
+    /// built-in demo for the backbone that has one.
+    pub fn load_if(
         &self,
-        methods: &[crate::methods::Method],
+        needed: bool,
         kind: BackboneKind,
         backbone: &dyn Backbone,
         device: &Device,
     ) -> Result<Option<LoadedMechanism>> {
-        if !methods.contains(&crate::methods::Method::Tame) {
+        if !needed {
             return Ok(None);
         }
         let source = MechanismSource::for_backbone(self.am.as_deref(), kind)?;

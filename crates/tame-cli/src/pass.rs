@@ -1,0 +1,122 @@
+//! An evaluation pass over an image list, shared by `tame eval` and `tame compare`: the
+//! list checked up front, then every image through the metrics with a progress bar.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use tame_backbones::Backbone;
+use tame_data::{ImageList, Loader, LoaderConfig};
+use tame_metrics::{EvalConfig, Evaluator, Explainer, Report, Totals};
+
+use crate::common::batch_tensor;
+
+/// What every evaluation pass over a list shares.
+pub struct Pass<'a> {
+    pub backbone: &'a dyn Backbone,
+    pub val_dir: &'a Path,
+    pub batch_size: usize,
+    pub device: &'a Device,
+}
+
+impl Pass<'_> {
+    /// Evaluates `explainer`'s maps of every image of `list` (the images' `epoch` in the
+    /// progress bar and per-image rows, appended when asked).
+    pub fn run(
+        &self,
+        explainer: &dyn Explainer,
+        list: &ImageList,
+        config: &EvalConfig,
+        epoch: u64,
+        per_image: Option<&mut String>,
+    ) -> Result<Report> {
+        self.run_with_message(
+            explainer,
+            list,
+            config,
+            &format!("epoch {epoch}"),
+            epoch,
+            per_image,
+        )
+    }
+
+    /// [`run`](Self::run) with the progress bar's label given.
+    pub fn run_with_message(
+        &self,
+        explainer: &dyn Explainer,
+        list: &ImageList,
+        config: &EvalConfig,
+        message: &str,
+        epoch: u64,
+        mut per_image: Option<&mut String>,
+    ) -> Result<Report> {
+        let evaluator = Evaluator::new(self.backbone, explainer, config.clone())?;
+        let loader = Loader::new(
+            list.clone(),
+            self.val_dir,
+            LoaderConfig::evaluation(self.batch_size),
+        )?;
+        let bar = ProgressBar::new(list.len() as u64).with_style(ProgressStyle::with_template(
+            "{msg} {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )?);
+        bar.set_message(format!(
+            "{message} on {}",
+            list.source()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ));
+        let mut totals = Totals::default();
+        let mut index = 0u64;
+        for batch in loader.epoch(0)? {
+            let batch = batch?;
+            let count = batch.len();
+            let images = batch_tensor(batch.images, count, self.device)?;
+            let scores = evaluator.evaluate(&images, index)?;
+            for (s, entry) in scores.iter().zip(&batch.entries) {
+                totals.add(s);
+                if let Some(text) = per_image.as_deref_mut() {
+                    let o = match &s.ad_ic {
+                        Some(a) => a.o.map(|v| format!("{v:.6}")).join(","),
+                        None => ",,".into(),
+                    };
+                    writeln!(
+                        text,
+                        "{epoch},{},{},{},{:.6},{o}",
+                        entry.path.display(),
+                        entry.label,
+                        s.class,
+                        s.y
+                    )?;
+                }
+            }
+            index += count as u64;
+            bar.inc(count as u64);
+        }
+        bar.finish_and_clear();
+        Ok(totals.report_with(&config.road.fractions))
+    }
+}
+
+/// Reads a list and checks that every image exists, so that a missing one is reported (with
+/// its list line) before any work.
+pub fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
+    let list = ImageList::read(path)?;
+    if list.is_empty() {
+        bail!("{}: the list names no image", path.display());
+    }
+    for entry in list.entries() {
+        let image = entry.resolve(val_dir);
+        if !image.is_file() {
+            bail!(
+                "{}:{}: image {} not found",
+                path.display(),
+                entry.line,
+                image.display()
+            );
+        }
+    }
+    Ok(list)
+}
