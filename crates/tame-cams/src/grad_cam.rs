@@ -1,11 +1,9 @@
 //! Grad-CAM (Selvaraju et al., ICCV 2017), as pytorch-grad-cam's `GradCAM`.
 
 use candle_core::Tensor;
-use tame_backbones::Backbone;
-use tame_metrics::{Explainer, Result};
+use tame_metrics::Result;
 
-use crate::base::{check_batch, resolve_tap, weighted_sum_relu};
-use crate::gradients::tap_and_gradient;
+use crate::gradients::{ChannelWeights, GradientCam};
 
 /// Settings of [`GradCam`] and [`GradCamPlusPlus`](crate::GradCamPlusPlus).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,35 +13,13 @@ pub struct GradCamConfig {
 }
 
 /// map = ReLU(sum_k w_k A_k), w_k = spatial mean of d logit_class / d A_k.
-pub struct GradCam<'a> {
-    backbone: &'a dyn Backbone,
-    tap: String,
-}
+pub type GradCam<'a> = GradientCam<'a, MeanGradient>;
 
-impl<'a> GradCam<'a> {
-    /// Fails if the tap is not one of the backbone's (or none is given and the backbone has no
-    /// default).
-    pub fn new(backbone: &'a dyn Backbone, config: GradCamConfig) -> Result<Self> {
-        let tap = resolve_tap(backbone, config.tap.as_deref())?;
-        Ok(Self { backbone, tap })
-    }
+/// Grad-CAM's channel weights: the spatial mean of the gradient.
+pub struct MeanGradient;
 
-    /// The tap explained.
-    pub fn tap(&self) -> &str {
-        &self.tap
-    }
-}
-
-impl Explainer for GradCam<'_> {
-    fn taps(&self) -> &[String] {
-        &[]
-    }
-
-    /// Maps at the tap's resolution.
-    fn explain(&self, images: &Tensor, _taps: &[Tensor], classes: &[u32]) -> Result<Tensor> {
-        check_batch(images, classes)?;
-        let (activations, gradient) = tap_and_gradient(self.backbone, images, &self.tap, classes)?;
-        let weights = gradient.mean((2, 3))?;
-        weighted_sum_relu(&activations, &weights)
+impl ChannelWeights for MeanGradient {
+    fn weights(_activations: &Tensor, gradient: &Tensor) -> Result<Tensor> {
+        Ok(gradient.mean((2, 3))?)
     }
 }
