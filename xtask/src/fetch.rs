@@ -1,5 +1,6 @@
-//! `cargo xtask fetch-weights`: `tame fetch-weights` (crates/tame-cli/src/fetch.rs), run
-//! through cargo so that it works from a fresh clone before anything is built.
+//! `cargo xtask fetch-weights`: `tame fetch-weights` (crates/tame-cli/src/fetch.rs, which
+//! hands the work to `tame_backbones::weights::fetch`), run through cargo so that it works
+//! from a fresh clone before anything is built.
 
 use std::ffi::OsString;
 use std::process::Command;

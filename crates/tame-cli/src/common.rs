@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use tame_backbones::weights::{load_backbone, WeightsSpec};
+use tame_backbones::weights::{self, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind};
 
 /// `--model`, `--weights`, `--device`.
@@ -31,19 +31,39 @@ impl ModelArgs {
     /// Opens the device and loads the backbone.
     pub fn load(&self) -> Result<(Box<dyn Backbone>, Device)> {
         let device = crate::device::open(&self.device)?;
-        let weights = match &self.weights {
-            Some(spec) => spec.clone(),
-            None if crate::fetch::missing_fetchable(self.model) => {
-                eprintln!(
-                    "the ImageNet weights of {} are not in the cache yet: fetching them once",
-                    self.model.name()
-                );
-                WeightsSpec::File(crate::fetch::fetch(self.model, crate::fetch::Source::Auto)?)
-            }
-            None => WeightsSpec::default_for(self.model),
-        };
-        let backbone = load_backbone(self.model, &weights, &device)?;
+        let backbone = weights::load(
+            self.model,
+            self.weights.as_ref(),
+            &device,
+            &mut |line: &str| eprintln!("{line}"),
+        )?;
         Ok((backbone, device))
+    }
+}
+
+/// A CSV table built in memory and written whole once the work is done (fields are quoted
+/// where needed: image paths may hold commas).
+pub struct CsvTable(csv::Writer<Vec<u8>>);
+
+impl CsvTable {
+    pub fn new(header: &[&str]) -> Result<Self> {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(header)?;
+        Ok(Self(writer))
+    }
+
+    pub fn row<I, T>(&mut self, fields: I) -> Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        Ok(self.0.write_record(fields)?)
+    }
+
+    pub fn into_bytes(self) -> Result<Vec<u8>> {
+        self.0
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("cannot write a CSV table: {}", e.error()))
     }
 }
 

@@ -1,21 +1,28 @@
 //! `tame eval`: AD and IC at 100/50/15 % (and optionally ROAD, insertion/deletion) of one
 //! checkpoint or of every epoch of a snapshot folder, one CSV row per epoch.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Device};
 use clap::Args;
 use tame_am::{AttentionMechanism, Version};
+use tame_backbones::Backbone;
+use tame_data::ImageList;
 use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, TameExplainer};
 
-use crate::common::{write_atomically, ModelArgs};
+use crate::common::{write_atomically, CsvTable, ModelArgs};
 use crate::mechanism::MechanismSource;
 use crate::pass::{read_list, Pass};
 
 /// The header of the main CSV, as the reference writes it.
-pub const HEADER: &str = "epoch,AD(100%),IC(100%),AD(50%),IC(50%),AD(15%),IC(15%)";
+const AD_IC_HEADER: [&str; 7] = [
+    "epoch", "AD(100%)", "IC(100%)", "AD(50%)", "IC(50%)", "AD(15%)", "IC(15%)",
+];
+/// The header of `--per-image`: each image's class, its probability Y and the masked O.
+const PER_IMAGE_HEADER: [&str; 8] = [
+    "epoch", "image", "label", "class", "Y", "O(100%)", "O(50%)", "O(15%)",
+];
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -102,29 +109,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(path) => Some(read_list(path, &args.val_dir)?),
         None => None,
     };
-
     let (backbone, device) = args.model.load()?;
-    // The first checkpoint's sidecar tells the taps and version of the whole folder.
-    let first = MechanismSource::File(files[0].1.clone());
-    let (taps, version) = crate::mechanism::layout(
-        &first,
-        args.layers.as_deref(),
-        args.version,
-        backbone.as_ref(),
-    )?;
-    let config = crate::mechanism::config(backbone.as_ref(), &taps, version, &device)?;
-    // Every checkpoint is read before any evaluation, so one that does not fit fails fast.
-    let snapshots = files
-        .iter()
-        .map(|(epoch, path)| {
-            let loaded = AttentionMechanism::load(path, &config, DType::F32, &device)?;
-            Ok(Snapshot {
-                epoch: epoch.or(loaded.epoch).unwrap_or(0),
-                am: loaded.am,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-
+    let (snapshots, taps, version) = load_snapshots(&args, &files, backbone.as_ref(), &device)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "evaluation_{}_{}.csv",
@@ -132,12 +118,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             version.name()
         ))
     });
-    let mut eval_config = EvalConfig {
+    let mut config = EvalConfig {
         metrics: args.metrics,
         ..EvalConfig::default()
     };
-    eval_config.road.seed = args.seed;
-    eval_config.insdel.steps = args.insdel_steps;
+    config.road.seed = args.seed;
+    config.insdel.steps = args.insdel_steps;
     let pass = Pass {
         backbone: backbone.as_ref(),
         val_dir: &args.val_dir,
@@ -145,102 +131,152 @@ pub fn run(args: EvalArgs) -> Result<()> {
         device: &device,
     };
 
-    let mut outputs: Vec<(PathBuf, String)> = Vec::new();
+    let mut outputs = Vec::new();
     if let Some(list) = &select {
-        let config = EvalConfig {
-            metrics: "ad-ic".parse()?,
-            ..eval_config.clone()
-        };
-        let mut csv = format!("{HEADER}\n");
-        let mut best: Option<(u64, [f64; 2])> = None;
-        for snap in &snapshots {
-            let explainer = TameExplainer::new(&snap.am, taps.clone())?;
-            let report = pass.run(&explainer, list, &config, snap.epoch, None)?;
-            let scores = report.ad_ic.context("AD/IC was not computed")?;
-            csv.push_str(&ad_ic_row(snap.epoch, &report)?);
-            let key = [scores.ad[0], scores.ic[0]];
-            let better = match best {
-                None => true,
-                Some((_, [ad, ic])) => key[0] < ad || (key[0] == ad && key[1] > ic),
-            };
-            if better {
-                best = Some((snap.epoch, key));
-            }
-        }
-        if let Some((epoch, [ad, ic])) = best {
-            println!(
-                "best epoch on {}: {epoch} (AD(100%) {ad:.4}, IC(100%) {ic:.4}; lowest AD(100%), \
-                 ties to the higher IC(100%))",
-                list.source().display()
-            );
-        }
-        outputs.push((sibling(&out, "selection"), csv));
+        let selection = select_epoch(&pass, list, &snapshots, &taps, &config)?;
+        outputs.push((sibling(&out, "selection"), selection));
     }
-
-    let mut main_csv = format!("{HEADER}\n");
-    let mut road_csv = String::from("epoch,order,removed,survival,confidence_drop\n");
-    let mut insdel_csv = String::from("epoch,insertion_auc,deletion_auc\n");
-    let mut per_image = String::from("epoch,image,label,class,Y,O(100%),O(50%),O(15%)\n");
-    for snap in &snapshots {
-        let explainer = TameExplainer::new(&snap.am, taps.clone())?;
-        let report = pass.run(
-            &explainer,
-            &test,
-            &eval_config,
-            snap.epoch,
-            Some(&mut per_image),
-        )?;
-        if args.metrics.ad_ic {
-            main_csv.push_str(&ad_ic_row(snap.epoch, &report)?);
-        }
-        if let Some(road) = &report.road {
-            for (order, curve) in RoadOrder::BOTH.iter().zip([&road.morf, &road.lerf]) {
-                for (f, (survival, drop)) in road.fractions.iter().zip(curve) {
-                    writeln!(
-                        road_csv,
-                        "{},{},{f},{survival:.4},{drop:.6}",
-                        snap.epoch,
-                        order.name()
-                    )?;
-                }
-            }
-        }
-        if let Some(insdel) = &report.insdel {
-            writeln!(
-                insdel_csv,
-                "{},{:.6},{:.6}",
-                snap.epoch, insdel.insertion, insdel.deletion
-            )?;
-        }
-    }
-    if args.metrics.ad_ic {
-        outputs.push((out.clone(), main_csv));
-    }
-    if args.metrics.road {
-        outputs.push((sibling(&out, "road"), road_csv));
-    }
-    if args.metrics.insdel {
-        outputs.push((sibling(&out, "insdel"), insdel_csv));
-    }
-    if let Some(path) = &args.per_image {
-        outputs.push((path.clone(), per_image));
-    }
+    outputs.extend(evaluate(
+        &args, &out, &pass, &test, &snapshots, &taps, &config,
+    )?);
     // Written only once everything has been computed: an error leaves no partial output.
-    for (path, text) in &outputs {
-        write_atomically(path, text.as_bytes())?;
+    for (path, bytes) in &outputs {
+        write_atomically(path, bytes)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
-/// One row of the main CSV.
-pub fn ad_ic_row(epoch: u64, report: &Report) -> Result<String> {
-    let r = report.ad_ic.context("AD/IC was not computed")?;
-    let mut row = epoch.to_string();
-    for level in 0..3 {
-        write!(row, ",{:.4},{:.4}", r.ad[level], r.ic[level])?;
+/// Every checkpoint of `files`, read before any evaluation so that one that does not fit
+/// fails fast, with the taps and version the first one's sidecar names for them all.
+fn load_snapshots(
+    args: &EvalArgs,
+    files: &[(Option<u64>, PathBuf)],
+    backbone: &dyn Backbone,
+    device: &Device,
+) -> Result<(Vec<Snapshot>, Vec<String>, Version)> {
+    let first = MechanismSource::File(files[0].1.clone());
+    let (taps, version) =
+        crate::mechanism::layout(&first, args.layers.as_deref(), args.version, backbone)?;
+    let config = crate::mechanism::config(backbone, &taps, version, device)?;
+    let snapshots = files
+        .iter()
+        .map(|(epoch, path)| {
+            let loaded = AttentionMechanism::load(path, &config, DType::F32, device)?;
+            Ok(Snapshot {
+                epoch: epoch.or(loaded.epoch).unwrap_or(0),
+                am: loaded.am,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((snapshots, taps, version))
+}
+
+/// AD/IC of every snapshot on the selection list (the selection CSV), printing the best
+/// epoch: the lowest AD(100%), ties to the higher IC(100%).
+fn select_epoch(
+    pass: &Pass,
+    list: &ImageList,
+    snapshots: &[Snapshot],
+    taps: &[String],
+    config: &EvalConfig,
+) -> Result<Vec<u8>> {
+    let config = EvalConfig {
+        metrics: "ad-ic".parse()?,
+        ..config.clone()
+    };
+    let mut csv = CsvTable::new(&AD_IC_HEADER)?;
+    let mut best: Option<(u64, [f64; 2])> = None;
+    for snap in snapshots {
+        let explainer = TameExplainer::new(&snap.am, taps.to_vec())?;
+        let report = pass.run(&explainer, list, &config, snap.epoch, None)?;
+        csv.row(ad_ic_row(snap.epoch, &report)?)?;
+        let scores = report.ad_ic.context("AD/IC was not computed")?;
+        let key = [scores.ad[0], scores.ic[0]];
+        let better = match best {
+            None => true,
+            Some((_, [ad, ic])) => key[0] < ad || (key[0] == ad && key[1] > ic),
+        };
+        if better {
+            best = Some((snap.epoch, key));
+        }
     }
-    row.push('\n');
+    if let Some((epoch, [ad, ic])) = best {
+        println!(
+            "best epoch on {}: {epoch} (AD(100%) {ad:.4}, IC(100%) {ic:.4}; lowest AD(100%), \
+             ties to the higher IC(100%))",
+            list.source().display()
+        );
+    }
+    csv.into_bytes()
+}
+
+/// The metrics of every snapshot on the test list: the output files and their contents.
+fn evaluate(
+    args: &EvalArgs,
+    out: &Path,
+    pass: &Pass,
+    test: &ImageList,
+    snapshots: &[Snapshot],
+    taps: &[String],
+    config: &EvalConfig,
+) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut main = CsvTable::new(&AD_IC_HEADER)?;
+    let mut road = CsvTable::new(&["epoch", "order", "removed", "survival", "confidence_drop"])?;
+    let mut insdel = CsvTable::new(&["epoch", "insertion_auc", "deletion_auc"])?;
+    let mut per_image = CsvTable::new(&PER_IMAGE_HEADER)?;
+    for snap in snapshots {
+        let explainer = TameExplainer::new(&snap.am, taps.to_vec())?;
+        let report = pass.run(&explainer, test, config, snap.epoch, Some(&mut per_image))?;
+        let epoch = snap.epoch.to_string();
+        if args.metrics.ad_ic {
+            main.row(ad_ic_row(snap.epoch, &report)?)?;
+        }
+        if let Some(r) = &report.road {
+            for (order, curve) in RoadOrder::BOTH.iter().zip([&r.morf, &r.lerf]) {
+                for (f, (survival, drop)) in r.fractions.iter().zip(curve) {
+                    road.row([
+                        epoch.clone(),
+                        order.name().to_string(),
+                        f.to_string(),
+                        format!("{survival:.4}"),
+                        format!("{drop:.6}"),
+                    ])?;
+                }
+            }
+        }
+        if let Some(r) = &report.insdel {
+            insdel.row([
+                epoch,
+                format!("{:.6}", r.insertion),
+                format!("{:.6}", r.deletion),
+            ])?;
+        }
+    }
+    let mut outputs = Vec::new();
+    if args.metrics.ad_ic {
+        outputs.push((out.to_path_buf(), main.into_bytes()?));
+    }
+    if args.metrics.road {
+        outputs.push((sibling(out, "road"), road.into_bytes()?));
+    }
+    if args.metrics.insdel {
+        outputs.push((sibling(out, "insdel"), insdel.into_bytes()?));
+    }
+    if let Some(path) = &args.per_image {
+        outputs.push((path.clone(), per_image.into_bytes()?));
+    }
+    Ok(outputs)
+}
+
+/// One row of the main CSV.
+fn ad_ic_row(epoch: u64, report: &Report) -> Result<Vec<String>> {
+    let r = report.ad_ic.context("AD/IC was not computed")?;
+    let mut row = vec![epoch.to_string()];
+    for level in 0..3 {
+        row.push(format!("{:.4}", r.ad[level]));
+        row.push(format!("{:.4}", r.ic[level]));
+    }
     Ok(row)
 }
 

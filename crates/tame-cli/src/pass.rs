@@ -1,7 +1,6 @@
 //! An evaluation pass over an image list, shared by `tame eval` and `tame compare`: the
 //! list checked up front, then every image through the metrics with a progress bar.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -11,7 +10,7 @@ use tame_backbones::Backbone;
 use tame_data::{ImageList, Loader, LoaderConfig};
 use tame_metrics::{EvalConfig, Evaluator, Explainer, Report, Totals};
 
-use crate::common::batch_tensor;
+use crate::common::{batch_tensor, CsvTable};
 
 /// What every evaluation pass over a list shares.
 pub struct Pass<'a> {
@@ -30,7 +29,7 @@ impl Pass<'_> {
         list: &ImageList,
         config: &EvalConfig,
         epoch: u64,
-        per_image: Option<&mut String>,
+        per_image: Option<&mut CsvTable>,
     ) -> Result<Report> {
         self.run_with_message(
             explainer,
@@ -50,7 +49,7 @@ impl Pass<'_> {
         config: &EvalConfig,
         message: &str,
         epoch: u64,
-        mut per_image: Option<&mut String>,
+        mut per_image: Option<&mut CsvTable>,
     ) -> Result<Report> {
         let evaluator = Evaluator::new(self.backbone, explainer, config.clone())?;
         let loader = Loader::new(
@@ -77,18 +76,21 @@ impl Pass<'_> {
             let scores = evaluator.evaluate(&images, index)?;
             for (s, entry) in scores.iter().zip(&batch.entries) {
                 totals.add(s);
-                if let Some(text) = per_image.as_deref_mut() {
+                if let Some(table) = per_image.as_deref_mut() {
                     let o = match &s.ad_ic {
-                        Some(a) => a.o.map(|v| format!("{v:.6}")).join(","),
-                        None => ",,".into(),
+                        Some(a) => a.o.map(|v| format!("{v:.6}")),
+                        None => Default::default(),
                     };
-                    writeln!(
-                        text,
-                        "{epoch},{},{},{},{:.6},{o}",
-                        entry.path.display(),
-                        entry.label,
-                        s.class,
-                        s.y
+                    table.row(
+                        [
+                            epoch.to_string(),
+                            entry.path.display().to_string(),
+                            entry.label.to_string(),
+                            s.class.to_string(),
+                            format!("{:.6}", s.y),
+                        ]
+                        .into_iter()
+                        .chain(o),
                     )?;
                 }
             }
