@@ -1,6 +1,15 @@
 //! The dense convolution layer of VGG-16 and ResNet-50: weights by torchvision's names, the
 //! arithmetic in [`tame_ops::conv2d_fused`] (candle's CPU convolution and its backward pass
-//! are several times slower; see docs/BENCHMARKS.md).
+//! are several times slower; per-layer figures in
+//! `docs/benchmarks/2026-11-27_to_12-01_first-speed-rounds.md`, "Where the time goes").
+//!
+//! Each 3x3 stride-1 convolution of loaded (not trainable) weights prepares its
+//! [`WinogradFilters`] on its first pass that needs them (16/9 of its weight's memory), so
+//! that later passes do not transform the filters again; they are dropped when a folded copy
+//! replaces the convolution. [`ConvBn`] is ResNet-50's convolution + batch norm pair: in eval
+//! mode one convolution with the batch norm folded into its weight and bias (the ReLU, and at
+//! a block's end the identity, added in the same pass), made on the first eval pass and
+//! dropped by every train pass, which moves the running statistics it comes from.
 
 use std::sync::{Arc, Mutex};
 

@@ -2,6 +2,22 @@
 //! its graph nodes: `conv1`, `bn1`, `relu`, `maxpool`, `layerK` and `layerK.J` (block outputs),
 //! `layerK.J.conv1|bn1|relu|conv2|bn2|relu_1|conv3|bn3|downsample.0|downsample.1|add|relu_2`,
 //! `avgpool`, `flatten`, `fc`.
+//!
+//! How it runs (every fusion below yields to a tap on a node it would hide):
+//! - Each `relu(bn(x))` and each `relu(bn(x) + identity)` is one `tame_ops` batch-norm op with
+//!   its epilogue, unless the batch norm's or the sum's own output is a tap.
+//! - In eval mode each convolution followed by a batch norm ([`ConvBn`]: the stem, each
+//!   block's three, the downsample) runs as one convolution with the batch norm folded into
+//!   its weight and bias, the ReLU fused; the block's third also adds the identity in the
+//!   same pass ([`tame_ops::conv2d_fused_residual`]). The folded copy is made on the first
+//!   eval pass and dropped by every train pass, which moves the running statistics it comes
+//!   from.
+//! - In train mode each run of consecutive blocks whose inner nodes no tap asks for, ended by
+//!   a block whose output (or stage output) a tap asks for, runs as one
+//!   [`tame_ops::bottleneck_train`] op, each batch norm's running statistics updated as its
+//!   own op would. TAME's training passes: the unmasked pass taps the stage outputs `layer2`
+//!   to `layer4` (three ops: layer1-layer2, layer3, layer4); the masked pass, which
+//!   back-propagates to the image, taps none: its sixteen blocks are one graph node.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;

@@ -8,6 +8,11 @@
 //! masked pass at batch 8: ~0.2 s of a 1.1 s backward). Here a run of blocks is one node
 //! whose backward walks its layers with the same kernels, so the numbers are the composed
 //! path's bit for bit; the ReLU mask of each block's output is made once for both branches.
+//!
+//! The shape of a bottleneck block is all this knows of networks: which runs of blocks go
+//! through it is the caller's choice (ResNet-50's train-mode passes fuse each run of blocks
+//! whose inner nodes no tap asks for). With a parameter that tracks a gradient, or off the
+//! CPU, it returns `None` and the caller composes the separate ops.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,11 @@
 //! backward walks its layers with the same kernels, so the numbers are the composed chain's;
 //! a pool that follows a convolution applies that convolution's ReLU mask while it routes
 //! each gradient to its window's maximum, instead of a pass of its own.
+//!
+//! The shape of such a chain is all this knows of networks: the caller decides when it
+//! applies (VGG-16 in a pass that back-propagates to its input and taps none of its features,
+//! TAME's masked training pass). With a weight that tracks a gradient, or off the CPU, it
+//! returns `None` and the caller composes the separate ops.
 
 use std::any::Any;
 use std::sync::Mutex;

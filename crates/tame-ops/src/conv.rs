@@ -1,13 +1,40 @@
-//! Dense 2-D convolution on the CPU as im2col + one GEMM per tile of output rows, with a
-//! backward pass of the same shape (GEMM + col2im) instead of candle's transposed convolution.
+//! Dense 2-D convolution on the CPU: im2col + GEMM, or Winograd's F(2x2, 3x3) for 3x3
+//! stride-1 layers ([`winograd`]), with a backward pass through the same kernels instead of
+//! candle's transposed convolution.
 //!
 //! candle 0.11's CPU convolution builds its im2col tiles one output pixel at a time with
 //! strided writes, converts the whole input to NHWC on one thread, and back-propagates to the
-//! input through a direct-loop `conv_transpose2d`. Here the column matrix is built row by row
-//! (each row a shifted copy of an input row, in parallel over input channels), the weight is
-//! used in its stored (C_out, C_in·K·K) layout, the GEMM writes straight into the NCHW output,
-//! and the input gradient is the transposed GEMM followed by col2im. 1x1 stride-1 convolutions
-//! skip the column matrix altogether.
+//! input through a direct-loop `conv_transpose2d`. Here:
+//!
+//! - **Column matrices.** The column matrix of a tile of output rows is built row by row (each
+//!   row a shifted copy of an input row, in parallel over input channels; with a stride, each
+//!   input row is split into its phases first, so that every copy is contiguous), holds at most
+//!   ~1 M values so that it is still in cache when the GEMM packs it, and lives in a reusable
+//!   per-thread buffer (`scratch.rs`). 1x1 stride-1 convolutions skip it: the input plane is
+//!   the column matrix.
+//! - **Products.** The weight is used in its stored (C_out, C_in·K·K) layout and each GEMM
+//!   writes straight into its part of the NCHW output. gemm's own threading gains little on
+//!   these products (1.0-1.3x on two threads, at times slower than one), so the tiles of all
+//!   images are the parallel tasks, each with a single-threaded GEMM. With too few output
+//!   pixels for that (ResNet-50's 14x14 and 7x7 layers at batch 1) the tiles run one after
+//!   another, each product split over the threads into blocks of output channels (or of
+//!   columns), each block again a single-threaded GEMM.
+//! - **Epilogue.** [`conv2d_fused`] adds the bias and applies the ReLU where the output is
+//!   computed: each block starts its part of the output as the bias right before its GEMM
+//!   adds to it and runs the ReLU right after, while the part is in that core's cache, so no
+//!   output is filled on one thread first. [`conv2d_fused_residual`] starts it as residual +
+//!   bias: a ResNet block's end with its batch norm folded. One backward pass serves the
+//!   convolution, the bias and the ReLU (whose mask comes from the output itself).
+//! - **Winograd.** 3x3 stride-1 convolutions with 64 input channels or more and enough output
+//!   pixels over the batch (14x14 with prepared filters, 28x28 without) take [`winograd`]:
+//!   16 GEMMs over transformed input blocks, 2.25x fewer multiplications. [`WinogradFilters`]
+//!   holds a frozen weight's transformed filters, so that they are computed once.
+//! - **Backward.** The input gradient of a stride-1 convolution is the forward convolution of
+//!   the output gradient with the flipped, transposed filters, so it takes the same paths,
+//!   Winograd included (a 1x1 weight is read through a transposed view, not copied); with a
+//!   stride (or a padding as wide as the filter) it is the transposed GEMM followed by
+//!   col2im, images in parallel. The weight gradient is one product per image,
+//!   accumulated in place.
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,

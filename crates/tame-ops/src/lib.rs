@@ -1,11 +1,51 @@
-//! Differentiable tensor operations that candle 0.11 lacks or cannot back-propagate through.
+//! Differentiable tensor operations that candle 0.11 lacks, cannot back-propagate through,
+//! or runs too slowly, with PyTorch's forward semantics.
 //!
 //! TAME back-propagates its loss through a frozen backbone into an upsampled mask, so every
 //! operation on that path needs a working backward pass. candle's native bilinear upsampling
 //! has none, its max-pool has one only when kernel == stride, and its nearest upsampling
-//! overwrites gradients instead of accumulating them. The versions here are compositions of
-//! operations whose backward passes candle does implement (matmul, narrow, reshape, maximum,
-//! concatenation), with PyTorch's forward semantics.
+//! overwrites gradients instead of accumulating them; its CPU convolution, grouped convolution
+//! and batch norm run several times slower than the kernels here (each module gives figures).
+//!
+//! Two kinds of operation live here:
+//! - compositions of operations whose backward passes candle does implement (matmul, narrow,
+//!   reshape, maximum, concatenation): [`resize_bilinear`] (two interpolation matrices),
+//!   [`adaptive_avg_pool2d`], [`linear`](fn@linear) (its products arranged for the weight's
+//!   memory traffic);
+//! - custom ops with kernels of their own, forward and backward: [`max_pool2d`] (`pool.rs`),
+//!   [`conv2d`] and its fused forms (`conv.rs`, `conv/winograd.rs`), [`depthwise_conv2d`],
+//!   [`batch_norm_eval`] / [`batch_norm_train`] (`norm.rs`), and the train-mode runs of frozen
+//!   layers [`bottleneck_train`] and [`conv_relu_chain`], each one graph node. They run f32 and
+//!   f64 on the CPU and hand anything else (other devices such as CUDA, other dtypes such as
+//!   f16, operands they give no gradient to, such as tracked running statistics) to
+//!   compositions of candle operations.
+//!
+//! Each module's documentation says how its op is made fast, with the measurements behind it.
+//!
+//! # Conventions of the kernels
+//!
+//! - A kernel sees the contiguous data of its operands as slices of one float type (the
+//!   crate's `FloatKernel` trait; of candle it knows only the element trait `WithDType`); the
+//!   op around it unpacks candle's storage and makes the graph node.
+//! - Work is split over rayon's global pool. Outputs are initialised by the tasks that fill
+//!   them, chunk by chunk, while the chunk is in that core's cache (`par_chunks_zeroed`;
+//!   `par_chunks_written`, with no zeroing at all, where the task writes every value itself,
+//!   as the batch norms' passes do): zero-filling a whole output first is a pass over it on one
+//!   thread.
+//! - A ReLU fused into an op passes no gradient where its output is zero (`ReluMask`,
+//!   PyTorch's rule). Applied in place it stores every value back (`clamp_negatives`): a store
+//!   only where the value is negative compiles to masked vector stores, slow on AMD's cores.
+//! - Rows split into their two phases for a stride-2 window (max pools, im2col, Winograd's
+//!   input blocks) go through one pass over pairs (`split_pairs`): strided gathers ran one
+//!   value at a time.
+//! - Work buffers (column matrices, Winograd operands) are reused per thread (`scratch.rs`).
+//! - Binaries call [`reuse_freed_memory`] first (large tensors' memory kept in the heap,
+//!   one heap for every thread) and run each command through [`on_worker`] (the hundreds of
+//!   parallel sections of a pass start on a worker of the pool, not handed over from outside).
+//!
+//! Every op is tested against a straightforward implementation (candle's own where it has
+//! one), its own backward passes against finite differences, and the fused runs of layers
+//! against the composed ops, bit for bit.
 
 mod allocator;
 mod bottleneck;

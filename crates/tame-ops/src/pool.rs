@@ -1,3 +1,20 @@
+//! Max pooling with any kernel, stride and padding, and adaptive average pooling.
+//!
+//! [`max_pool2d`] on the CPU is a custom op with its own backward pass: candle's native pool
+//! has a backward only when kernel == stride (and a wrong one with ties), and composing the
+//! pool from shifted windows keeps a full-size tensor per window position for the backward.
+//! The forward pass is separable: the maximum along each input row's windows first, then
+//! down the rows, as contiguous slice loops; 2x2 stride-2 windows (VGG-16's) read each
+//! output's two columns side by side, other strides read a row's columns by phase (stride 2:
+//! one pass over pairs, `split_pairs`). The backward pass sends each output's gradient to its
+//! window's first maximum in row-major order, as PyTorch, each plane's gradient zeroed by
+//! the task that fills it (`par_chunks_zeroed`); for 2x2 stride-2 windows the first maximum
+//! is found by comparisons on the window's two rows, not by a search (random data mispredicts
+//! the search's every branch). A pool after a convolution in a fused chain (`chain.rs`)
+//! applies that convolution's ReLU mask while it routes the gradients.
+//!
+//! [`adaptive_avg_pool2d`] is a composition of candle operations (means of narrowed cells).
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, WithDType};
 use candle_core::{Result, Tensor, D};
 use rayon::prelude::*;

@@ -8,6 +8,17 @@
 //! outputs where the direct convolution needs 36, 2.25x fewer. The transforms add and
 //! subtract only (and halve, exactly), so the result differs from the direct sum by
 //! rounding alone.
+//!
+//! How it runs: the tasks are rows of output blocks of each image (as many per task as keep
+//! its transformed input and products near 4 MB), in parallel; each transforms its input
+//! (every padded row split into even and odd columns in one pass over pairs), runs the 16
+//! GEMMs single-threaded into reusable per-thread buffers, and transforms the products into
+//! its rows of the output, bias and ReLU included, writing every value once (no zero-fill
+//! first). The transforms are zipped slice loops that the compiler vectorises, and the output
+//! transform runs over all of a task's block rows at once. It pays only with enough input
+//! channels and output pixels ([`applies`]); at 14x14 only with the filters prepared once
+//! ([`WinogradFilters`](super::WinogradFilters), 16/9 of the weight's size), since
+//! transforming a 512x512 layer's filters again on every pass costs more than it saves.
 
 use rayon::prelude::*;
 
