@@ -6,25 +6,22 @@
 //! Each 3x3 stride-1 convolution of loaded (not trainable) weights prepares its
 //! [`WinogradFilters`] on its first pass that needs them (16/9 of its weight's memory), so
 //! that later passes do not transform the filters again; they are dropped when a folded copy
-//! replaces the convolution. [`ConvBn`] is ResNet-50's convolution + batch norm pair: in eval
-//! mode one convolution with the batch norm folded into its weight and bias (the ReLU, and at
-//! a block's end the identity, added in the same pass), made on the first eval pass and
-//! dropped by every train pass, which moves the running statistics it comes from.
+//! (`exec::ConvBn`) replaces the convolution.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::{BatchStats, ChainLayer, Epilogue, FrozenConvBn, Padding, WinogradFilters};
+use tame_ops::{ChainLayer, Padding, WinogradFilters};
 
-use crate::norm::BatchNorm;
+use crate::lock;
 
 pub struct Conv {
-    weight: Tensor,
+    pub(crate) weight: Tensor,
     /// Zeros for a convolution without bias: the fused op adds one either way.
-    bias: Tensor,
-    stride: usize,
-    padding: Padding,
+    pub(crate) bias: Tensor,
+    pub(crate) stride: usize,
+    pub(crate) padding: Padding,
     /// The weight's filters transformed once for the Winograd path (3x3, stride 1): the
     /// weights of a loaded backbone never change. Made on the first pass that needs them
     /// and dropped by [`forget_prepared`](Self::forget_prepared), so that a convolution
@@ -68,7 +65,7 @@ impl Conv {
     /// This convolution followed by the per-channel affine map x * scale + shift (f64,
     /// C_out each), as one convolution: the weight scaled per output channel, the bias
     /// mapped. A trainable weight is never folded (`None`): the copy would go stale.
-    fn folded(&self, scale: &Tensor, shift: &Tensor) -> Result<Option<Self>> {
+    pub(crate) fn folded(&self, scale: &Tensor, shift: &Tensor) -> Result<Option<Self>> {
         if self.weight.is_variable() {
             return Ok(None);
         }
@@ -89,7 +86,7 @@ impl Conv {
         }))
     }
 
-    fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+    pub(crate) fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let (w, b) = (&self.weight, &self.bias);
         let winograd = self.prepared()?;
         let winograd = winograd.as_deref();
@@ -122,130 +119,7 @@ impl Conv {
     }
 
     /// Drops the prepared Winograd filters (made again when a pass needs them).
-    fn forget_prepared(&self) {
+    pub(crate) fn forget_prepared(&self) {
         *lock(&self.winograd) = None;
-    }
-}
-
-/// A cache's lock; a panic elsewhere while it was held leaves a valid cache (or none).
-fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    cache.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A convolution and the batch norm after it (ResNet-50's pairs). In eval mode the two are
-/// one convolution with the batch norm folded into its weight and bias (the ReLU after it
-/// fused too): one pass over the output instead of two, the same numbers up to rounding.
-/// The folded copy is built on the first eval pass and dropped by every train pass, which
-/// moves the running statistics it was made from.
-pub struct ConvBn {
-    conv: Conv,
-    bn: BatchNorm,
-    folded: Mutex<Option<Arc<Conv>>>,
-}
-
-impl ConvBn {
-    pub fn new(conv: Conv, bn: BatchNorm) -> Self {
-        Self {
-            conv,
-            bn,
-            folded: Mutex::new(None),
-        }
-    }
-
-    pub fn conv(&self) -> &Conv {
-        &self.conv
-    }
-
-    /// The batch norm, for its running statistics (its passes go through
-    /// [`bn_forward_then`](Self::bn_forward_then)).
-    pub fn bn(&self) -> &BatchNorm {
-        &self.bn
-    }
-
-    /// `bn(conv(x))` (then ReLU when `relu`) in eval mode, on the folded convolution when
-    /// the weight can be folded.
-    pub fn forward_eval(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        match self.folded()? {
-            Some(conv) => conv.apply(x, relu),
-            None => {
-                let epilogue = if relu {
-                    Epilogue::relu()
-                } else {
-                    Epilogue::default()
-                };
-                self.bn
-                    .forward_then(&self.conv.forward(x)?, false, epilogue)
-            }
-        }
-    }
-
-    /// `relu(bn(conv(x)) + residual)` in eval mode (a bottleneck's end), on the folded
-    /// convolution with the residual added in its pass when the weight can be folded.
-    pub fn forward_eval_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        match self.folded()? {
-            Some(conv) => {
-                let winograd = conv.prepared()?;
-                tame_ops::conv2d_fused_residual(
-                    x,
-                    &conv.weight,
-                    winograd.as_deref(),
-                    &conv.bias,
-                    residual,
-                    conv.stride,
-                    conv.padding,
-                )
-            }
-            None => {
-                self.bn
-                    .forward_then(&self.conv.forward(x)?, false, Epilogue::add_relu(residual))
-            }
-        }
-    }
-
-    /// The batch norm of an unfolded pass (`train`: batch statistics, which also moves the
-    /// running ones, so the folded copy is dropped).
-    pub fn bn_forward_then(&self, x: &Tensor, train: bool, then: Epilogue) -> Result<Tensor> {
-        if train {
-            *lock(&self.folded) = None;
-        }
-        self.bn.forward_then(x, train, then)
-    }
-
-    /// The Winograd filters a train-mode pass of this pair may use, for [`frozen`](Self::frozen).
-    pub fn prepared_filters(&self) -> Result<Option<Arc<WinogradFilters>>> {
-        self.conv.prepared()
-    }
-
-    /// The pair as a layer of a fused train-mode block (`tame_ops::bottleneck_train`), with
-    /// the filters of [`prepared_filters`](Self::prepared_filters).
-    pub fn frozen<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> FrozenConvBn<'a> {
-        let (gamma, beta, eps) = self.bn.affine_parameters();
-        FrozenConvBn {
-            weight: &self.conv.weight,
-            winograd: filters,
-            stride: self.conv.stride,
-            padding: self.conv.padding,
-            gamma,
-            beta,
-            eps,
-        }
-    }
-
-    /// A fused train-mode pass's batch statistics: the running ones move (and the folded
-    /// copy, made from them, is dropped), as in [`bn_forward_then`](Self::bn_forward_then).
-    pub fn track(&self, stats: BatchStats) -> Result<()> {
-        *lock(&self.folded) = None;
-        self.bn.track(stats)
-    }
-
-    fn folded(&self) -> Result<Option<Arc<Conv>>> {
-        let mut folded = lock(&self.folded);
-        if folded.is_none() {
-            // The unfolded convolution's filters first: both copies need not live at once.
-            self.conv.forget_prepared();
-            let (scale, shift) = self.bn.eval_affine()?;
-            *folded = self.conv.folded(&scale, &shift)?.map(Arc::new);
-        }
-        Ok(folded.clone())
     }
 }

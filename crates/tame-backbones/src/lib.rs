@@ -6,31 +6,17 @@
 //! pass is differentiable with respect to the input image, so a loss on the logits can be
 //! back-propagated to an input mask.
 //!
-//! # How the networks run
+//! # Definitions and execution
 //!
-//! The arithmetic is `tame_ops`'s; what this crate decides is which nodes run together, and
-//! it fuses only nodes whose own outputs no tap asks for (asking for one keeps that node
-//! apart). A forward pass stops as soon as nothing more is needed.
-//! - **VGG-16** runs each convolution with its ReLU as one op ([`tame_ops::conv2d_fused`]),
-//!   unless the convolution's own output is a tap. In a pass that back-propagates to its
-//!   input and taps none of the features (TAME's masked training pass), the features run as
-//!   one [`tame_ops::conv_relu_chain`] op: one graph node for thirteen convolutions and five
-//!   pools.
-//! - **ResNet-50** fuses each batch norm with the ReLU and the identity after it; in eval mode
-//!   it folds each batch norm into the convolution before it, and in train mode it runs each
-//!   run of bottleneck blocks between tapped outputs as one [`tame_ops::bottleneck_train`] op
-//!   (the details are in `resnet.rs`).
-//! - **EfficientNet-Lite0** runs its convolutions through [`tame_ops::conv2d`] and
-//!   [`tame_ops::depthwise_conv2d`] and its batch norms through `tame_ops`.
-//! - The classifiers' fully connected layers run [`tame_ops::linear`], which reads each
-//!   weight as stored, one block of output features per thread.
-//! - Each 3x3 stride-1 convolution of VGG-16 and ResNet-50 with loaded (not trainable) weights
-//!   prepares its [`tame_ops::WinogradFilters`] on its first pass (16/9 of its weight's
-//!   memory).
+//! Each network's file is its definition: the layer table with checkpoint names, the tap
+//! names, the forward pass as a chain of layers. `exec` decides how they run (which nodes
+//! fuse, on which ops); the arithmetic is `tame_ops`'s.
 
 mod conv;
+mod dropout;
 mod efficientnet;
 mod error;
+mod exec;
 pub mod hub;
 pub mod imagenet;
 mod linear;
@@ -189,6 +175,12 @@ impl std::str::FromStr for BackboneKind {
                 valid: Self::ALL.map(|k| k.name()).join(", "),
             })
     }
+}
+
+/// A cache's or generator's lock; a panic elsewhere while it was held leaves a valid value
+/// (each is replaced whole).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// (x - mean) / std per channel, for images in [0, 1].

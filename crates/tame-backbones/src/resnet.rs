@@ -3,31 +3,18 @@
 //! `layerK.J.conv1|bn1|relu|conv2|bn2|relu_1|conv3|bn3|downsample.0|downsample.1|add|relu_2`,
 //! `avgpool`, `flatten`, `fc`.
 //!
-//! How it runs (every fusion below yields to a tap on a node it would hide):
-//! - Each `relu(bn(x))` and each `relu(bn(x) + identity)` is one `tame_ops` batch-norm op with
-//!   its epilogue, unless the batch norm's or the sum's own output is a tap.
-//! - In eval mode each convolution followed by a batch norm ([`ConvBn`]: the stem, each
-//!   block's three, the downsample) runs as one convolution with the batch norm folded into
-//!   its weight and bias, the ReLU fused; the block's third also adds the identity in the
-//!   same pass ([`tame_ops::conv2d_fused_residual`]). The folded copy is made on the first
-//!   eval pass and dropped by every train pass, which moves the running statistics it comes
-//!   from.
-//! - In train mode each run of consecutive blocks whose inner nodes no tap asks for, ended by
-//!   a block whose output (or stage output) a tap asks for, runs as one
-//!   [`tame_ops::bottleneck_train`] op, each batch norm's running statistics updated as its
-//!   own op would. TAME's training passes: the unmasked pass taps the stage outputs `layer2`
-//!   to `layer4` (three ops: layer1-layer2, layer3, layer4); the masked pass, which
-//!   back-propagates to the image, taps none: its sixteen blocks are one graph node.
+//! This file is the network's definition: its layer table, checkpoint names and tap names;
+//! `crate::exec` decides how its nodes run.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use tame_ops::{Epilogue, FrozenBlock};
 
-use crate::conv::{Conv, ConvBn};
+use crate::conv::Conv;
+use crate::exec::{conv_bn_relu, run_stages, Bottleneck, ConvBn, Stage};
 use crate::linear::Dense;
 use crate::norm::BatchNorm;
 
-use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
+use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
 
 /// Blocks per stage and the width of each stage's bottleneck.
 const STAGES: [(usize, usize); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
@@ -41,192 +28,47 @@ fn batch_norm(vb: VarBuilder, channels: usize) -> Result<BatchNorm> {
     Ok(BatchNorm::new(vb, channels, 1e-5, 0.1)?)
 }
 
-/// `relu(bn(conv(x)))`: the folded convolution in eval mode unless a tap asks for the
-/// convolution's or the batch norm's own output; else `relu(bn(x))` as one op unless the
-/// batch norm's output is asked for.
-fn conv_bn_relu(
-    pair: &ConvBn,
-    x: &Tensor,
-    train: bool,
-    taps: &mut TapCollector,
-    [conv_name, bn_name, relu_name]: [&str; 3],
-) -> Result<Tensor> {
-    if !train && !taps.wants(conv_name) && !taps.wants(bn_name) {
-        let y = pair.forward_eval(x, true)?;
-        return taps.pass(relu_name, y);
-    }
-    let y = taps.pass(conv_name, pair.conv().forward(x)?)?;
-    let y = if taps.wants(bn_name) {
-        let y = pair.bn_forward_then(&y, train, Epilogue::default())?;
-        taps.pass(bn_name, y)?.relu()?
-    } else {
-        pair.bn_forward_then(&y, train, Epilogue::relu())?
-    };
-    taps.pass(relu_name, y)
-}
-
-struct Bottleneck {
+/// Block `name` (`layerK.J`): `cin` channels in, a bottleneck `width` wide, `width *
+/// EXPANSION` out, the stride on the 3x3 convolution.
+fn bottleneck(
+    vb: VarBuilder,
     name: String,
-    first: ConvBn,
-    second: ConvBn,
-    third: ConvBn,
-    downsample: Option<ConvBn>,
-}
-
-impl Bottleneck {
-    fn new(vb: VarBuilder, name: String, cin: usize, width: usize, stride: usize) -> Result<Self> {
-        let cout = width * EXPANSION;
-        let downsample = if stride != 1 || cin != cout {
-            let ds = vb.pp("downsample");
-            Some(ConvBn::new(
-                conv(ds.pp("0"), cin, cout, 1, stride)?,
-                batch_norm(ds.pp("1"), cout)?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            first: ConvBn::new(
-                conv(vb.pp("conv1"), cin, width, 1, 1)?,
-                batch_norm(vb.pp("bn1"), width)?,
-            ),
-            second: ConvBn::new(
-                conv(vb.pp("conv2"), width, width, 3, stride)?,
-                batch_norm(vb.pp("bn2"), width)?,
-            ),
-            third: ConvBn::new(
-                conv(vb.pp("conv3"), width, cout, 1, 1)?,
-                batch_norm(vb.pp("bn3"), cout)?,
-            ),
-            downsample,
-            name,
-        })
-    }
-
-    /// Whether a tap asks for a node inside the block, not its output.
-    fn inner_tapped(&self, taps: &TapCollector) -> bool {
-        let inner = self.node_names();
-        // The block's own output is the last two names (relu_2 and the block's).
-        inner[..inner.len() - 2].iter().any(|n| taps.wants(n))
-    }
-
-    /// Whether a tap asks for the block's output (under either of its names).
-    fn output_tapped(&self, taps: &TapCollector) -> bool {
-        taps.wants(&self.name) || taps.wants(&format!("{}.relu_2", self.name))
-    }
-
-    /// Offers the block's output to the taps under both its names.
-    fn pass_output(&self, y: Tensor, taps: &mut TapCollector) -> Result<Tensor> {
-        let y = taps.pass(&format!("{}.relu_2", self.name), y)?;
-        taps.pass(&self.name, y)
-    }
-
-    /// The block from its separate ops, each tapped node offered.
-    fn forward(&self, x: &Tensor, train: bool, taps: &mut TapCollector) -> Result<Tensor> {
-        let name = |suffix: &str| format!("{}.{suffix}", self.name);
-        let names = |s: [&str; 3]| s.map(name);
-        let [c1, b1, r1] = names(["conv1", "bn1", "relu"]);
-        let y = conv_bn_relu(&self.first, x, train, taps, [&c1, &b1, &r1])?;
-        let [c2, b2, r2] = names(["conv2", "bn2", "relu_1"]);
-        let y = conv_bn_relu(&self.second, &y, train, taps, [&c2, &b2, &r2])?;
-        let identity = match &self.downsample {
-            Some(pair) => {
-                let (conv_name, bn_name) = (name("downsample.0"), name("downsample.1"));
-                if !train && !taps.wants(&conv_name) && !taps.wants(&bn_name) {
-                    pair.forward_eval(x, false)?
-                } else {
-                    let d = taps.pass(&conv_name, pair.conv().forward(x)?)?;
-                    let d = pair.bn_forward_then(&d, train, Epilogue::default())?;
-                    taps.pass(&bn_name, d)?
-                }
-            }
-            None => x.clone(),
-        };
-        let [c3, bn3, add] = names(["conv3", "bn3", "add"]);
-        let y = if !train && ![&c3, &bn3, &add].iter().any(|n| taps.wants(n)) {
-            // relu(bn3(conv3(y)) + identity) as one folded convolution.
-            self.third.forward_eval_residual(&y, &identity)?
-        } else {
-            let y = taps.pass(&c3, self.third.conv().forward(&y)?)?;
-            if taps.wants(&bn3) || taps.wants(&add) {
-                let y = self.third.bn_forward_then(&y, train, Epilogue::default())?;
-                let y = taps.pass(&bn3, y)?;
-                taps.pass(&add, (y + identity)?)?.relu()?
-            } else {
-                self.third
-                    .bn_forward_then(&y, train, Epilogue::add_relu(&identity))?
-            }
-        };
-        self.pass_output(y, taps)
-    }
-
-    /// The pairs in `tame_ops::bottleneck_train`'s order: the main path's, then the
-    /// shortcut's.
-    fn pairs(&self) -> Vec<&ConvBn> {
-        [&self.first, &self.second, &self.third]
-            .into_iter()
-            .chain(&self.downsample)
-            .collect()
-    }
-
-    fn node_names(&self) -> Vec<String> {
-        let mut suffixes = vec![
-            "conv1", "bn1", "relu", "conv2", "bn2", "relu_1", "conv3", "bn3",
-        ];
-        if self.downsample.is_some() {
-            suffixes.extend(["downsample.0", "downsample.1"]);
-        }
-        suffixes.extend(["add", "relu_2"]);
-        let mut names: Vec<String> = suffixes
-            .iter()
-            .map(|s| format!("{}.{s}", self.name))
-            .collect();
-        names.push(self.name.clone());
-        names
-    }
-}
-
-/// A run of train-mode blocks as one op (`tame_ops::bottleneck_train`), when it applies;
-/// each batch norm's running statistics are updated as its own op would.
-fn forward_train_fused(
-    blocks: &[(&Bottleneck, Option<String>)],
-    x: &Tensor,
-) -> Result<Option<Tensor>> {
-    let pairs: Vec<Vec<&ConvBn>> = blocks.iter().map(|(b, _)| b.pairs()).collect();
-    let filters = pairs
-        .iter()
-        .map(|block| block.iter().map(|p| p.prepared_filters()).collect())
-        .collect::<candle_core::Result<Vec<Vec<_>>>>()?;
-    let frozen: Vec<FrozenBlock> = pairs
-        .iter()
-        .zip(&filters)
-        .map(|(block, filters)| {
-            let f: Vec<_> = block
-                .iter()
-                .zip(filters)
-                .map(|(p, f)| p.frozen(f.as_deref()))
-                .collect();
-            FrozenBlock {
-                layers: [f[0], f[1], f[2]],
-                downsample: f.get(3).copied(),
-            }
-        })
-        .collect();
-    let Some((y, stats)) = tame_ops::bottleneck_train(x, &frozen)? else {
-        return Ok(None);
+    cin: usize,
+    width: usize,
+    stride: usize,
+) -> Result<Bottleneck> {
+    let cout = width * EXPANSION;
+    let downsample = if stride != 1 || cin != cout {
+        let ds = vb.pp("downsample");
+        Some(ConvBn::new(
+            conv(ds.pp("0"), cin, cout, 1, stride)?,
+            batch_norm(ds.pp("1"), cout)?,
+        ))
+    } else {
+        None
     };
-    for (block, stats) in pairs.iter().zip(stats) {
-        for (pair, stats) in block.iter().zip(stats) {
-            pair.track(stats)?;
-        }
-    }
-    Ok(Some(y))
+    Ok(Bottleneck {
+        first: ConvBn::new(
+            conv(vb.pp("conv1"), cin, width, 1, 1)?,
+            batch_norm(vb.pp("bn1"), width)?,
+        ),
+        second: ConvBn::new(
+            conv(vb.pp("conv2"), width, width, 3, stride)?,
+            batch_norm(vb.pp("bn2"), width)?,
+        ),
+        third: ConvBn::new(
+            conv(vb.pp("conv3"), width, cout, 1, 1)?,
+            batch_norm(vb.pp("bn3"), cout)?,
+        ),
+        downsample,
+        name,
+    })
 }
 
 pub struct ResNet50 {
     stem: ConvBn,
-    /// The blocks of each of the four stages.
-    layers: Vec<Vec<Bottleneck>>,
+    /// `layer1` to `layer4`.
+    stages: Vec<Stage>,
     fc: Dense,
 }
 
@@ -234,30 +76,29 @@ impl ResNet50 {
     /// Builds the network from torchvision parameter names (`conv1.weight`, `bn1.running_mean`,
     /// `layer1.0.conv1.weight`, `fc.weight` ...).
     pub fn new(vb: VarBuilder) -> Result<Self> {
-        let mut layers = Vec::new();
+        let mut stages = Vec::new();
         let mut channels = 64;
         for (stage, (blocks, width)) in STAGES.into_iter().enumerate() {
+            let name = format!("layer{}", stage + 1);
             let mut stage_blocks = Vec::new();
             for block in 0..blocks {
                 let stride = if block == 0 && stage > 0 { 2 } else { 1 };
-                let name = format!("layer{}.{block}", stage + 1);
-                stage_blocks.push(Bottleneck::new(
-                    vb.pp(&name),
-                    name,
-                    channels,
-                    width,
-                    stride,
-                )?);
+                let block_name = format!("{name}.{block}");
+                let vb = vb.pp(&block_name);
+                stage_blocks.push(bottleneck(vb, block_name, channels, width, stride)?);
                 channels = width * EXPANSION;
             }
-            layers.push(stage_blocks);
+            stages.push(Stage {
+                name,
+                blocks: stage_blocks,
+            });
         }
         Ok(Self {
             stem: ConvBn::new(
                 conv(vb.pp("conv1"), 3, 64, 7, 2)?,
                 batch_norm(vb.pp("bn1"), 64)?,
             ),
-            layers,
+            stages,
             fc: Dense::new(vb.pp("fc"), 512 * EXPANSION, 1000)?,
         })
     }
@@ -279,9 +120,9 @@ impl ResNet50 {
                 }
             })?;
             let block = self
-                .layers
+                .stages
                 .iter()
-                .flatten()
+                .flat_map(|s| &s.blocks)
                 .find(|b| b.name == block_name)?;
             match leaf {
                 "bn1" => block.first.bn(),
@@ -304,11 +145,11 @@ impl Backbone for ResNet50 {
         let mut names: Vec<String> = ["conv1", "bn1", "relu", "maxpool"]
             .map(String::from)
             .to_vec();
-        for (stage, blocks) in self.layers.iter().enumerate() {
-            for block in blocks {
+        for stage in &self.stages {
+            for block in &stage.blocks {
                 names.extend(block.node_names());
             }
-            names.push(format!("layer{}", stage + 1));
+            names.push(stage.name.clone());
         }
         names.extend(["avgpool", "flatten", "fc"].map(String::from));
         names
@@ -335,56 +176,8 @@ impl Backbone for ResNet50 {
         let mut taps = request.collector();
         let x = normalize_imagenet(images)?;
         let x = conv_bn_relu(&self.stem, &x, train, &mut taps, ["conv1", "bn1", "relu"])?;
-        let mut x = taps.pass("maxpool", tame_ops::max_pool2d(&x, 3, 2, 1)?)?;
-        // Each block with the name of its stage's output when it is the stage's last.
-        let blocks: Vec<(&Bottleneck, Option<String>)> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(stage, blocks)| {
-                let last = blocks.len() - 1;
-                let stage_name = move |j: usize| (j == last).then(|| format!("layer{}", stage + 1));
-                blocks
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, b)| (b, stage_name(j)))
-            })
-            .collect();
-        let mut i = 0;
-        while i < blocks.len() {
-            if taps.done() {
-                return taps.finish(None);
-            }
-            // In train mode, the longest run of blocks from here that no tap looks into
-            // runs as one op: a tapped output ends the run.
-            let mut end = i;
-            while train && end < blocks.len() && !blocks[end].0.inner_tapped(&taps) {
-                let (block, stage) = &blocks[end];
-                end += 1;
-                if block.output_tapped(&taps) || stage.as_ref().is_some_and(|s| taps.wants(s)) {
-                    break;
-                }
-            }
-            let fused = if end > i {
-                forward_train_fused(&blocks[i..end], &x)?
-            } else {
-                None
-            };
-            let end = match fused {
-                Some(y) => {
-                    x = blocks[end - 1].0.pass_output(y, &mut taps)?;
-                    end
-                }
-                None => {
-                    x = blocks[i].0.forward(&x, train, &mut taps)?;
-                    i + 1
-                }
-            };
-            if let Some(stage) = &blocks[end - 1].1 {
-                x = taps.pass(stage, x)?;
-            }
-            i = end;
-        }
+        let x = taps.pass("maxpool", tame_ops::max_pool2d(&x, 3, 2, 1)?)?;
+        let x = run_stages(&self.stages, x, train, &mut taps)?;
         if taps.done() {
             return taps.finish(None);
         }
@@ -497,7 +290,7 @@ mod tests {
         // Every convolution's own output: nothing can be folded.
         let mut unfolded = outputs.clone();
         unfolded.push("conv1".into());
-        for (stage, blocks) in net.layers.iter().enumerate() {
+        for (stage, blocks) in net.stages.iter().map(|s| &s.blocks).enumerate() {
             for block in 0..blocks.len() {
                 for conv in ["conv1", "conv2", "conv3", "downsample.0"] {
                     if conv != "downsample.0" || block == 0 {
