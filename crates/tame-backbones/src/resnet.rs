@@ -14,7 +14,16 @@ use crate::exec::{conv_bn_relu, run_stages, Bottleneck, ConvBn, Stage};
 use crate::linear::Dense;
 use crate::norm::BatchNorm;
 
-use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
+use crate::{normalize_imagenet, Backbone, Description, ForwardOutput, Mode, Result, TapRequest};
+
+pub(crate) const DESCRIPTION: Description = Description {
+    name: "resnet50",
+    hub_repo: "timm/resnet50.tv_in1k",
+    // timm's names are torchvision's.
+    hub_name: |name, t| Ok((name, t)),
+    pypi: None,
+    build: |vb| Ok(Box::new(ResNet50::new(vb)?)),
+};
 
 /// Blocks per stage and the width of each stage's bottleneck.
 const STAGES: [(usize, usize); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
@@ -138,7 +147,7 @@ impl ResNet50 {
 
 impl Backbone for ResNet50 {
     fn name(&self) -> &'static str {
-        "resnet50"
+        DESCRIPTION.name
     }
 
     fn tap_names(&self) -> Vec<String> {

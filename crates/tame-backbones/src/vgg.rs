@@ -10,7 +10,15 @@ use crate::conv::Conv;
 use crate::dropout::Dropout;
 use crate::exec::{Layer, Sequential};
 use crate::linear::Dense;
-use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
+use crate::{normalize_imagenet, Backbone, Description, ForwardOutput, Mode, Result, TapRequest};
+
+pub(crate) const DESCRIPTION: Description = Description {
+    name: "vgg16",
+    hub_repo: "timm/vgg16.tv_in1k",
+    hub_name: from_timm_name,
+    pypi: None,
+    build: |vb| Ok(Box::new(Vgg16::new(vb)?)),
+};
 
 /// Output channels of each convolution, `None` for a 2x2 max-pool.
 const LAYOUT: [Option<usize>; 18] = [
@@ -92,9 +100,32 @@ impl Vgg16 {
     }
 }
 
+/// timm's VGG keeps `features.*` but holds the classifier as convolutions:
+/// `pre_logits.fc1` (4096x512x7x7, the same memory order as torchvision's 4096x25088 linear),
+/// `pre_logits.fc2` (4096x4096x1x1) and `head.fc`.
+fn from_timm_name(name: String, t: Tensor) -> Result<(String, Tensor)> {
+    let renamed = match name.as_str() {
+        "pre_logits.fc1.weight" => Some(("classifier.0.weight", Some(25088))),
+        "pre_logits.fc1.bias" => Some(("classifier.0.bias", None)),
+        "pre_logits.fc2.weight" => Some(("classifier.3.weight", Some(4096))),
+        "pre_logits.fc2.bias" => Some(("classifier.3.bias", None)),
+        "head.fc.weight" => Some(("classifier.6.weight", None)),
+        "head.fc.bias" => Some(("classifier.6.bias", None)),
+        _ => None,
+    };
+    Ok(match renamed {
+        // Only a 4-d convolution kernel is flattened; anything else is checked as it is.
+        Some((new, Some(cols))) if t.rank() == 4 && t.elem_count() == 4096 * cols => {
+            (new.to_string(), t.reshape((4096, cols))?)
+        }
+        Some((new, _)) => (new.to_string(), t),
+        None => (name, t),
+    })
+}
+
 impl Backbone for Vgg16 {
     fn name(&self) -> &'static str {
-        "vgg16"
+        DESCRIPTION.name
     }
 
     fn tap_names(&self) -> Vec<String> {

@@ -18,6 +18,7 @@ use candle_nn::VarBuilder;
 
 pub use cache::{cache_dir, cache_file};
 pub use error::WeightsError;
+pub(crate) use pypi::PypiWeights;
 pub use source::{fetch, resolve, Source};
 
 use crate::synthetic::SyntheticWeights;
@@ -141,38 +142,9 @@ impl NamedTensors {
     }
 }
 
-/// timm's VGG keeps `features.*` but holds the classifier as convolutions:
-/// `pre_logits.fc1` (4096x512x7x7, the same memory order as torchvision's 4096x25088 linear),
-/// `pre_logits.fc2` (4096x4096x1x1) and `head.fc`.
-///
-/// timm's `tf_efficientnet_lite0` names (`conv_stem`, `blocks.S.I.conv_pw` ...) become the
-/// reference names (`_conv_stem`, `_blocks.N._expand_conv` ...).
+/// `name` as the definition of `kind` names it (the hub's files use timm's names).
 fn to_torchvision_name(kind: BackboneKind, name: String, t: Tensor) -> Result<(String, Tensor)> {
-    match kind {
-        BackboneKind::Vgg16 => {}
-        BackboneKind::ResNet50 => return Ok((name, t)),
-        BackboneKind::EfficientNetLite0 => {
-            let name = crate::efficientnet::timm_to_reference_name(&name).unwrap_or(name);
-            return Ok((name, t));
-        }
-    }
-    let renamed = match name.as_str() {
-        "pre_logits.fc1.weight" => Some(("classifier.0.weight", Some(25088))),
-        "pre_logits.fc1.bias" => Some(("classifier.0.bias", None)),
-        "pre_logits.fc2.weight" => Some(("classifier.3.weight", Some(4096))),
-        "pre_logits.fc2.bias" => Some(("classifier.3.bias", None)),
-        "head.fc.weight" => Some(("classifier.6.weight", None)),
-        "head.fc.bias" => Some(("classifier.6.bias", None)),
-        _ => None,
-    };
-    Ok(match renamed {
-        // Only a 4-d convolution kernel is flattened; anything else is checked as it is.
-        Some((new, Some(cols))) if t.rank() == 4 && t.elem_count() == 4096 * cols => {
-            (new.to_string(), t.reshape((4096, cols))?)
-        }
-        Some((new, _)) => (new.to_string(), t),
-        None => (name, t),
-    })
+    (kind.description().hub_name)(name, t)
 }
 
 impl SimpleBackend for NamedTensors {

