@@ -19,5 +19,29 @@ pub fn open(spec: &str) -> Result<Device> {
              rebuild it with `cargo build --release -p tame-cli --features cuda`"
         );
     }
-    Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+    Device::new_cuda(ordinal).with_context(|| {
+        format!(
+            "cannot open CUDA device {ordinal} (is an NVIDIA GPU present and its driver \
+             installed? `nvidia-smi` lists them)"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_unbuilt_devices_are_one_line_errors() {
+        let unknown = open("gpu").unwrap_err().to_string();
+        assert!(
+            unknown.contains("expected cpu, cuda or cuda:N"),
+            "{unknown}"
+        );
+        if !candle_core::utils::cuda_is_available() {
+            let unbuilt = open("cuda:1").unwrap_err().to_string();
+            assert!(unbuilt.contains("--features cuda"), "{unbuilt}");
+            assert!(!unbuilt.contains('\n'), "{unbuilt}");
+        }
+    }
 }
