@@ -112,6 +112,7 @@ pub fn list_loader(
         } else {
             tame_data::Augmentation::None
         },
+        preprocessing: tame_data::Preprocessing::IMAGENET,
         strict: true,
     };
     Loader::new(list, dir, config).unwrap()
