@@ -84,7 +84,7 @@ pub struct SetupArgs {
 
     /// Training augmentation: `reference` (resize 256, random 224 crop, flip), `heavy`
     /// (random resized crops, flips, colour jitter, two-photo collages: for small training
-    /// sets) or `none` (the evaluation transform).
+    /// sets) or `none` (the evaluation preprocessing).
     #[arg(long, default_value = "reference", value_parser = clap::value_parser!(Augmentation))]
     pub augment: Augmentation,
 

@@ -59,7 +59,7 @@ impl FromStr for Augmentation {
 }
 
 /// Applies `augmentation` to `image` (`distractor` is only used by [`Augmentation::Heavy`]).
-/// [`Augmentation::None`] is the caller's evaluation transform and is not handled here.
+/// [`Augmentation::None`] is the loader's preprocessing and is not handled here.
 pub fn augment(
     augmentation: Augmentation,
     image: &RgbImage,

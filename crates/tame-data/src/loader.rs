@@ -54,7 +54,7 @@ impl LoaderConfig {
         }
     }
 
-    /// Evaluation defaults: list order, evaluation transform, a bad image is an error.
+    /// Evaluation defaults: list order, the ImageNet preprocessing, a bad image is an error.
     pub fn evaluation(batch_size: usize) -> Self {
         Self {
             batch_size,
