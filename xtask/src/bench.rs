@@ -98,9 +98,10 @@ fn backbones(runs: usize, model: Option<BackboneKind>) -> Result<()> {
     for kind in selected(&BackboneKind::ALL, model) {
         let net = load_backbone(kind, &WeightsSpec::Synthetic, &device)?;
         let request = net.tap_request(&[], true)?;
+        let side = input_side(net.as_ref());
         for batch in [1, 8] {
             let images =
-                Tensor::rand(0f32, 1f32, (batch, 3, 224, 224), &device)?.to_dtype(DType::F32)?;
+                Tensor::rand(0f32, 1f32, (batch, 3, side, side), &device)?.to_dtype(DType::F32)?;
             let t = timed(runs, || {
                 net.forward(&images, &request, Mode::Eval)?;
                 Ok(())
@@ -117,10 +118,15 @@ fn backbones(runs: usize, model: Option<BackboneKind>) -> Result<()> {
     Ok(())
 }
 
+/// The side of the square images `backbone` takes.
+fn input_side(backbone: &dyn Backbone) -> usize {
+    backbone.input_spec().crop as usize
+}
+
 /// A freshly initialised TAME mechanism on `backbone`'s default taps.
 fn mechanism(backbone: &dyn Backbone, device: &Device) -> Result<AttentionMechanism> {
     let taps = backbone
-        .tap_dims(&backbone.default_taps(), 224, device)?
+        .tap_dims(&backbone.default_taps(), input_side(backbone), device)?
         .into_iter()
         .map(|[c, h, w]| TapShape::new(c, h, w))
         .collect();
@@ -149,7 +155,8 @@ fn table(runs: usize, model: Option<BackboneKind>, work: Option<Work>) -> Result
     for kind in selected(&kinds, model) {
         let net = load_backbone(kind, &WeightsSpec::Synthetic, &device)?;
         let name = net.name();
-        let one = Tensor::rand(0f32, 1f32, (1, 3, 224, 224), &device)?;
+        let side = input_side(net.as_ref());
+        let one = Tensor::rand(0f32, 1f32, (1, 3, side, side), &device)?;
         if wants(Work::Forward) {
             let logits = net.tap_request(&[], true)?;
             let secs = timed(runs, || {
@@ -173,7 +180,7 @@ fn table(runs: usize, model: Option<BackboneKind>, work: Option<Work>) -> Result
                     .context("no logits")?
                     .argmax(D::Minus1)?
                     .to_vec1::<u32>()?;
-                let map = normalize_maps(&explainer.explain(&one, &out.taps, &top)?, 224, 224)?;
+                let map = normalize_maps(&explainer.explain(&one, &out.taps, &top)?, side, side)?;
                 map.flatten_all()?.to_vec1::<f32>()?;
                 Ok(())
             })?;
@@ -198,7 +205,7 @@ fn table(runs: usize, model: Option<BackboneKind>, work: Option<Work>) -> Result
                 config,
                 1000,
             )?;
-            let eight = Tensor::rand(0f32, 1f32, (8, 3, 224, 224), &device)?;
+            let eight = Tensor::rand(0f32, 1f32, (8, 3, side, side), &device)?;
             let labels: Vec<u32> = (0..8).map(|i| 100 * i + 7).collect();
             let secs = timed(runs, || {
                 trainer.step(&eight, &labels)?;

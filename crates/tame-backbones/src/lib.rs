@@ -44,6 +44,24 @@ pub type Result<T> = std::result::Result<T, BackboneError>;
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The images a backbone's weights were trained on, as plain numbers for whoever prepares
+/// them: the shorter side resized to `resize_shorter`, then the central `crop x crop` square
+/// (an image already `crop x crop` is used as is). The normalisation happens inside
+/// `forward`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputSpec {
+    pub resize_shorter: u32,
+    pub crop: u32,
+}
+
+impl InputSpec {
+    /// ImageNet's classifiers: 224 x 224 crops of images resized to 256.
+    pub const IMAGENET: Self = Self {
+        resize_shorter: 256,
+        crop: 224,
+    };
+}
+
 /// How the backbone runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -80,6 +98,11 @@ pub trait Backbone: Send + Sync {
     /// The per-channel mean `forward` subtracts from its [0, 1] input: the colour of a pixel
     /// that is zero in the space the network computes in.
     fn input_mean(&self) -> [f32; 3];
+
+    /// The input the weights expect ([`InputSpec::IMAGENET`] for every network here).
+    fn input_spec(&self) -> InputSpec {
+        InputSpec::IMAGENET
+    }
 
     /// Runs images (B, 3, H, W) with values in [0, 1] through the network (the normalisation
     /// the weights expect happens inside). Stops as early as the request allows.

@@ -318,8 +318,9 @@ fn real_photos_give_pytorchs_logits_and_classes() {
         }
         assert_eq!(argmax(&ours), expected_top1, "{name}: central-crop top-1");
 
-        // The evaluation transform (Resize(256) + CenterCrop(224)).
-        let top1 = argmax(&logits_of(&to_input(&tame_data::eval_transform(&rgb))));
+        // The preprocessing (Resize(256) + CenterCrop(224): none of these photos is 224x224).
+        let (input, _) = tame_data::Preprocessing::IMAGENET.apply(&rgb);
+        let top1 = argmax(&logits_of(&to_input(&input)));
         let expected = fx[&format!("{name}/eval_top1")].to_vec1::<i64>().unwrap()[0];
         println!("{name}: eval-transform top-1 {top1} (PyTorch {expected})");
         assert_eq!(top1 as i64, expected, "{name}: eval-transform top-1");

@@ -1,4 +1,5 @@
-//! Pieces every subcommand shares: the model arguments and atomic output files.
+//! Pieces every subcommand shares: the model arguments, the backbone's input, CSV tables,
+//! atomic output files and image discovery.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use tame_backbones::weights::{self, WeightsSpec};
-use tame_backbones::{Backbone, BackboneKind};
+use tame_backbones::{Backbone, BackboneKind, InputSpec};
+use tame_data::{to_chw_f32, Preprocessing, RgbImage};
 
 /// `--model`, `--weights`, `--device`.
 #[derive(Args, Clone, Debug)]
@@ -46,7 +48,11 @@ impl ModelArgs {
 pub struct CsvTable(csv::Writer<Vec<u8>>);
 
 impl CsvTable {
-    pub fn new(header: &[&str]) -> Result<Self> {
+    pub fn new<I, T>(header: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
         let mut writer = csv::Writer::from_writer(Vec::new());
         writer.write_record(header)?;
         Ok(Self(writer))
@@ -67,13 +73,47 @@ impl CsvTable {
     }
 }
 
-/// A (B, 3, H, W) tensor from a loader batch.
-pub fn batch_tensor(images: Vec<f32>, count: usize, device: &Device) -> Result<Tensor> {
+/// How images are made into `backbone`'s input: the backbone describes it, tame-data applies
+/// it.
+pub fn preprocessing(backbone: &dyn Backbone) -> Preprocessing {
+    preprocessing_for(backbone.input_spec())
+}
+
+fn preprocessing_for(spec: InputSpec) -> Preprocessing {
+    Preprocessing {
+        resize_shorter: spec.resize_shorter,
+        crop: spec.crop,
+    }
+}
+
+/// A (B, 3, H, W) tensor from a loader batch of `count` images prepared by `preprocessing`.
+pub fn batch_tensor(
+    images: Vec<f32>,
+    count: usize,
+    preprocessing: Preprocessing,
+    device: &Device,
+) -> Result<Tensor> {
     Ok(Tensor::from_vec(
         images,
-        tame_data::batch_shape(count),
+        preprocessing.batch_shape(count),
         device,
     )?)
+}
+
+/// A (B, 3, H, W) tensor of prepared images (`crops`, each `preprocessing.crop` square).
+pub fn crops_tensor(
+    crops: &[RgbImage],
+    preprocessing: Preprocessing,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut pixels = vec![0f32; crops.len() * preprocessing.image_len()];
+    for (crop, out) in crops
+        .iter()
+        .zip(pixels.chunks_mut(preprocessing.image_len()))
+    {
+        to_chw_f32(crop, out);
+    }
+    batch_tensor(pixels, crops.len(), preprocessing, device)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
@@ -116,6 +156,20 @@ pub fn find_images(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// The image files of `paths`: each file as given, each folder's images (see
+/// [`find_images`]) under it.
+pub fn expand_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut images = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            images.extend(find_images(path)?.into_iter().map(|r| path.join(r)));
+        } else {
+            images.push(path.clone());
+        }
+    }
+    Ok(images)
+}
+
 fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -129,4 +183,19 @@ pub fn parse_layers(layers: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The training augmentations and tame-data's constants assume ImageNet's input: the
+    /// backbones' description must be the same.
+    #[test]
+    fn imagenet_input_spec_is_tame_datas_imagenet_preprocessing() {
+        assert_eq!(
+            preprocessing_for(InputSpec::IMAGENET),
+            Preprocessing::IMAGENET
+        );
+    }
 }

@@ -2,18 +2,17 @@
 //! as one table (Markdown and CSV) in the layout of the TAME paper's comparison table, and a
 //! picture grid of the methods' maps on the first images.
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, D};
 use clap::Args;
 use tame_backbones::{Backbone, Mode};
-use tame_data::{eval_transform, load_rgb, to_chw_f32, RgbImage, IMAGE_LEN};
+use tame_data::{load_rgb, ImageList, RgbImage};
 use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
-use crate::common::{write_atomically, ModelArgs};
+use crate::common::{crops_tensor, preprocessing, write_atomically, CsvTable, ModelArgs};
 use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::pass::{read_list, Pass};
@@ -87,33 +86,65 @@ pub fn run(args: CompareArgs) -> Result<()> {
         backbone.as_ref(),
         &device,
     )?;
-    // Every method is set up before any runs, so a bad setting fails fast.
-    let explainers = methods
-        .iter()
-        .map(|&m| {
-            let explainer = args
-                .method_args
-                .build(m, backbone.as_ref(), mechanism.as_ref())?;
-            Ok((m, explainer))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut config = EvalConfig {
-        metrics: args.metrics,
-        ..EvalConfig::default()
-    };
-    config.road.seed = args.seed;
+    let explainers = args
+        .method_args
+        .build_all(methods, backbone.as_ref(), mechanism.as_ref())?;
     let pass = Pass {
         backbone: backbone.as_ref(),
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
     };
+    let rows = score(&pass, &explainers, &list, &eval_config(&args))?;
+    let (header, lines) = table(&rows, &args.metrics)?;
+    let markdown = markdown(&args, list.len(), backbone.name(), &header, &lines);
+    let mut csv = CsvTable::new(&header)?;
+    for line in &lines {
+        csv.row(line)?;
+    }
+    let grid_paths: Vec<PathBuf> = list
+        .entries()
+        .iter()
+        .take(args.grid_images)
+        .map(|e| e.resolve(&args.val_dir))
+        .collect();
+    let grid = if grid_paths.is_empty() {
+        None
+    } else {
+        Some(grid(&grid_paths, &explainers, backbone.as_ref(), &device)?)
+    };
+    let csv_path = args.out.with_extension("csv");
+    write_atomically(&args.out, markdown.as_bytes())?;
+    write_atomically(&csv_path, &csv.into_bytes()?)?;
+    print!("{markdown}");
+    eprintln!("wrote {} and {}", args.out.display(), csv_path.display());
+    if let Some(grid) = grid {
+        write_grid(&args.out, &grid, &explainers)?;
+    }
+    Ok(())
+}
 
+fn eval_config(args: &CompareArgs) -> EvalConfig {
+    let mut config = EvalConfig {
+        metrics: args.metrics,
+        ..EvalConfig::default()
+    };
+    config.road.seed = args.seed;
+    config
+}
+
+/// Each method through the metrics, timed.
+fn score(
+    pass: &Pass,
+    explainers: &[(Method, Box<dyn Explainer + '_>)],
+    list: &ImageList,
+    config: &EvalConfig,
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (method, explainer) in &explainers {
+    for (method, explainer) in explainers {
         let started = Instant::now();
         let report =
-            pass.run_with_message(explainer.as_ref(), &list, &config, method.name(), 0, None)?;
+            pass.run_with_message(explainer.as_ref(), list, config, method.name(), 0, None)?;
         let seconds_per_image = started.elapsed().as_secs_f64() / list.len() as f64;
         eprintln!("{}: {seconds_per_image:.2} s per image", method.title());
         rows.push(Row {
@@ -122,69 +153,63 @@ pub fn run(args: CompareArgs) -> Result<()> {
             seconds_per_image,
         });
     }
+    Ok(rows)
+}
 
-    let (header, lines) = table(&rows, &args.metrics)?;
-    let mut markdown = format!(
-        "Comparison on {} ({} images), backbone {}. AD: lower is better; IC: higher is better; \
-         time: metrics included, per image.\n\n| {} |\n|{}|\n",
+/// The table in Markdown, under a line saying what was compared.
+fn markdown(
+    args: &CompareArgs,
+    images: usize,
+    model: &str,
+    header: &[String],
+    lines: &[Vec<String>],
+) -> String {
+    let mut text = format!(
+        "Comparison on {} ({images} images), backbone {model}. AD: lower is better; IC: higher \
+         is better; time: metrics included, per image.\n\n| {} |\n|{}|\n",
         args.test_list.display(),
-        list.len(),
-        backbone.name(),
         header.join(" | "),
         header.iter().map(|_| "---").collect::<Vec<_>>().join("|"),
     );
-    let mut csv = format!("{}\n", header.join(","));
-    for line in &lines {
-        writeln!(markdown, "| {} |", line.join(" | "))?;
-        writeln!(csv, "{}", line.join(","))?;
+    for line in lines {
+        text.push_str(&format!("| {} |\n", line.join(" | ")));
     }
-    let csv_path = args.out.with_extension("csv");
-    let grid_path = args.out.with_file_name(format!(
+    text
+}
+
+/// Writes the picture grid as `<out stem>_grid.png`.
+fn write_grid(
+    out: &Path,
+    grid: &RgbImage,
+    explainers: &[(Method, Box<dyn Explainer + '_>)],
+) -> Result<()> {
+    let path = out.with_file_name(format!(
         "{}_grid.png",
-        args.out.file_stem().unwrap_or_default().to_string_lossy()
+        out.file_stem().unwrap_or_default().to_string_lossy()
     ));
-    let grid = match args.grid_images {
-        0 => None,
-        count => {
-            let paths: Vec<PathBuf> = list
-                .entries()
-                .iter()
-                .take(count)
-                .map(|e| e.resolve(&args.val_dir))
-                .collect();
-            Some(grid(&paths, &explainers, backbone.as_ref(), &device)?)
-        }
-    };
-    write_atomically(&args.out, markdown.as_bytes())?;
-    write_atomically(&csv_path, csv.as_bytes())?;
-    print!("{markdown}");
-    eprintln!("wrote {} and {}", args.out.display(), csv_path.display());
-    if let Some(grid) = grid {
-        write_atomically(&grid_path, &png_bytes(&grid)?)?;
-        let columns: Vec<&str> = explainers.iter().map(|(m, _)| m.title()).collect();
-        eprintln!(
-            "wrote {} (columns: image, {})",
-            grid_path.display(),
-            columns.join(", ")
-        );
-    }
+    write_atomically(&path, &png_bytes(grid)?)?;
+    let columns: Vec<&str> = explainers.iter().map(|(m, _)| m.title()).collect();
+    eprintln!(
+        "wrote {} (columns: image, {})",
+        path.display(),
+        columns.join(", ")
+    );
     Ok(())
 }
 
-/// The picture grid: one row per image (its evaluation crop, then each method's overlay of
-/// the backbone's top class).
+/// The picture grid: one row per image (the crop the backbone saw, then each method's
+/// overlay of the backbone's top class).
 fn grid(
     paths: &[PathBuf],
     explainers: &[(Method, Box<dyn Explainer + '_>)],
     backbone: &dyn Backbone,
     device: &Device,
 ) -> Result<RgbImage> {
+    let preprocessing = preprocessing(backbone);
     let mut rows = Vec::new();
     for path in paths {
-        let crop = eval_transform(&load_rgb(path)?);
-        let mut pixels = vec![0f32; IMAGE_LEN];
-        to_chw_f32(&crop, &mut pixels);
-        let image = Tensor::from_vec(pixels, tame_data::batch_shape(1), device)?;
+        let (crop, _) = preprocessing.apply(&load_rgb(path)?);
+        let image = crops_tensor(std::slice::from_ref(&crop), preprocessing, device)?;
         let mut class = None;
         let mut row = vec![crop.clone()];
         // Each method reads its own taps; the first pass also gives the class.
@@ -196,11 +221,8 @@ fn grid(
                 class = Some(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
             }
             let classes = class.as_deref().unwrap_or_default();
-            let map = normalize_maps(
-                &explainer.explain(&image, &out.taps, classes)?,
-                tame_data::CROP_SIDE,
-                tame_data::CROP_SIDE,
-            )?;
+            let side = preprocessing.side();
+            let map = normalize_maps(&explainer.explain(&image, &out.taps, classes)?, side, side)?;
             row.push(jet_overlay(&crop, &map.flatten_all()?.to_vec1::<f32>()?));
         }
         rows.push(row);

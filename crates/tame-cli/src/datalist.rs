@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tame_backbones::Mode;
+use tame_backbones::{Backbone, Mode};
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 
-use crate::common::{batch_tensor, find_images, write_atomically, ModelArgs};
+use crate::common::{batch_tensor, find_images, preprocessing, write_atomically, ModelArgs};
 
 #[derive(Args)]
 pub struct DatalistArgs {
@@ -54,8 +55,7 @@ pub fn run(args: DatalistArgs) -> Result<()> {
     let mut text = String::new();
     let mut done = HashSet::new();
     if args.resume && args.out.exists() {
-        let existing = ImageList::read(&args.out)?;
-        for entry in existing.entries() {
+        for entry in ImageList::read(&args.out)?.entries() {
             writeln!(text, "{} {}", entry.path.display(), entry.label)?;
             done.insert(entry.path.clone());
         }
@@ -76,49 +76,8 @@ pub fn run(args: DatalistArgs) -> Result<()> {
         args.img_dir.display(),
         done.len()
     );
-
     let (backbone, device) = args.model.load()?;
-    let request = backbone.tap_request(&[], true)?;
-    let mut config = LoaderConfig::evaluation(args.batch_size);
-    config.strict = false;
-    if let Some(workers) = args.workers {
-        config.workers = workers;
-    }
-    let list = ImageList::from_entries(args.img_dir.clone(), pending);
-    let total = list.len() as u64;
-    let loader = Loader::new(list, &args.img_dir, config)?;
-
-    let bar = ProgressBar::new(total).with_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
-    )?);
-    let mut skipped = 0;
-    let mut last_save = Instant::now();
-    for batch in loader.epoch(0)? {
-        let batch = batch?;
-        for problem in &batch.skipped {
-            bar.suspend(|| eprintln!("warning: skipped {problem}"));
-        }
-        skipped += batch.skipped.len();
-        bar.inc((batch.len() + batch.skipped.len()) as u64);
-        if batch.is_empty() {
-            continue;
-        }
-        let count = batch.len();
-        let images = batch_tensor(batch.images, count, &device)?;
-        let logits = backbone
-            .forward(&images, &request, Mode::Eval)?
-            .logits
-            .context("the backbone returned no logits")?;
-        let top1 = logits.argmax(1)?.to_vec1::<u32>()?;
-        for (entry, label) in batch.entries.iter().zip(top1) {
-            writeln!(text, "{} {label}", entry.path.display())?;
-        }
-        if last_save.elapsed() > SAVE_EVERY {
-            write_atomically(&args.out, text.as_bytes())?;
-            last_save = Instant::now();
-        }
-    }
-    bar.finish();
+    let skipped = label(&args, pending, backbone.as_ref(), &device, &mut text)?;
     write_atomically(&args.out, text.as_bytes())?;
     eprintln!(
         "wrote {} ({} images labelled by {}{})",
@@ -132,4 +91,60 @@ pub fn run(args: DatalistArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Appends a `path label` line to `text` for each of `pending` (label: the backbone's top-1
+/// class), saving the list every [`SAVE_EVERY`]; returns how many unreadable images were
+/// skipped.
+fn label(
+    args: &DatalistArgs,
+    pending: Vec<ListEntry>,
+    backbone: &dyn Backbone,
+    device: &Device,
+    text: &mut String,
+) -> Result<usize> {
+    let request = backbone.tap_request(&[], true)?;
+    let preprocessing = preprocessing(backbone);
+    let mut config = LoaderConfig {
+        preprocessing,
+        strict: false,
+        ..LoaderConfig::evaluation(args.batch_size)
+    };
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    let list = ImageList::from_entries(args.img_dir.clone(), pending);
+    let bar = ProgressBar::new(list.len() as u64).with_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+    )?);
+    let loader = Loader::new(list, &args.img_dir, config)?;
+    let mut skipped = 0;
+    let mut last_save = Instant::now();
+    for batch in loader.epoch(0)? {
+        let batch = batch?;
+        for problem in &batch.skipped {
+            bar.suspend(|| eprintln!("warning: skipped {problem}"));
+        }
+        skipped += batch.skipped.len();
+        bar.inc((batch.len() + batch.skipped.len()) as u64);
+        if batch.is_empty() {
+            continue;
+        }
+        let images = batch_tensor(batch.images, batch.labels.len(), preprocessing, device)?;
+        let logits = (backbone.forward(&images, &request, Mode::Eval)?.logits)
+            .context("the backbone returned no logits")?;
+        for (entry, label) in batch
+            .entries
+            .iter()
+            .zip(logits.argmax(1)?.to_vec1::<u32>()?)
+        {
+            writeln!(text, "{} {label}", entry.path.display())?;
+        }
+        if last_save.elapsed() > SAVE_EVERY {
+            write_atomically(&args.out, text.as_bytes())?;
+            last_save = Instant::now();
+        }
+    }
+    bar.finish();
+    Ok(skipped)
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use tame_am::{AttentionMechanism, Version};
 use tame_backbones::Backbone;
 use tame_data::ImageList;
-use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, TameExplainer};
+use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, RoadReport, TameExplainer};
 
 use crate::common::{write_atomically, CsvTable, ModelArgs};
 use crate::mechanism::MechanismSource;
@@ -185,7 +185,7 @@ fn select_epoch(
         metrics: "ad-ic".parse()?,
         ..config.clone()
     };
-    let mut csv = CsvTable::new(&AD_IC_HEADER)?;
+    let mut csv = CsvTable::new(AD_IC_HEADER)?;
     let mut best: Option<(u64, [f64; 2])> = None;
     for snap in snapshots {
         let explainer = TameExplainer::new(&snap.am, taps.to_vec())?;
@@ -221,10 +221,10 @@ fn evaluate(
     taps: &[String],
     config: &EvalConfig,
 ) -> Result<Vec<(PathBuf, Vec<u8>)>> {
-    let mut main = CsvTable::new(&AD_IC_HEADER)?;
-    let mut road = CsvTable::new(&["epoch", "order", "removed", "survival", "confidence_drop"])?;
-    let mut insdel = CsvTable::new(&["epoch", "insertion_auc", "deletion_auc"])?;
-    let mut per_image = CsvTable::new(&PER_IMAGE_HEADER)?;
+    let mut main = CsvTable::new(AD_IC_HEADER)?;
+    let mut road = CsvTable::new(["epoch", "order", "removed", "survival", "confidence_drop"])?;
+    let mut insdel = CsvTable::new(["epoch", "insertion_auc", "deletion_auc"])?;
+    let mut per_image = CsvTable::new(PER_IMAGE_HEADER)?;
     for snap in snapshots {
         let explainer = TameExplainer::new(&snap.am, taps.to_vec())?;
         let report = pass.run(&explainer, test, config, snap.epoch, Some(&mut per_image))?;
@@ -233,17 +233,7 @@ fn evaluate(
             main.row(ad_ic_row(snap.epoch, &report)?)?;
         }
         if let Some(r) = &report.road {
-            for (order, curve) in RoadOrder::BOTH.iter().zip([&r.morf, &r.lerf]) {
-                for (f, (survival, drop)) in r.fractions.iter().zip(curve) {
-                    road.row([
-                        epoch.clone(),
-                        order.name().to_string(),
-                        f.to_string(),
-                        format!("{survival:.4}"),
-                        format!("{drop:.6}"),
-                    ])?;
-                }
-            }
+            road_rows(&mut road, &epoch, r)?;
         }
         if let Some(r) = &report.insdel {
             insdel.row([
@@ -269,6 +259,22 @@ fn evaluate(
     Ok(outputs)
 }
 
+/// The rows of ROAD's CSV for one epoch: each order's curve, point by point.
+fn road_rows(table: &mut CsvTable, epoch: &str, r: &RoadReport) -> Result<()> {
+    for (order, curve) in RoadOrder::BOTH.iter().zip([&r.morf, &r.lerf]) {
+        for (f, (survival, drop)) in r.fractions.iter().zip(curve) {
+            table.row([
+                epoch.to_string(),
+                order.name().to_string(),
+                f.to_string(),
+                format!("{survival:.4}"),
+                format!("{drop:.6}"),
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 /// One row of the main CSV.
 fn ad_ic_row(epoch: u64, report: &Report) -> Result<Vec<String>> {
     let r = report.ad_ic.context("AD/IC was not computed")?;
@@ -281,7 +287,7 @@ fn ad_ic_row(epoch: u64, report: &Report) -> Result<Vec<String>> {
 }
 
 /// `<stem>_<what>.csv` next to `out`.
-pub fn sibling(out: &Path, what: &str) -> PathBuf {
+fn sibling(out: &Path, what: &str) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
     out.with_file_name(format!("{stem}_{what}.csv"))
 }
@@ -302,11 +308,42 @@ fn checkpoint_files(
         }
         return Ok(vec![(None, am.to_path_buf())]);
     }
+    let in_range = |k: u64| start.is_none_or(|s| k >= s) && end.is_none_or(|e| k <= e);
+    let mut found: Vec<(u64, PathBuf)> = epoch_files(am)?
+        .into_iter()
+        .filter(|(k, _)| in_range(*k))
+        .collect();
+    found.sort();
+    if let Some(pair) = found.windows(2).find(|w| w[0].0 == w[1].0) {
+        bail!(
+            "{} and {} hold the same epoch",
+            pair[0].1.display(),
+            pair[1].1.display()
+        );
+    }
+    if found.is_empty() {
+        let range = match (start, end) {
+            (None, None) => String::new(),
+            (s, e) => format!(
+                " with epoch in {}..={}",
+                s.map_or(String::new(), |s| s.to_string()),
+                e.map_or(String::new(), |e| e.to_string())
+            ),
+        };
+        bail!(
+            "{}: no epoch_<k>.safetensors (or .pt) checkpoint{range}",
+            am.display()
+        );
+    }
+    Ok(found.into_iter().map(|(k, p)| (Some(k), p)).collect())
+}
+
+/// The `epoch_<k>.safetensors` (or .pt/.pth) files of `folder`, with their k.
+fn epoch_files(folder: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(am).with_context(|| format!("cannot read {}", am.display()))? {
-        let path = entry
-            .with_context(|| format!("cannot read {}", am.display()))?
-            .path();
+    let cannot_read = || format!("cannot read {}", folder.display());
+    for entry in std::fs::read_dir(folder).with_context(cannot_read)? {
+        let path = entry.with_context(cannot_read)?.path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !matches!(ext, "safetensors" | "pt" | "pth") {
             continue;
@@ -317,32 +354,8 @@ fn checkpoint_files(
             .and_then(|s| s.strip_prefix("epoch_"))
             .and_then(|k| k.parse::<u64>().ok());
         if let Some(k) = epoch {
-            if start.is_none_or(|s| k >= s) && end.is_none_or(|e| k <= e) {
-                found.push((k, path));
-            }
+            found.push((k, path));
         }
     }
-    found.sort();
-    if let Some(pair) = found.windows(2).find(|w| w[0].0 == w[1].0) {
-        bail!(
-            "{} and {} hold the same epoch",
-            pair[0].1.display(),
-            pair[1].1.display()
-        );
-    }
-    if found.is_empty() {
-        bail!(
-            "{}: no epoch_<k>.safetensors (or .pt) checkpoint{}",
-            am.display(),
-            match (start, end) {
-                (None, None) => String::new(),
-                (s, e) => format!(
-                    " with epoch in {}..={}",
-                    s.map_or(String::new(), |s| s.to_string()),
-                    e.map_or(String::new(), |e| e.to_string())
-                ),
-            }
-        );
-    }
-    Ok(found.into_iter().map(|(k, p)| (Some(k), p)).collect())
+    Ok(found)
 }

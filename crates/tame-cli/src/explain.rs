@@ -5,22 +5,20 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tame_am::Version;
 use tame_backbones::imagenet::class_name;
-use tame_backbones::Mode;
-use tame_data::{
-    decode_rgb, explain_transform, load_rgb, to_chw_f32, RgbImage, CROP_SIDE, IMAGE_LEN,
-};
-use tame_metrics::normalize_maps;
+use tame_backbones::{Backbone, Mode, TapRequest};
+use tame_data::{decode_rgb, load_rgb, Applied, Preprocessing, RgbImage};
+use tame_metrics::{normalize_maps, Explainer};
 
-use crate::common::{find_images, write_atomically, ModelArgs};
-use crate::mechanism::MechanismArgs;
+use crate::common::{crops_tensor, expand_images, preprocessing, write_atomically, ModelArgs};
+use crate::mechanism::{LoadedMechanism, MechanismArgs};
 use crate::methods::{Method, MethodArgs, Methods};
-use crate::render::{jet_overlay, npy_bytes, side_by_side};
+use crate::render::{jet_overlay, npy_bytes, png_bytes, side_by_side};
 
 /// The photo explained when no image is given: Chelsea the cat, from scikit-image's sample
 /// data (CC0; see crates/tame-cli/assets/ATTRIBUTION.md).
@@ -88,6 +86,8 @@ struct ExplainedClass {
 struct ImageReport {
     image: PathBuf,
     crop: PathBuf,
+    /// How the crop was made from the image.
+    preprocessing: String,
     top5: Vec<Prediction>,
     explained: Vec<ExplainedClass>,
     /// Side-by-side PNGs (image, then each method's overlay), one per class, when several
@@ -95,148 +95,57 @@ struct ImageReport {
     grids: Vec<PathBuf>,
 }
 
-pub fn run(args: ExplainArgs) -> Result<()> {
-    if let Some(bad) = args.labels.iter().find(|&&l| l >= 1000) {
-        bail!("--label {bad}: classes are 0..999");
-    }
-    if args.top_k.is_some_and(|k| k == 0 || k > 1000) {
-        bail!("--top-k must be between 1 and 1000");
-    }
-    // Decode everything first: a bad file stops the run before any output is written.
-    let (images, crops) = if args.images.is_empty() {
-        let photo = decode_rgb(DEFAULT_PHOTO).context("the built-in photo")?;
-        (
-            vec![PathBuf::from(DEFAULT_PHOTO_NAME)],
-            vec![explain_transform(&photo)],
-        )
-    } else {
-        let images = args
-            .images
-            .iter()
-            .map(|p| {
-                if p.is_dir() {
-                    Ok(find_images(p)?.into_iter().map(|r| p.join(r)).collect())
-                } else {
-                    Ok(vec![p.clone()])
-                }
-            })
-            .collect::<Result<Vec<Vec<PathBuf>>>>()?
-            .concat();
-        if images.is_empty() {
-            bail!("no image to explain");
-        }
-        let crops = images
-            .iter()
-            .map(|p| Ok(explain_transform(&load_rgb(p)?)))
-            .collect::<Result<Vec<RgbImage>>>()?;
-        (images, crops)
-    };
-    let methods = &args.method.0;
+/// An image to explain: where it came from, the backbone's input made from it, and how.
+struct Input {
+    path: PathBuf,
+    crop: RgbImage,
+    applied: Applied,
+}
 
+pub fn run(args: ExplainArgs) -> Result<()> {
+    check_classes(&args.labels, args.top_k)?;
+    let paths = image_paths(&args.images)?;
     let (backbone, device) = args.model.load()?;
+    // Every image is read before any output is written: a bad file stops the run first.
+    let inputs = read_inputs(paths, preprocessing(backbone.as_ref()))?;
+    let methods = &args.method.0;
     let mechanism = args.mechanism.load_if(
         methods.contains(&Method::Tame),
         args.model.model,
         backbone.as_ref(),
         &device,
     )?;
-    let explainers = methods
-        .iter()
-        .map(|&m| {
-            Ok((
-                m,
-                args.method_args
-                    .build(m, backbone.as_ref(), mechanism.as_ref())?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let out_dir = args.out.clone().unwrap_or_else(|| {
-        let what = match methods.as_slice() {
-            [Method::Tame] => mechanism
-                .as_ref()
-                .map_or(Version::Tame, |m| m.version)
-                .name()
-                .to_string(),
-            [one] => one.name().to_string(),
-            _ => "methods".into(),
-        };
-        PathBuf::from(format!("heatmaps/{}_{what}", backbone.name()))
-    });
+    let explainers = args
+        .method_args
+        .build_all(methods, backbone.as_ref(), mechanism.as_ref())?;
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(methods, mechanism.as_ref(), backbone.name()));
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let taps = mechanism
         .as_ref()
         .map(|m| m.taps.clone())
         .unwrap_or_default();
-    let request = backbone.tap_request(&taps, true)?;
-
-    let bar = if args.json || images.len() == 1 {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(images.len() as u64).with_style(ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} images  ETA {eta}",
-        )?)
+    let job = Job {
+        backbone: backbone.as_ref(),
+        preprocessing: preprocessing(backbone.as_ref()),
+        device: &device,
+        request: backbone.tap_request(&taps, true)?,
+        explainers,
+        labels: &args.labels,
+        top_k: args.top_k,
+        out_dir: &out_dir,
     };
+    let bar = progress_bar(args.json, inputs.len())?;
     let mut reports = Vec::new();
-    for (paths, crops) in images
-        .chunks(args.batch_size.max(1))
-        .zip(crops.chunks(args.batch_size.max(1)))
-    {
-        let mut pixels = vec![0f32; crops.len() * IMAGE_LEN];
-        for (crop, out) in crops.iter().zip(pixels.chunks_mut(IMAGE_LEN)) {
-            to_chw_f32(crop, out);
-        }
-        let batch = Tensor::from_vec(pixels, tame_data::batch_shape(crops.len()), &device)?;
-        let out = backbone.forward(&batch, &request, Mode::Eval)?;
-        let logits = out.logits.context("the backbone returned no logits")?;
-        let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-        let classes: Vec<Vec<u32>> = probabilities
-            .iter()
-            .map(|p| match args.top_k {
-                Some(k) => ranked(p).into_iter().take(k).collect(),
-                None if args.labels.is_empty() => ranked(p).into_iter().take(1).collect(),
-                None => args.labels.clone(),
-            })
-            .collect();
-        // maps[m][j]: method m's (B, S, S) maps of each image's j-th class.
-        let maps = explainers
-            .iter()
-            .map(|(method, explainer)| {
-                bar.set_message(method.name());
-                (0..classes[0].len())
-                    .map(|j| {
-                        let column: Vec<u32> = classes.iter().map(|c| c[j]).collect();
-                        let raw = explainer.explain(&batch, &out.taps, &column)?;
-                        Ok(normalize_maps(&raw, CROP_SIDE, CROP_SIDE)?)
-                    })
-                    .collect::<Result<Vec<Tensor>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for (i, (path, crop)) in paths.iter().zip(crops).enumerate() {
-            let image_maps = methods
-                .iter()
-                .zip(&maps)
-                .map(|(&m, per_class)| {
-                    let rows = per_class
-                        .iter()
-                        .map(|t| Ok(t.get(i)?.flatten_all()?.to_vec1::<f32>()?))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok((m, rows))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let report = write_outputs(
-                path,
-                crop,
-                &image_maps,
-                &classes[i],
-                &probabilities[i],
-                &out_dir,
-            )?;
+    for batch in inputs.chunks(args.batch_size.max(1)) {
+        for report in job.explain(batch, &bar)? {
             if !args.json {
                 bar.suspend(|| print_report(&report, backbone.name()));
             }
             reports.push(report);
-            bar.inc(1);
         }
     }
     bar.finish_and_clear();
@@ -244,6 +153,152 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(())
+}
+
+fn check_classes(labels: &[u32], top_k: Option<usize>) -> Result<()> {
+    if let Some(bad) = labels.iter().find(|&&l| l >= 1000) {
+        bail!("--label {bad}: classes are 0..999");
+    }
+    if top_k.is_some_and(|k| k == 0 || k > 1000) {
+        bail!("--top-k must be between 1 and 1000");
+    }
+    Ok(())
+}
+
+/// The files named or found in folders; None stands for the built-in photo.
+fn image_paths(given: &[PathBuf]) -> Result<Option<Vec<PathBuf>>> {
+    if given.is_empty() {
+        return Ok(None);
+    }
+    let images = expand_images(given)?;
+    if images.is_empty() {
+        bail!("no image to explain");
+    }
+    Ok(Some(images))
+}
+
+/// Decodes each image and makes the backbone's input of it.
+fn read_inputs(paths: Option<Vec<PathBuf>>, preprocessing: Preprocessing) -> Result<Vec<Input>> {
+    let input = |path: PathBuf, image: RgbImage| {
+        let (crop, applied) = preprocessing.apply(&image);
+        Input {
+            path,
+            crop,
+            applied,
+        }
+    };
+    match paths {
+        None => {
+            let photo = decode_rgb(DEFAULT_PHOTO).context("the built-in photo")?;
+            Ok(vec![input(PathBuf::from(DEFAULT_PHOTO_NAME), photo)])
+        }
+        Some(paths) => paths
+            .into_iter()
+            .map(|p| {
+                let image = load_rgb(&p)?;
+                Ok(input(p, image))
+            })
+            .collect(),
+    }
+}
+
+/// `heatmaps/<model>_<version or method>`, or `heatmaps/<model>_methods` for several.
+fn default_out_dir(
+    methods: &[Method],
+    mechanism: Option<&LoadedMechanism>,
+    model: &str,
+) -> PathBuf {
+    let what = match methods {
+        [Method::Tame] => mechanism
+            .map_or(Version::Tame, |m| m.version)
+            .name()
+            .to_string(),
+        [one] => one.name().to_string(),
+        _ => "methods".into(),
+    };
+    PathBuf::from(format!("heatmaps/{model}_{what}"))
+}
+
+fn progress_bar(json: bool, images: usize) -> Result<ProgressBar> {
+    Ok(if json || images == 1 {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(images as u64).with_style(ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images  ETA {eta}",
+        )?)
+    })
+}
+
+/// What explaining a batch needs.
+struct Job<'a> {
+    backbone: &'a dyn Backbone,
+    preprocessing: Preprocessing,
+    device: &'a Device,
+    request: TapRequest,
+    explainers: Vec<(Method, Box<dyn Explainer + 'a>)>,
+    labels: &'a [u32],
+    top_k: Option<usize>,
+    out_dir: &'a Path,
+}
+
+impl Job<'_> {
+    /// Explains a batch of images and writes their outputs.
+    fn explain(&self, inputs: &[Input], bar: &ProgressBar) -> Result<Vec<ImageReport>> {
+        let crops: Vec<RgbImage> = inputs.iter().map(|i| i.crop.clone()).collect();
+        let batch = crops_tensor(&crops, self.preprocessing, self.device)?;
+        let out = self.backbone.forward(&batch, &self.request, Mode::Eval)?;
+        let logits = out.logits.context("the backbone returned no logits")?;
+        let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let classes: Vec<Vec<u32>> = probabilities.iter().map(|p| self.classes(p)).collect();
+        // maps[m][j]: method m's (B, S, S) maps of each image's j-th class.
+        let maps = self
+            .explainers
+            .iter()
+            .map(|(method, explainer)| {
+                bar.set_message(method.name());
+                (0..classes[0].len())
+                    .map(|j| {
+                        let column: Vec<u32> = classes.iter().map(|c| c[j]).collect();
+                        let raw = explainer.explain(&batch, &out.taps, &column)?;
+                        let side = self.preprocessing.side();
+                        Ok(normalize_maps(&raw, side, side)?)
+                    })
+                    .collect::<Result<Vec<Tensor>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut reports = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let image_maps = self.image_maps(&maps, i)?;
+            let report = write_outputs(input, &image_maps, &classes[i], self.out_dir)?;
+            reports.push(report.with_top5(&probabilities[i]));
+            bar.inc(1);
+        }
+        Ok(reports)
+    }
+
+    /// The classes to explain, from an image's probabilities.
+    fn classes(&self, probabilities: &[f32]) -> Vec<u32> {
+        match self.top_k {
+            Some(k) => ranked(probabilities).into_iter().take(k).collect(),
+            None if self.labels.is_empty() => ranked(probabilities).into_iter().take(1).collect(),
+            None => self.labels.to_vec(),
+        }
+    }
+
+    /// Image `i`'s maps, per method and class, as flat rows.
+    fn image_maps(&self, maps: &[Vec<Tensor>], i: usize) -> Result<Vec<(Method, Vec<Vec<f32>>)>> {
+        self.explainers
+            .iter()
+            .zip(maps)
+            .map(|((m, _), per_class)| {
+                let rows = per_class
+                    .iter()
+                    .map(|t| Ok(t.get(i)?.flatten_all()?.to_vec1::<f32>()?))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((*m, rows))
+            })
+            .collect()
+    }
 }
 
 /// Class indices by decreasing probability.
@@ -255,67 +310,95 @@ fn ranked(probabilities: &[f32]) -> Vec<u32> {
 
 /// Writes the crop, then for each class and method the overlay PNG and the .npy map
 /// (TAME's without a method suffix), and a side-by-side PNG when several methods ran.
-/// `maps[m]` is method m's list of 224x224 maps, one per class of `classes`.
+/// `maps[m]` is method m's list of maps, one per class of `classes`.
 fn write_outputs(
-    path: &Path,
-    crop: &RgbImage,
+    input: &Input,
     maps: &[(Method, Vec<Vec<f32>>)],
     classes: &[u32],
-    probabilities: &[f32],
     out_dir: &Path,
 ) -> Result<ImageReport> {
-    let stem = path
+    let stem = input
+        .path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
     let crop_path = out_dir.join(format!("{stem}.png"));
-    write_atomically(&crop_path, &crate::render::png_bytes(crop)?)?;
+    write_atomically(&crop_path, &png_bytes(&input.crop)?)?;
     let mut explained = Vec::new();
     let mut grids = Vec::new();
     for (j, &class) in classes.iter().enumerate() {
-        let mut panels = vec![crop.clone()];
+        let mut panels = vec![input.crop.clone()];
         for (method, per_class) in maps {
-            let map = &per_class[j];
             let suffix = match method {
                 Method::Tame => String::new(),
                 other => format!("_{}", other.name()),
             };
-            let overlay_image = jet_overlay(crop, map);
-            let overlay = out_dir.join(format!("{stem}_{class}{suffix}_mask.png"));
-            write_atomically(&overlay, &crate::render::png_bytes(&overlay_image)?)?;
-            let npy = out_dir.join(format!("{stem}_{class}{suffix}.npy"));
-            write_atomically(&npy, &npy_bytes(map, &[CROP_SIDE, CROP_SIDE]))?;
-            panels.push(overlay_image);
-            explained.push(ExplainedClass {
-                class,
-                name: class_name(class as usize).unwrap_or("?"),
-                method: method.name(),
-                overlay,
-                map: npy,
-            });
+            let path = out_dir.join(format!("{stem}_{class}{suffix}"));
+            let (overlay, class) = write_map(&input.crop, &per_class[j], &path, class, *method)?;
+            panels.push(overlay);
+            explained.push(class);
         }
         if maps.len() > 1 {
             let grid = out_dir.join(format!("{stem}_{class}_methods.png"));
-            write_atomically(&grid, &crate::render::png_bytes(&side_by_side(&panels))?)?;
+            write_atomically(&grid, &png_bytes(&side_by_side(&panels))?)?;
             grids.push(grid);
         }
     }
-    let top5 = ranked(probabilities)
-        .into_iter()
-        .take(5)
-        .map(|c| Prediction {
-            class: c,
-            name: class_name(c as usize).unwrap_or("?"),
-            probability: probabilities[c as usize],
-        })
-        .collect();
     Ok(ImageReport {
-        image: path.to_path_buf(),
+        image: input.path.clone(),
         crop: crop_path,
-        top5,
+        preprocessing: input.applied.to_string(),
+        top5: Vec::new(),
         explained,
         grids,
     })
+}
+
+/// Writes one map as `<path>_mask.png` (over the crop) and `<path>.npy`; returns the overlay.
+fn write_map(
+    crop: &RgbImage,
+    map: &[f32],
+    path: &Path,
+    class: u32,
+    method: Method,
+) -> Result<(RgbImage, ExplainedClass)> {
+    let overlay_image = jet_overlay(crop, map);
+    let overlay = path.with_file_name(format!("{}_mask.png", file_name(path)));
+    write_atomically(&overlay, &png_bytes(&overlay_image)?)?;
+    let npy = path.with_file_name(format!("{}.npy", file_name(path)));
+    let side = crop.width() as usize;
+    write_atomically(&npy, &npy_bytes(map, &[side, side]))?;
+    let explained = ExplainedClass {
+        class,
+        name: class_name(class as usize).unwrap_or("?"),
+        method: method.name(),
+        overlay,
+        map: npy,
+    };
+    Ok((overlay_image, explained))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl ImageReport {
+    /// The report with the image's five most probable classes.
+    fn with_top5(self, probabilities: &[f32]) -> Self {
+        let top5 = ranked(probabilities)
+            .into_iter()
+            .take(5)
+            .map(|c| Prediction {
+                class: c,
+                name: class_name(c as usize).unwrap_or("?"),
+                probability: probabilities[c as usize],
+            })
+            .collect();
+        Self { top5, ..self }
+    }
 }
 
 fn print_report(report: &ImageReport, model: &str) {
@@ -330,9 +413,9 @@ fn print_report(report: &ImageReport, model: &str) {
         top.join(", ")
     );
     println!(
-        "  the {size}x{size} crop it saw: {}",
+        "  the crop it saw: {} ({})",
         report.crop.display(),
-        size = tame_data::CROP_SIZE
+        report.preprocessing
     );
     for e in &report.explained {
         let by = match e.method {

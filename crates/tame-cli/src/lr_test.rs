@@ -71,18 +71,23 @@ pub fn run(args: LrTestArgs) -> Result<()> {
         None if curve.lrs.is_empty() => bail!("the range test recorded no point"),
         None => {}
     }
+    write_curve(&args, setup.batch_size, &curve)
+}
+
+/// Writes the curve as JSON and PNG and prints the suggested maximum learning rate.
+fn write_curve(args: &LrTestArgs, batch_size: usize, curve: &LrCurve) -> Result<()> {
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let stem = format!(
         "{}_{}_{}",
         args.setup.model.model.name(),
         args.setup.version,
-        setup.batch_size
+        batch_size
     );
     let json = args.out_dir.join(format!("{stem}.json"));
     write_atomically(&json, curve.to_json().as_bytes())?;
     let png = args.out_dir.join(format!("{stem}.png"));
-    let (x, y) = plot_lr_curves(std::slice::from_ref(&curve), None, &png)?;
+    let (x, y) = plot_lr_curves(std::slice::from_ref(curve), None, &png)?;
     println!("wrote {} and {}", json.display(), png.display());
     println!(
         "{} points; lr {:.3e} .. {:.3e}, loss {:.4} .. {:.4} (log-log, grid at powers of ten)",
@@ -92,7 +97,7 @@ pub fn run(args: LrTestArgs) -> Result<()> {
         y.0,
         y.1
     );
-    match suggest_max_lr(&curve) {
+    match suggest_max_lr(curve) {
         Some(lr) => println!("suggested --max-lr: {lr:.3e} ({RULE})"),
         None => println!("no suggestion: the loss never fell ({RULE})"),
     }

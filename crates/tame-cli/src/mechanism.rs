@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
 use tame_backbones::{Backbone, BackboneKind};
 
-use crate::common::parse_layers;
+use crate::common::{parse_layers, preprocessing};
 
 /// The demo mechanism trained by `xtask/demo/train-lite0-demo.sh` (see its model card in
 /// `snapshots/efficientnet-lite0_TAME/`), compiled in so that `tame explain` works anywhere.
@@ -103,7 +103,7 @@ pub fn layout(
     Ok((taps, version))
 }
 
-/// The mechanism layout for `taps` of `backbone`: their shapes at 224x224.
+/// The mechanism layout for `taps` of `backbone`: their shapes for the backbone's input.
 pub fn config(
     backbone: &dyn Backbone,
     taps: &[String],
@@ -111,7 +111,7 @@ pub fn config(
     device: &Device,
 ) -> Result<AmConfig> {
     let shapes = backbone
-        .tap_dims(taps, tame_data::CROP_SIDE, device)?
+        .tap_dims(taps, preprocessing(backbone).side(), device)?
         .into_iter()
         .map(|[c, h, w]| TapShape::new(c, h, w))
         .collect();

@@ -132,8 +132,22 @@ pub struct MethodArgs {
 }
 
 impl MethodArgs {
+    /// The explainer of each of `methods`, all set up before any runs so that a bad setting
+    /// fails fast.
+    pub fn build_all<'a>(
+        &self,
+        methods: &[Method],
+        backbone: &'a dyn Backbone,
+        mechanism: Option<&'a LoadedMechanism>,
+    ) -> Result<Vec<(Method, Box<dyn Explainer + 'a>)>> {
+        methods
+            .iter()
+            .map(|&m| Ok((m, self.build(m, backbone, mechanism)?)))
+            .collect()
+    }
+
     /// The explainer of `method` over `backbone` (`mechanism` is needed for TAME only).
-    pub fn build<'a>(
+    fn build<'a>(
         &self,
         method: Method,
         backbone: &'a dyn Backbone,

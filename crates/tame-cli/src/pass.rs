@@ -7,10 +7,10 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use tame_backbones::Backbone;
-use tame_data::{ImageList, Loader, LoaderConfig};
-use tame_metrics::{EvalConfig, Evaluator, Explainer, Report, Totals};
+use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
+use tame_metrics::{EvalConfig, Evaluator, Explainer, ImageScores, Report, Totals};
 
-use crate::common::{batch_tensor, CsvTable};
+use crate::common::{batch_tensor, preprocessing, CsvTable};
 
 /// What every evaluation pass over a list shares.
 pub struct Pass<'a> {
@@ -52,46 +52,24 @@ impl Pass<'_> {
         mut per_image: Option<&mut CsvTable>,
     ) -> Result<Report> {
         let evaluator = Evaluator::new(self.backbone, explainer, config.clone())?;
-        let loader = Loader::new(
-            list.clone(),
-            self.val_dir,
-            LoaderConfig::evaluation(self.batch_size),
-        )?;
-        let bar = ProgressBar::new(list.len() as u64).with_style(ProgressStyle::with_template(
-            "{msg} {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
-        )?);
-        bar.set_message(format!(
-            "{message} on {}",
-            list.source()
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-        ));
+        let preprocessing = preprocessing(self.backbone);
+        let loader_config = LoaderConfig {
+            preprocessing,
+            ..LoaderConfig::evaluation(self.batch_size)
+        };
+        let loader = Loader::new(list.clone(), self.val_dir, loader_config)?;
+        let bar = progress_bar(message, list)?;
         let mut totals = Totals::default();
         let mut index = 0u64;
         for batch in loader.epoch(0)? {
             let batch = batch?;
             let count = batch.len();
-            let images = batch_tensor(batch.images, count, self.device)?;
+            let images = batch_tensor(batch.images, count, preprocessing, self.device)?;
             let scores = evaluator.evaluate(&images, index)?;
             for (s, entry) in scores.iter().zip(&batch.entries) {
                 totals.add(s);
                 if let Some(table) = per_image.as_deref_mut() {
-                    let o = match &s.ad_ic {
-                        Some(a) => a.o.map(|v| format!("{v:.6}")),
-                        None => Default::default(),
-                    };
-                    table.row(
-                        [
-                            epoch.to_string(),
-                            entry.path.display().to_string(),
-                            entry.label.to_string(),
-                            s.class.to_string(),
-                            format!("{:.6}", s.y),
-                        ]
-                        .into_iter()
-                        .chain(o),
-                    )?;
+                    table.row(per_image_row(epoch, entry, s))?;
                 }
             }
             index += count as u64;
@@ -100,6 +78,34 @@ impl Pass<'_> {
         bar.finish_and_clear();
         Ok(totals.report_with(&config.road.fractions))
     }
+}
+
+fn progress_bar(message: &str, list: &ImageList) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(list.len() as u64).with_style(ProgressStyle::with_template(
+        "{msg} {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+    )?);
+    let name = list.source().file_name().unwrap_or_default();
+    bar.set_message(format!("{message} on {}", name.to_string_lossy()));
+    Ok(bar)
+}
+
+/// A row of the per-image table: epoch, image, label, class, Y, then O at each level (empty
+/// without AD/IC).
+fn per_image_row(epoch: u64, entry: &ListEntry, s: &ImageScores) -> Vec<String> {
+    let o: [String; 3] = match &s.ad_ic {
+        Some(a) => a.o.map(|v| format!("{v:.6}")),
+        None => Default::default(),
+    };
+    [
+        epoch.to_string(),
+        entry.path.display().to_string(),
+        entry.label.to_string(),
+        s.class.to_string(),
+        format!("{:.6}", s.y),
+    ]
+    .into_iter()
+    .chain(o)
+    .collect()
 }
 
 /// Reads a list and checks that every image exists, so that a missing one is reported (with

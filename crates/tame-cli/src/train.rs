@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
+use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, Version};
 use tame_backbones::{Backbone, BackboneKind};
 use tame_data::{Augmentation, ImageList, Loader, LoaderConfig};
 use tame_train::{
@@ -18,7 +18,7 @@ use tame_train::{
     TrainConfig, Trainer,
 };
 
-use crate::common::{parse_layers, write_atomically, ModelArgs};
+use crate::common::{parse_layers, preprocessing, write_atomically, ModelArgs};
 
 /// `--mask-loss`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -84,11 +84,11 @@ pub struct SetupArgs {
 
     /// Training augmentation: `reference` (resize 256, random 224 crop, flip), `heavy`
     /// (random resized crops, flips, colour jitter, two-photo collages: for small training
-    /// sets) or `none` (the evaluation transform).
+    /// sets) or `none` (the evaluation preprocessing).
     #[arg(long, default_value = "reference", value_parser = clap::value_parser!(Augmentation))]
     pub augment: Augmentation,
 
-    /// Use the evaluation transform (resize, centre crop): the same as `--augment none`.
+    /// Use the evaluation preprocessing (resize, centre crop): the same as `--augment none`.
     #[arg(long, conflicts_with = "augment")]
     pub no_augment: bool,
 
@@ -146,19 +146,17 @@ impl SetupArgs {
             Some(l) => parse_layers(l),
             None => backbone.default_taps(),
         };
-        let shapes = backbone
-            .tap_dims(&taps, tame_data::CROP_SIDE, &device)?
-            .into_iter()
-            .map(|[c, h, w]| TapShape::new(c, h, w))
-            .collect();
-        let am_config = AmConfig::new(self.version, shapes)?;
+        let am_config = crate::mechanism::config(backbone.as_ref(), &taps, self.version, &device)?;
         let list = ImageList::read(&self.train_list)?;
         if list.is_empty() {
             bail!("{}: the list is empty", self.train_list.display());
         }
         let batch_size = self.batch_size.unwrap_or(32);
-        let mut config = LoaderConfig::training(batch_size, self.seed);
-        config.augmentation = self.augmentation();
+        let mut config = LoaderConfig {
+            augmentation: self.augmentation(),
+            preprocessing: preprocessing(backbone.as_ref()),
+            ..LoaderConfig::training(batch_size, self.seed)
+        };
         config.shuffle = shuffle_default && !self.no_shuffle;
         if let Some(w) = self.workers {
             config.workers = w;
@@ -250,49 +248,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     });
     let setup = args.setup.open(true)?;
     let config = args.setup.train_config(&setup, epochs, max_lr);
-    let steps_per_epoch = setup.loader.num_batches() as u64;
-
-    let resume_from =
-        match &args.resume {
-            None => {
-                if let Some(existing) = find_latest_checkpoint(&snapshot_dir)? {
-                    bail!(
-                        "{} already holds checkpoints ({}); continue with --resume or choose \
-                     another --snapshot-dir",
-                        snapshot_dir.display(),
-                        existing.display()
-                    );
-                }
-                None
-            }
-            Some(Some(path)) => Some(path.clone()),
-            Some(None) => Some(find_latest_checkpoint(&snapshot_dir)?.with_context(|| {
-                format!("--resume: no checkpoint in {}", snapshot_dir.display())
-            })?),
-        };
-    let mut trainer = match &resume_from {
-        Some(path) => {
-            let ckpt = read_checkpoint(path, &setup.am_config, DType::F32, &setup.device)?;
-            let t = Trainer::resume(
-                setup.backbone.as_ref(),
-                ckpt,
-                config.clone(),
-                steps_per_epoch,
-                path,
-            )?;
-            eprintln!(
-                "resuming from {} (epoch {}, step {})",
-                path.display(),
-                t.state().epoch,
-                t.state().global_step
-            );
-            t
-        }
-        None => {
-            let am = args.setup.initial_am(&setup.am_config, &setup.device)?;
-            Trainer::new(setup.backbone.as_ref(), am, config.clone(), steps_per_epoch)?
-        }
-    };
+    let resume_from = resume_from(args.resume.as_ref(), &snapshot_dir)?;
+    let mut trainer = start(&args.setup, &setup, &config, resume_from.as_deref())?;
     std::fs::create_dir_all(&snapshot_dir)
         .with_context(|| format!("cannot create {}", snapshot_dir.display()))?;
     record_run(&snapshot_dir, &args, &config, resume_from.as_deref())?;
@@ -320,6 +277,62 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The checkpoint `--resume` names (the newest in the snapshot folder when none is given);
+/// without `--resume`, a folder that already holds checkpoints is an error.
+fn resume_from(resume: Option<&Option<PathBuf>>, snapshot_dir: &Path) -> Result<Option<PathBuf>> {
+    match resume {
+        None => {
+            if let Some(existing) = find_latest_checkpoint(snapshot_dir)? {
+                bail!(
+                    "{} already holds checkpoints ({}); continue with --resume or choose \
+                     another --snapshot-dir",
+                    snapshot_dir.display(),
+                    existing.display()
+                );
+            }
+            Ok(None)
+        }
+        Some(Some(path)) => Ok(Some(path.clone())),
+        Some(None) => Ok(Some(find_latest_checkpoint(snapshot_dir)?.with_context(
+            || format!("--resume: no checkpoint in {}", snapshot_dir.display()),
+        )?)),
+    }
+}
+
+/// A trainer resumed from `resume_from`, or starting afresh.
+fn start<'a>(
+    args: &SetupArgs,
+    setup: &'a Setup,
+    config: &TrainConfig,
+    resume_from: Option<&Path>,
+) -> Result<Trainer<'a>> {
+    let steps_per_epoch = setup.loader.num_batches() as u64;
+    let Some(path) = resume_from else {
+        let am = args.initial_am(&setup.am_config, &setup.device)?;
+        return Ok(Trainer::new(
+            setup.backbone.as_ref(),
+            am,
+            config.clone(),
+            steps_per_epoch,
+        )?);
+    };
+    let ckpt = read_checkpoint(path, &setup.am_config, DType::F32, &setup.device)?;
+    let trainer = Trainer::resume(
+        setup.backbone.as_ref(),
+        ckpt,
+        config.clone(),
+        steps_per_epoch,
+        path,
+    )?;
+    eprintln!(
+        "resuming from {} (epoch {}, step {})",
+        path.display(),
+        trainer.state().epoch,
+        trainer.state().global_step
+    );
+    Ok(trainer)
 }
 
 /// Appends this run's settings to `train_record.json` (a list, one entry per run or

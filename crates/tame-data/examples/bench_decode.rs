@@ -16,7 +16,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tame_data::{
-    eval_transform, load_rgb, to_chw_f32, train_transform, ImageList, Loader, LoaderConfig,
+    load_rgb, to_chw_f32, train_transform, ImageList, Loader, LoaderConfig, Preprocessing,
     IMAGE_LEN,
 };
 
@@ -44,7 +44,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let start = Instant::now();
     for _ in 0..rounds {
         for name in &names {
-            to_chw_f32(&eval_transform(&load_rgb(dir.join(name))?), &mut out);
+            let (input, _) = Preprocessing::IMAGENET.apply(&load_rgb(dir.join(name))?);
+            to_chw_f32(&input, &mut out);
         }
     }
     report("1 thread, eval transform", n, start);

@@ -13,7 +13,7 @@ use crate::transform::{crop, hflip, resize, train_transform, CROP_SIZE};
 /// Which transform a training loader applies to each image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Augmentation {
-    /// The evaluation transform (resize, centre crop): no randomness.
+    /// The loader's preprocessing (as at evaluation): no randomness.
     None,
     /// The reference's `Resize(256)`, `RandomCrop(224)`, `RandomHorizontalFlip`.
     #[default]
@@ -59,7 +59,7 @@ impl FromStr for Augmentation {
 }
 
 /// Applies `augmentation` to `image` (`distractor` is only used by [`Augmentation::Heavy`]).
-/// [`Augmentation::None`] is the caller's evaluation transform and is not handled here.
+/// [`Augmentation::None`] is the loader's preprocessing and is not handled here.
 pub fn augment(
     augmentation: Augmentation,
     image: &RgbImage,

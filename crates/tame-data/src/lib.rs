@@ -33,7 +33,7 @@ pub use image::RgbImage;
 pub use list::{ImageList, ListEntry, DEFAULT_EXTENSION, NUM_CLASSES};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig};
 pub use transform::{
-    batch_shape, center_crop, crop, eval_transform, explain_transform, hflip, random_crop, resize,
-    resize_shorter, resized_size, to_chw_f32, train_transform, CROP_SIDE, CROP_SIZE, IMAGE_LEN,
+    batch_shape, center_crop, crop, hflip, random_crop, resize, resize_shorter, resized_size,
+    to_chw_f32, train_transform, Applied, Preprocessing, CROP_SIDE, CROP_SIZE, IMAGE_LEN,
     RESIZE_SHORTER,
 };

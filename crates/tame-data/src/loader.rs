@@ -16,7 +16,7 @@ use crate::augment::{augment, Augmentation};
 use crate::decode::load_rgb;
 use crate::error::DataError;
 use crate::list::{ImageList, ListEntry};
-use crate::transform::{eval_transform, to_chw_f32, IMAGE_LEN};
+use crate::transform::{to_chw_f32, Preprocessing};
 
 /// How a [`Loader`] batches, orders and transforms a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,10 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Shuffle the list anew every epoch (from `seed` and the epoch number).
     pub shuffle: bool,
-    /// The training augmentation; [`Augmentation::None`] is the evaluation transform.
+    /// The training augmentation; [`Augmentation::None`] applies `preprocessing`.
     pub augmentation: Augmentation,
+    /// How an image becomes the backbone's input when not augmented.
+    pub preprocessing: Preprocessing,
     /// A bad image is an error that ends the epoch; otherwise it is skipped and counted.
     pub strict: bool,
 }
@@ -47,11 +49,12 @@ impl LoaderConfig {
             seed,
             shuffle: true,
             augmentation: Augmentation::Reference,
+            preprocessing: Preprocessing::IMAGENET,
             strict: false,
         }
     }
 
-    /// Evaluation defaults: list order, evaluation transform, a bad image is an error.
+    /// Evaluation defaults: list order, the ImageNet preprocessing, a bad image is an error.
     pub fn evaluation(batch_size: usize) -> Self {
         Self {
             batch_size,
@@ -60,6 +63,7 @@ impl LoaderConfig {
             seed: 0,
             shuffle: false,
             augmentation: Augmentation::None,
+            preprocessing: Preprocessing::IMAGENET,
             strict: true,
         }
     }
@@ -72,7 +76,8 @@ fn default_workers() -> usize {
 /// A batch of transformed images.
 #[derive(Debug)]
 pub struct Batch {
-    /// `len() x 3 x 224 x 224` floats in `[0, 1]`, CHW per image, images in batch order.
+    /// `len() x 3 x side x side` floats in `[0, 1]` (the side of the crops), CHW per image,
+    /// images in batch order.
     pub images: Vec<f32>,
     /// The label of each image.
     pub labels: Vec<u32>,
@@ -209,7 +214,7 @@ impl Shared {
                 .collect()
         });
         let mut batch = Batch {
-            images: Vec::with_capacity(indices.len() * IMAGE_LEN),
+            images: Vec::with_capacity(indices.len() * self.config.preprocessing.image_len()),
             labels: Vec::with_capacity(indices.len()),
             entries: Vec::with_capacity(indices.len()),
             skipped: Vec::new(),
@@ -241,7 +246,7 @@ impl Shared {
     fn load_image(&self, index: usize, epoch: u64) -> Result<Vec<f32>, DataError> {
         let image = self.decode(index)?;
         let image = match self.config.augmentation {
-            Augmentation::None => eval_transform(&image),
+            Augmentation::None => self.config.preprocessing.apply(&image).0,
             augmentation => {
                 let mut rng = StdRng::seed_from_u64(mix(&[self.config.seed, epoch, index as u64]));
                 let entries = self.list.entries().len();
@@ -255,7 +260,7 @@ impl Shared {
                 augment(augmentation, &image, distractor.as_ref(), &mut rng)
             }
         };
-        let mut pixels = vec![0.0; IMAGE_LEN];
+        let mut pixels = vec![0.0; 3 * image.width() as usize * image.height() as usize];
         to_chw_f32(&image, &mut pixels);
         Ok(pixels)
     }

@@ -8,10 +8,86 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::RgbImage;
 use rand::Rng;
 
-/// The shorter side after `Resize(256)`.
-pub const RESIZE_SHORTER: u32 = 256;
+/// How an image becomes a backbone's input, the same for every command: an image already
+/// `crop x crop` is used as is; any other has its shorter side resized to `resize_shorter`
+/// (torchvision's `Resize`, Pillow's bilinear), then its central `crop x crop` square kept
+/// (`CenterCrop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preprocessing {
+    pub resize_shorter: u32,
+    pub crop: u32,
+}
+
+/// What [`Preprocessing::apply`] did to an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The image was already `side x side`.
+    AsIs { side: u32 },
+    /// Resized from `from` to `resized` (width, height), then center-cropped to `crop x crop`.
+    Resized {
+        from: (u32, u32),
+        resized: (u32, u32),
+        crop: u32,
+    },
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Applied::AsIs { side } => write!(f, "{side}x{side}, used as is"),
+            Applied::Resized {
+                from: (w, h),
+                resized: (rw, rh),
+                crop,
+            } => write!(
+                f,
+                "{w}x{h} resized to {rw}x{rh}, center-cropped to {crop}x{crop}"
+            ),
+        }
+    }
+}
+
+impl Preprocessing {
+    /// The ImageNet classifiers' input: 224 x 224 crops of images resized to 256.
+    pub const IMAGENET: Self = Self {
+        resize_shorter: 256,
+        crop: 224,
+    };
+
+    /// The backbone's input made from `image`, and what was done to it.
+    pub fn apply(&self, image: &RgbImage) -> (RgbImage, Applied) {
+        if image.dimensions() == (self.crop, self.crop) {
+            return (image.clone(), Applied::AsIs { side: self.crop });
+        }
+        let resized = resize_shorter(image, self.resize_shorter);
+        let applied = Applied::Resized {
+            from: image.dimensions(),
+            resized: resized.dimensions(),
+            crop: self.crop,
+        };
+        (center_crop(&resized, self.crop), applied)
+    }
+
+    /// The side of the input as a tensor dimension.
+    pub fn side(&self) -> usize {
+        self.crop as usize
+    }
+
+    /// Floats in one input image (3 x side x side, CHW).
+    pub fn image_len(&self) -> usize {
+        3 * self.side() * self.side()
+    }
+
+    /// The (N, 3, H, W) shape of `images` inputs laid out one after the other.
+    pub fn batch_shape(&self, images: usize) -> (usize, usize, usize, usize) {
+        (images, 3, self.side(), self.side())
+    }
+}
+
+/// The shorter side before the training crops (the reference's `Resize(256)`).
+pub const RESIZE_SHORTER: u32 = Preprocessing::IMAGENET.resize_shorter;
 /// The side of the square crop fed to the backbones.
-pub const CROP_SIZE: u32 = 224;
+pub const CROP_SIZE: u32 = Preprocessing::IMAGENET.crop;
 /// [`CROP_SIZE`] as a tensor dimension.
 pub const CROP_SIDE: usize = CROP_SIZE as usize;
 /// Floats in one transformed image (`3 x CROP_SIZE x CROP_SIZE`, CHW).
@@ -20,7 +96,7 @@ pub const IMAGE_LEN: usize = 3 * CROP_SIDE * CROP_SIDE;
 /// The (N, 3, H, W) shape of `images` transformed images laid out one after the other, as
 /// a [`crate::Batch`] holds them.
 pub fn batch_shape(images: usize) -> (usize, usize, usize, usize) {
-    (images, 3, CROP_SIDE, CROP_SIDE)
+    Preprocessing::IMAGENET.batch_shape(images)
 }
 
 /// The size torchvision's `Resize(shorter)` gives a `width x height` image: the shorter
@@ -144,11 +220,6 @@ pub fn hflip(image: &RgbImage) -> RgbImage {
     image::imageops::flip_horizontal(image)
 }
 
-/// The evaluation transform: `Resize(256)` then `CenterCrop(224)`.
-pub fn eval_transform(image: &RgbImage) -> RgbImage {
-    center_crop(&resize_shorter(image, RESIZE_SHORTER), CROP_SIZE)
-}
-
 /// The training augmentation: `Resize(256)`, `RandomCrop(224)`, `RandomHorizontalFlip(0.5)`,
 /// every draw taken from `rng` (crop top, crop left, then the flip).
 pub fn train_transform(image: &RgbImage, rng: &mut impl Rng) -> RgbImage {
@@ -157,16 +228,6 @@ pub fn train_transform(image: &RgbImage, rng: &mut impl Rng) -> RgbImage {
         hflip(&cropped)
     } else {
         cropped
-    }
-}
-
-/// The transform of an image to explain: an image already `224 x 224` is used as is, any
-/// other goes through [`eval_transform`].
-pub fn explain_transform(image: &RgbImage) -> RgbImage {
-    if image.dimensions() == (CROP_SIZE, CROP_SIZE) {
-        image.clone()
-    } else {
-        eval_transform(image)
     }
 }
 
@@ -230,7 +291,7 @@ mod tests {
     fn tiny_and_thin_images_still_give_a_full_crop() {
         for (w, h) in [(1, 1), (1, 3), (3, 1), (2, 255)] {
             let img = RgbImage::from_pixel(w, h, image::Rgb([50, 60, 70]));
-            let out = eval_transform(&img);
+            let (out, _) = Preprocessing::IMAGENET.apply(&img);
             assert_eq!(out.dimensions(), (224, 224));
             assert!(out.pixels().all(|p| p.0 == [50, 60, 70]), "{w}x{h}");
             let out = train_transform(&img, &mut StdRng::seed_from_u64(1));
@@ -303,13 +364,34 @@ mod tests {
     }
 
     #[test]
-    fn explain_transform_keeps_224_images() {
+    fn preprocessing_keeps_crop_size_images_and_resizes_others() {
         let img = pattern(224, 224);
-        assert_eq!(explain_transform(&img), img);
-        // Any other size goes through resize + center crop.
-        let other = pattern(224, 230);
-        assert_eq!(explain_transform(&other), eval_transform(&other));
-        assert_eq!(explain_transform(&other).dimensions(), (224, 224));
+        let (out, applied) = Preprocessing::IMAGENET.apply(&img);
+        assert_eq!(out, img);
+        assert_eq!(applied.to_string(), "224x224, used as is");
+        // Any other size goes through resize + center crop, even a square one.
+        for (w, h) in [(224, 230), (512, 384), (200, 200)] {
+            let other = pattern(w, h);
+            let (out, applied) = Preprocessing::IMAGENET.apply(&other);
+            assert_eq!(out, center_crop(&resize_shorter(&other, 256), 224));
+            let Applied::Resized {
+                from,
+                resized,
+                crop,
+            } = applied
+            else {
+                panic!("{w}x{h} {applied}");
+            };
+            assert_eq!(
+                (from, resized, crop),
+                ((w, h), resized_size(w, h, 256), 224)
+            );
+        }
+        let (_, applied) = Preprocessing::IMAGENET.apply(&pattern(512, 384));
+        assert_eq!(
+            applied.to_string(),
+            "512x384 resized to 341x256, center-cropped to 224x224"
+        );
     }
 
     #[test]

@@ -4,8 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use tame_data::{
-    eval_transform, load_rgb, to_chw_f32, Batch, DataError, ImageList, Loader, LoaderConfig,
-    IMAGE_LEN,
+    load_rgb, to_chw_f32, Batch, DataError, ImageList, Loader, LoaderConfig, IMAGE_LEN,
 };
 
 fn samples_dir() -> PathBuf {
@@ -62,13 +61,10 @@ fn evaluation_batches_have_the_expected_shapes_and_order() {
         let want: Vec<u32> = b.entries.iter().map(|e| e.label).collect();
         assert_eq!(b.labels, want);
     }
-    // The second image is exactly its evaluation transform, as CHW floats.
+    // The second image, already 224x224, is used as is, as CHW floats.
     let second = "astronaut_224_rgba.png";
     let mut want = vec![0.0; IMAGE_LEN];
-    to_chw_f32(
-        &eval_transform(&load_rgb(samples_dir().join(second)).unwrap()),
-        &mut want,
-    );
+    to_chw_f32(&load_rgb(samples_dir().join(second)).unwrap(), &mut want);
     assert_eq!(batches[0].entries[1].path, Path::new(second));
     assert_eq!(&batches[0].images[IMAGE_LEN..2 * IMAGE_LEN], &want[..]);
 }

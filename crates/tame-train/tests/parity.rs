@@ -179,8 +179,9 @@ fn vgg16_eval_mode_matches_reference_loop() {
 /// In float64 on both sides: with the backbone's batch statistics taken over 2 images,
 /// float32 rounding alone moves the final `attn.bns.0.bias` by ~6 % of its size (PyTorch's
 /// own float32 run against its float64 run), more than any tolerance that would still test
-/// the loop. In float64 the two loops agree to 7e-10 on a step's terms and 5e-12 on the
-/// mechanism (measured).
+/// the loop. In float64 the two loops agree to 2e-10 on a step's terms and 3e-9 on the
+/// mechanism (measured; 5e-12 when the 224x224 crops were resized to 256 and cropped again,
+/// which smoothed them: the final state's sensitivity depends on the images).
 #[test]
 fn resnet50_reference_mode_matches_reference_loop() {
     run_case(
@@ -189,7 +190,7 @@ fn resnet50_reference_mode_matches_reference_loop() {
         include_str!("fixtures/train_resnet50_reference.json"),
         Tolerances {
             steps: 1e-8,
-            state: 1e-9,
+            state: 1e-8,
         },
     );
 }

@@ -86,7 +86,7 @@ pub fn loader(count: usize, batch: usize, shuffle: bool, augment: bool, seed: u6
     list_loader(&IMAGES[..count], SAMPLE_DIR, batch, shuffle, augment, seed)
 }
 
-/// The loop-parity images in order, evaluation transform.
+/// The loop-parity images in order, used as they are (224x224).
 pub fn parity_loader(batch: usize) -> Loader {
     list_loader(&PARITY_IMAGES, PARITY_DIR, batch, false, false, 0)
 }
@@ -112,6 +112,7 @@ pub fn list_loader(
         } else {
             tame_data::Augmentation::None
         },
+        preprocessing: tame_data::Preprocessing::IMAGENET,
         strict: true,
     };
     Loader::new(list, dir, config).unwrap()
