@@ -39,15 +39,11 @@
 //!   input blocks) go through one pass over pairs (`split_pairs`): strided gathers ran one
 //!   value at a time.
 //! - Work buffers (column matrices, Winograd operands) are reused per thread (`scratch.rs`).
-//! - Binaries call [`reuse_freed_memory`] first (large tensors' memory kept in the heap,
-//!   one heap for every thread) and run each command through [`on_worker`] (the hundreds of
-//!   parallel sections of a pass start on a worker of the pool, not handed over from outside).
 //!
 //! Every op is tested against a straightforward implementation (candle's own where it has
 //! one), its own backward passes against finite differences, and the fused runs of layers
 //! against the composed ops, bit for bit.
 
-mod allocator;
 mod bottleneck;
 mod chain;
 mod conv;
@@ -57,9 +53,7 @@ mod norm;
 mod pool;
 mod resize;
 mod scratch;
-mod threads;
 
-pub use allocator::reuse_freed_memory;
 pub use bottleneck::{bottleneck_train, FrozenBlock, FrozenConvBn};
 pub use chain::{conv_relu_chain, ChainLayer};
 pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
@@ -68,7 +62,6 @@ pub use linear::linear;
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::{bilinear_matrix, resize_bilinear};
-pub use threads::on_worker;
 
 #[cfg(test)]
 mod gradcheck;
