@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::{BatchStats, ChainLayer, Epilogue, FrozenConvBn, Padding, WinogradFilters};
+use tame_ops::{BatchStats, Epilogue, Padding, WinogradFilters};
 
+use crate::exec::{ChainLayer, FrozenConvBn};
 use crate::norm::BatchNorm;
 
 pub struct Conv {
@@ -96,7 +97,7 @@ impl Conv {
         tame_ops::conv2d_fused(x, w, winograd, b, self.stride, self.padding, relu)
     }
 
-    /// `relu(forward(x))` as a layer of a fused chain (`tame_ops::conv_relu_chain`), with
+    /// `relu(forward(x))` as a layer of a fused chain (`exec::conv_relu_chain`), with
     /// the filters of [`prepared`](Self::prepared).
     pub fn chain_layer<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> ChainLayer<'a> {
         ChainLayer::ConvRelu {
@@ -216,7 +217,7 @@ impl ConvBn {
         self.conv.prepared()
     }
 
-    /// The pair as a layer of a fused train-mode block (`tame_ops::bottleneck_train`), with
+    /// The pair as a layer of a fused train-mode block (`exec::bottleneck_train`), with
     /// the filters of [`prepared_filters`](Self::prepared_filters).
     pub fn frozen<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> FrozenConvBn<'a> {
         let (gamma, beta, eps) = self.bn.affine_parameters();

@@ -8,17 +8,17 @@
 //!
 //! # How the networks run
 //!
-//! The arithmetic is `tame_ops`'s; what this crate decides is which nodes run together, and
-//! it fuses only nodes whose own outputs no tap asks for (asking for one keeps that node
-//! apart). A forward pass stops as soon as nothing more is needed.
+//! The arithmetic is `tame_ops`'s and `tame_kernels`'; what this crate decides is which nodes
+//! run together, and it fuses only nodes whose own outputs no tap asks for (asking for one
+//! keeps that node apart). A forward pass stops as soon as nothing more is needed.
 //! - **VGG-16** runs each convolution with its ReLU as one op ([`tame_ops::conv2d_fused`]),
 //!   unless the convolution's own output is a tap. In a pass that back-propagates to its
 //!   input and taps none of the features (TAME's masked training pass), the features run as
-//!   one [`tame_ops::conv_relu_chain`] op: one graph node for thirteen convolutions and five
+//!   one `exec::conv_relu_chain` op: one graph node for thirteen convolutions and five
 //!   pools.
 //! - **ResNet-50** fuses each batch norm with the ReLU and the identity after it; in eval mode
 //!   it folds each batch norm into the convolution before it, and in train mode it runs each
-//!   run of bottleneck blocks between tapped outputs as one [`tame_ops::bottleneck_train`] op
+//!   run of bottleneck blocks between tapped outputs as one `exec::bottleneck_train` op
 //!   (the details are in `resnet.rs`).
 //! - **EfficientNet-Lite0** runs its convolutions through [`tame_ops::conv2d`] and
 //!   [`tame_ops::depthwise_conv2d`] and its batch norms through `tame_ops`.
@@ -31,6 +31,7 @@
 mod conv;
 mod efficientnet;
 mod error;
+mod exec;
 pub mod hub;
 pub mod imagenet;
 mod linear;

@@ -14,16 +14,17 @@
 //!   from.
 //! - In train mode each run of consecutive blocks whose inner nodes no tap asks for, ended by
 //!   a block whose output (or stage output) a tap asks for, runs as one
-//!   [`tame_ops::bottleneck_train`] op, each batch norm's running statistics updated as its
+//!   `exec::bottleneck_train` op, each batch norm's running statistics updated as its
 //!   own op would. TAME's training passes: the unmasked pass taps the stage outputs `layer2`
 //!   to `layer4` (three ops: layer1-layer2, layer3, layer4); the masked pass, which
 //!   back-propagates to the image, taps none: its sixteen blocks are one graph node.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use tame_ops::{Epilogue, FrozenBlock};
+use tame_ops::Epilogue;
 
 use crate::conv::{Conv, ConvBn};
+use crate::exec::FrozenBlock;
 use crate::linear::Dense;
 use crate::norm::BatchNorm;
 
@@ -160,7 +161,7 @@ impl Bottleneck {
         self.pass_output(y, taps)
     }
 
-    /// The pairs in `tame_ops::bottleneck_train`'s order: the main path's, then the
+    /// The pairs in `exec::bottleneck_train`'s order: the main path's, then the
     /// shortcut's.
     fn pairs(&self) -> Vec<&ConvBn> {
         [&self.first, &self.second, &self.third]
@@ -186,7 +187,7 @@ impl Bottleneck {
     }
 }
 
-/// A run of train-mode blocks as one op (`tame_ops::bottleneck_train`), when it applies;
+/// A run of train-mode blocks as one op (`exec::bottleneck_train`), when it applies;
 /// each batch norm's running statistics are updated as its own op would.
 fn forward_train_fused(
     blocks: &[(&Bottleneck, Option<String>)],
@@ -212,7 +213,7 @@ fn forward_train_fused(
             }
         })
         .collect();
-    let Some((y, stats)) = tame_ops::bottleneck_train(x, &frozen)? else {
+    let Some((y, stats)) = crate::exec::bottleneck_train(x, &frozen)? else {
         return Ok(None);
     };
     for (block, stats) in pairs.iter().zip(stats) {

@@ -8,9 +8,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::conv::Conv;
+use crate::exec::ChainLayer;
 use crate::linear::Dense;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tame_ops::ChainLayer;
 
 use crate::{normalize_imagenet, Backbone, ForwardOutput, Mode, Result, TapRequest};
 
@@ -114,7 +114,7 @@ impl Vgg16 {
         })
     }
 
-    /// The features as one op (`tame_ops::conv_relu_chain`), when it applies: a pass that
+    /// The features as one op (`exec::conv_relu_chain`), when it applies: a pass that
     /// back-propagates to its input through no feature tap (TAME's masked training pass).
     fn features_chained(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let filters = self
@@ -141,7 +141,7 @@ impl Vgg16 {
                 Layer::Linear(_) | Layer::Dropout => unreachable!("not among the features"),
             })
             .collect();
-        Ok(tame_ops::conv_relu_chain(x, &chain)?)
+        Ok(crate::exec::conv_relu_chain(x, &chain)?)
     }
 
     /// Dropout with p = 0.5 as PyTorch applies it in train mode: kept units are doubled.

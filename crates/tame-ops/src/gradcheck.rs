@@ -64,17 +64,3 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         })
         .expect("tensors of one shape")
 }
-
-/// Asserts that a fused op's (output, input gradient) equal the composed ops' exactly, and
-/// that the gradient is not all zeros (a test that could not fail).
-pub fn assert_same_output_and_gradient(
-    what: &str,
-    got: (&Tensor, &Tensor),
-    want: (&Tensor, &Tensor),
-) {
-    assert_eq!(got.0.dims(), want.0.dims(), "{what}: shape");
-    assert_eq!(max_abs_diff(got.0, want.0), 0.0, "{what}: output");
-    assert_eq!(max_abs_diff(got.1, want.1), 0.0, "{what}: input gradient");
-    let zeros = got.1.zeros_like().expect("zeros");
-    assert!(max_abs_diff(got.1, &zeros) > 0.0, "{what}: zero gradient");
-}

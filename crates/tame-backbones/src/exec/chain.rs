@@ -8,20 +8,21 @@
 //! a pool that follows a convolution applies that convolution's ReLU mask while it routes
 //! each gradient to its window's maximum, instead of a pass of its own.
 //!
-//! The shape of such a chain is all this knows of networks: the caller decides when it
-//! applies (VGG-16 in a pass that back-propagates to its input and taps none of its features,
-//! TAME's masked training pass). With a weight that tracks a gradient, or off the CPU, it
-//! returns `None` and the caller composes the separate ops.
+//! VGG-16 decides when it applies (a pass that back-propagates to its input and taps none of
+//! its features: TAME's masked training pass). With a weight that tracks a gradient, or off
+//! the CPU, it returns `None` and the caller composes the separate ops.
 
 use std::any::Any;
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape};
-use candle_core::{Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use tame_kernels::conv::{self, Geometry};
+use tame_kernels::pool::Pool;
+use tame_kernels::{relu_masked, Float, Padding};
+use tame_ops::storage::{run_with_captured, FloatKernel};
+use tame_ops::WinogradFilters;
 
-use crate::conv::{self, checked_filters, runs_here, Geometry};
-use crate::pool::Pool;
-use crate::{lock, relu_masked, run_with_captured, FloatKernel, Padding, WinogradFilters};
+use super::{lock, runs_here};
 
 /// The name errors give.
 const OP: &str = "conv_relu_chain";
@@ -38,7 +39,7 @@ pub enum ChainLayer<'a> {
         stride: usize,
         padding: Padding,
     },
-    /// [`max_pool2d`](crate::max_pool2d) with these sizes.
+    /// [`tame_ops::max_pool2d`] with these sizes.
     MaxPool {
         kernel: usize,
         stride: usize,
@@ -99,7 +100,8 @@ impl Step {
                 stride,
                 padding,
             } => {
-                let g = Geometry::new(input, weight.dims4()?, stride, padding)?;
+                let g = Geometry::new(input, weight.dims4()?, stride, padding)
+                    .map_err(candle_core::Error::msg)?;
                 let c_out = g.output_dims().1;
                 if bias.dims() != [c_out] || [weight, bias].iter().any(|t| t.dtype() != dtype) {
                     candle_core::bail!(
@@ -111,7 +113,9 @@ impl Step {
                     );
                 }
                 Step::ConvRelu {
-                    filters: checked_filters(winograd, &g, weight, dtype)?,
+                    filters: winograd
+                        .map(|f| f.transformed(weight, dtype).cloned())
+                        .transpose()?,
                     weight: weight.contiguous()?,
                     bias: bias.contiguous()?,
                     g,
@@ -121,7 +125,9 @@ impl Step {
                 kernel,
                 stride,
                 padding,
-            } => Step::MaxPool(Pool::new(input, kernel, stride, padding)?),
+            } => Step::MaxPool(
+                Pool::new(input, kernel, stride, padding).map_err(candle_core::Error::msg)?,
+            ),
         })
     }
 
@@ -194,7 +200,7 @@ impl Chain {
 }
 
 impl FloatKernel for Chain {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let x = operands[0];
         let convs = self.conv_operands(operands, 1);
         let mut outputs: Vec<Vec<T>> = Vec::with_capacity(self.steps.len());
@@ -243,7 +249,7 @@ impl CustomOp1 for Chain {
 struct ChainGrad<'a>(&'a Chain);
 
 impl FloatKernel for ChainGrad<'_> {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let chain = self.0;
         let saved = lock(&chain.saved);
         let saved = saved
@@ -305,8 +311,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_same_output_and_gradient, max_abs_diff, seeded};
-    use crate::{conv2d_fused, max_pool2d};
+    use crate::exec::testing::{assert_same_output_and_gradient, max_abs_diff, seeded};
+    use tame_ops::{conv2d_fused, max_pool2d};
 
     /// A layer's tensors: (weight, bias, filters) for a convolution, sizes for a pool.
     enum Spec {

@@ -9,23 +9,22 @@
 //! whose backward walks its layers with the same kernels, so the numbers are the composed
 //! path's bit for bit; the ReLU mask of each block's output is made once for both branches.
 //!
-//! The shape of a bottleneck block is all this knows of networks: which runs of blocks go
-//! through it is the caller's choice (ResNet-50's train-mode passes fuse each run of blocks
-//! whose inner nodes no tap asks for). With a parameter that tracks a gradient, or off the
-//! CPU, it returns `None` and the caller composes the separate ops.
+//! Which runs of blocks go through it is ResNet-50's choice (its train-mode passes fuse each
+//! run of blocks whose inner nodes no tap asks for). With a parameter that tracks a gradient,
+//! or off the CPU, it returns `None` and the caller composes the separate ops.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape};
-use candle_core::{Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use tame_kernels::conv::{self, Geometry};
+use tame_kernels::norm::{moments, ChannelAffine};
+use tame_kernels::{relu_masked, Float, Padding};
+use tame_ops::storage::{run_with_captured, FloatKernel};
+use tame_ops::{BatchStats, WinogradFilters};
 
-use crate::conv::{self, checked_filters, runs_here, Geometry};
-use crate::norm::{ChannelAffine, Moments};
-use crate::{
-    lock, relu_masked, run_with_captured, BatchStats, FloatKernel, Padding, WinogradFilters,
-};
+use super::{lock, runs_here};
 
 /// The name errors give.
 const OP: &str = "bottleneck";
@@ -147,7 +146,8 @@ struct Layer {
 
 impl Layer {
     fn new(p: &FrozenConvBn, input: (usize, usize, usize, usize), dtype: DType) -> Result<Self> {
-        let g = Geometry::new(input, p.weight.dims4()?, p.stride, p.padding)?;
+        let g = Geometry::new(input, p.weight.dims4()?, p.stride, p.padding)
+            .map_err(candle_core::Error::msg)?;
         let channels = g.output_dims().1;
         let per_channel = |t: &Tensor| -> Result<Vec<f64>> {
             if t.dims() != [channels] {
@@ -165,7 +165,10 @@ impl Layer {
             );
         }
         Ok(Self {
-            filters: checked_filters(p.winograd, &g, p.weight, dtype)?,
+            filters: p
+                .winograd
+                .map(|f| f.transformed(p.weight, dtype).cloned())
+                .transpose()?,
             weight: p.weight.contiguous()?,
             gamma: per_channel(p.gamma)?,
             beta: per_channel(p.beta)?,
@@ -176,7 +179,7 @@ impl Layer {
 
     /// bn(conv(input)) (+ residual, then ReLU when `relu`): the convolution's output, the
     /// batch norm's map, the layer's output and the batch's variance.
-    fn forward<T: WithDType>(
+    fn forward<T: Float>(
         &self,
         input: &[T],
         weight: &[T],
@@ -185,10 +188,10 @@ impl Layer {
         residual: Option<&[T]>,
     ) -> (Vec<T>, ChannelAffine, Vec<T>, Vec<f64>) {
         let (_, channels, h, w) = self.g.output_dims();
-        let no_bias = vec![T::zero(); channels];
+        let no_bias = vec![T::ZERO; channels];
         let c = conv::forward(&self.g, input, weight, filters, &no_bias, None, false);
         let plane = h * w;
-        let moments = Moments { channels, plane }.run(&[&c]);
+        let moments = moments(&c, channels, plane);
         let (mean, var) = moments.split_at(channels);
         // The per-channel factors as `batch_norm_train` computes them: in T, rounded after
         // every operation (an f64 result rounded to f32 is the f32 operation's result).
@@ -313,7 +316,7 @@ impl Bottlenecks {
 
 /// One block's forward pass on `x`: its output, what its backward pass reads and what it
 /// measured.
-fn block_forward<T: WithDType>(
+fn block_forward<T: Float>(
     layers: &[Layer],
     w: &BlockWeights<'_, T>,
     x: &[T],
@@ -354,7 +357,7 @@ fn block_forward<T: WithDType>(
 }
 
 /// One block's input gradient from its output's gradient `g` and its output `out`.
-fn block_backward<T: WithDType>(
+fn block_backward<T: Float>(
     layers: &[Layer],
     w: &BlockWeights<'_, T>,
     saved: &Saved<T>,
@@ -389,7 +392,7 @@ fn block_backward<T: WithDType>(
 }
 
 impl FloatKernel for Bottlenecks {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let w = self.weights(operands, 1);
         let mut saved = SavedRun {
             blocks: Vec::with_capacity(self.blocks.len()),
@@ -438,7 +441,7 @@ impl CustomOp1 for Bottlenecks {
 struct BottlenecksGrad<'a>(&'a Bottlenecks);
 
 impl FloatKernel for BottlenecksGrad<'_> {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let run = self.0;
         let saved = lock(&run.saved);
         let saved = saved
@@ -478,8 +481,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_same_output_and_gradient, max_abs_diff, seeded};
-    use crate::{batch_norm_train, conv2d_fused, Epilogue};
+    use crate::exec::testing::{assert_same_output_and_gradient, max_abs_diff, seeded};
+    use tame_ops::{batch_norm_train, conv2d_fused, Epilogue};
 
     /// The tensors of one conv/bn pair: weight, gamma, beta.
     struct Pair {
