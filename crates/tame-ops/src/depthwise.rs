@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, W
 use tame_kernels::depthwise::{self, Geometry};
 use tame_kernels::{Float, Padding};
 
+use crate::policy::Kernels;
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -18,8 +19,8 @@ const OP: &str = "depthwise_conv2d";
 /// input channel c correlated with filter c, after zero `padding`, every `stride` pixels —
 /// PyTorch's `conv2d(x, weight, stride=stride, groups=C)` on the padded input.
 ///
-/// On the CPU this is a direct loop (forward and backward); elsewhere candle's grouped
-/// convolution is used.
+/// Where the native kernels run ([`Kernels`]: f32/f64 on the CPU) this is a direct loop
+/// (forward and backward); elsewhere candle's grouped convolution is used.
 pub fn depthwise_conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -36,7 +37,7 @@ pub fn depthwise_conv2d(
     }
     let geometry =
         Geometry::new((b, c, h, w), kh, stride, padding).map_err(candle_core::Error::msg)?;
-    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+    if Kernels::for_tensor(x) == Kernels::Portable {
         let padded = x
             .pad_with_zeros(2, padding.top, padding.bottom)?
             .pad_with_zeros(3, padding.left, padding.right)?;
@@ -118,7 +119,10 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
+    use crate::gradcheck::{
+        assert_all_close, assert_gradients_match, max_abs_diff, native_and_portable,
+        output_and_gradients, seeded,
+    };
 
     /// candle's grouped convolution on the explicitly padded input.
     fn reference(x: &Tensor, w: &Tensor, stride: usize, p: Padding) -> Tensor {
@@ -277,6 +281,31 @@ mod tests {
             .unwrap();
         assert!(grads.get(x.as_tensor()).is_some());
         assert!(grads.get(&wt).is_none());
+    }
+
+    /// The native kernels and the portable path (candle's grouped convolution, what a GPU
+    /// runs) agree to 1e-12 in f64, output and both gradients.
+    #[test]
+    fn native_and_portable_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, &(h, w, k, s, p)) in CASES.iter().enumerate() {
+            // candle's backward needs strides that use the last padded pixels.
+            let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
+            if (ph - k) % s != 0 || (pw - k) % s != 0 {
+                continue;
+            }
+            let vars = [
+                seeded(&[2, 3, h, w], 30 + i as u64, &dev)?,
+                seeded(&[3, 1, k, k], 80 + i as u64, &dev)?,
+            ]
+            .map(|t| Var::from_tensor(&t).unwrap());
+            let [x, wt] = vars.each_ref().map(|v| v.as_tensor());
+            let (native, portable) = native_and_portable(|| {
+                output_and_gradients(&depthwise_conv2d(x, wt, s, p)?, &[x, wt])
+            })?;
+            assert_all_close(&format!("case {i}"), &native, &portable, 1e-12);
+        }
+        Ok(())
     }
 
     #[test]

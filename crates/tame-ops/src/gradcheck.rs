@@ -1,6 +1,9 @@
-//! Finite-difference gradient checks for the tests of this crate.
+//! Finite-difference gradient checks for the tests of this crate, and comparisons of the
+//! native kernels with the portable path.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::{with_kernels, Kernels};
 
 /// A deterministic f64 tensor with values in [-1, 1) (a splitmix64 sequence).
 pub fn seeded(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
@@ -63,4 +66,37 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
                 .to_scalar::<f64>()
         })
         .expect("tensors of one shape")
+}
+
+/// `y`, then the gradients of `sum(y * r)` (r a fixed random tensor) with respect to each of
+/// `inputs`.
+pub fn output_and_gradients(y: &Tensor, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let r = seeded(y.dims(), 98, y.device())?.to_dtype(y.dtype())?;
+    let grads = (y * r)?.sum_all()?.backward()?;
+    let mut values = vec![y.detach()];
+    for input in inputs {
+        let grad = grads
+            .get(input)
+            .ok_or_else(|| candle_core::Error::Msg("no gradient reached an input".into()))?;
+        values.push(grad.clone());
+    }
+    Ok(values)
+}
+
+/// `f` run with the native kernels, then with the portable path.
+pub fn native_and_portable<T>(f: impl Fn() -> Result<T>) -> Result<(T, T)> {
+    Ok((
+        with_kernels(Kernels::Native, &f)?,
+        with_kernels(Kernels::Portable, &f)?,
+    ))
+}
+
+/// Asserts that each tensor of `got` is within `tolerance` of its counterpart in `want`.
+pub fn assert_all_close(what: &str, got: &[Tensor], want: &[Tensor], tolerance: f64) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(a.dims(), b.dims(), "{what}, tensor {i}");
+        let diff = max_abs_diff(a, b);
+        assert!(diff <= tolerance, "{what}, tensor {i}: {diff}");
+    }
 }

@@ -18,21 +18,28 @@
 //!   [`conv2d`] and its fused forms [`conv2d_fused`] and [`conv2d_fused_residual`] (with a
 //!   frozen weight's [`WinogradFilters`]), [`depthwise_conv2d`], and [`batch_norm_eval`] /
 //!   [`batch_norm_train`] (with a fused [`Epilogue`]; [`BatchStats`] for the running
-//!   statistics). They run f32 and f64 on the CPU and hand anything else (other devices such
-//!   as CUDA, other dtypes such as f16, operands they give no gradient to, such as tracked
-//!   running statistics) to compositions of candle operations.
+//!   statistics). They run the native kernels on f32 and f64 CPU tensors and hand anything
+//!   else (other devices such as CUDA, other dtypes such as f16, operands they give no
+//!   gradient to, such as tracked running statistics) to portable compositions of candle
+//!   operations.
+//!
+//! [`Kernels`] is the one place that decides between the two: `TAME_KERNELS=portable` runs
+//! the portable compositions on the CPU too (the path a GPU runs, testable without one), and
+//! [`with_kernels`] chooses for one thread's calls.
 //!
 //! [`storage`] is the bridge from candle's CPU storage to the kernels, for custom ops built
 //! elsewhere on the same kernels (the fused runs of layers of `tame-backbones`).
 //!
 //! Every op is tested against a straightforward implementation (candle's own where it has
-//! one) and its own backward passes against finite differences.
+//! one), its own backward passes against finite differences, and its native kernels against
+//! its portable path.
 
 mod conv;
 mod depthwise;
 mod linear;
 mod mask;
 mod norm;
+mod policy;
 mod pool;
 mod resize;
 pub mod storage;
@@ -41,6 +48,7 @@ pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
 pub use depthwise::depthwise_conv2d;
 pub use linear::linear;
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
+pub use policy::{with_kernels, Kernels};
 pub use pool::{adaptive_avg_pool2d, max_pool2d};
 pub use resize::{bilinear_matrix, resize_bilinear};
 pub use tame_kernels::Padding;

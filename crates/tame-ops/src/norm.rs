@@ -24,6 +24,7 @@ use tame_kernels::norm::{self, ChannelAffine};
 use tame_kernels::Float;
 
 use crate::mask::ReluMask;
+use crate::policy::Kernels;
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -177,8 +178,9 @@ pub fn batch_norm_train(
     Ok((y, BatchStats { mean, var, count }))
 }
 
-/// The custom ops run f32/f64 on the CPU with `frozen` per-channel operands; a residual must
-/// match the input.
+/// The custom ops run where the native kernels do ([`Kernels`]: f32/f64 on the CPU), with
+/// `frozen` per-channel operands and a residual on the CPU; a residual must match the
+/// input.
 fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
     if let Some(r) = then.residual {
         if r.dims() != x.dims() || r.dtype() != x.dtype() {
@@ -191,8 +193,7 @@ fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
             );
         }
     }
-    Ok(x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
+    Ok(Kernels::for_tensor(x) == Kernels::Native
         && then.residual.is_none_or(|r| r.device().is_cpu())
         && frozen.iter().all(|t| !t.track_op()))
 }
@@ -205,7 +206,7 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
 /// gradient. candle's `sum` over axes 0, 2 and 3 is a strided reduction many times slower.
 pub(crate) fn channel_sums(t: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = t.dims4()?;
-    if !t.device().is_cpu() || !matches!(t.dtype(), DType::F32 | DType::F64) {
+    if Kernels::for_tensor(t) == Kernels::Portable {
         return t.sum(vec![0, 2, 3]);
     }
     t.contiguous()?.apply_op1_no_bwd(&ChannelSums {
@@ -505,7 +506,10 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
+    use crate::gradcheck::{
+        assert_all_close, assert_gradients_match, max_abs_diff, native_and_portable,
+        output_and_gradients, seeded,
+    };
 
     /// Per-channel operands: weight, bias, running mean, positive running variance.
     fn operands(c: usize) -> Result<[Tensor; 4]> {
@@ -724,6 +728,44 @@ mod tests {
         assert_gradients_match(&r, |r| {
             batch_norm_eval(&xe, &w, &b, &m, &v, 1e-5, Epilogue::add_relu(r))
         })?;
+        Ok(())
+    }
+
+    /// The native kernels and the portable path (candle's broadcasts, what a GPU runs) agree
+    /// to 1e-12 in f64, in train and eval mode, with every epilogue: the output and the
+    /// gradients of the input, the trainable weight and bias, and the residual.
+    #[test]
+    fn native_and_portable_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let [w, b, m, v] = operands(2)?;
+        let tensors = [
+            seeded(&[3, 2, 4, 5], 31, &dev)?,
+            w,
+            b,
+            seeded(&[3, 2, 4, 5], 32, &dev)?,
+        ];
+        let vars = tensors.map(|t| Var::from_tensor(&t).unwrap());
+        let [x, w, b, r] = vars.each_ref().map(|v| v.as_tensor());
+        for train in [false, true] {
+            for epilogue in 0..4 {
+                let then = match epilogue {
+                    0 => Epilogue::default(),
+                    i => epilogues(r)[i - 1],
+                };
+                let inputs = [x, w, b, r];
+                let inputs = &inputs[..if then.residual.is_some() { 4 } else { 3 }];
+                let (native, portable) = native_and_portable(|| {
+                    let y = if train {
+                        batch_norm_train(x, w, b, 1e-5, then)?.0
+                    } else {
+                        batch_norm_eval(x, w, b, &m, &v, 1e-5, then)?
+                    };
+                    output_and_gradients(&y, inputs)
+                })?;
+                let what = format!("train {train}, {then:?}");
+                assert_all_close(&what, &native, &portable, 1e-12);
+            }
+        }
         Ok(())
     }
 

@@ -7,11 +7,12 @@
 //!
 //! [`adaptive_avg_pool2d`] is a composition of candle operations (means of narrowed cells).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
 use candle_core::{Result, Tensor, D};
 use tame_kernels::pool::Pool;
 use tame_kernels::Float;
 
+use crate::policy::Kernels;
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -20,17 +21,18 @@ const OP: &str = "max_pool2d";
 /// Max pooling of a (B, C, H, W) tensor with any kernel, stride and padding (padding counts as
 /// -inf, as in PyTorch's `max_pool2d`; no dilation, floor mode).
 ///
-/// On the CPU (f32/f64) a separable loop with its own backward pass runs (3-9x faster than
-/// candle's native pool on VGG-16's at batch 3): as PyTorch, each output's gradient goes to
-/// the first maximum of its window in row-major order. Elsewhere candle's native pool serves when no
-/// gradient is tracked and kernel == stride (its backward multiplies the gradient by
+/// Where the native kernels run ([`Kernels`]: f32/f64 on the CPU) a separable loop with its
+/// own backward pass runs (3-9x faster than candle's native pool on VGG-16's at batch 3): as
+/// PyTorch, each output's gradient goes to the first maximum of its window in row-major
+/// order. Elsewhere candle's native pool serves when no gradient is tracked and kernel ==
+/// stride (its backward multiplies the gradient by
 /// `ties / kernel²` where it should divide by `ties`), else the element-wise maximum of the
 /// kernel's shifted, subsampled windows, whose gradient is split between tied inputs.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let pool = Pool::new(x.dims4()?, kernel, stride, padding).map_err(candle_core::Error::msg)?;
     let (_, _, h, w) = x.dims4()?;
     let (_, _, out_h, out_w) = pool.output_dims();
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if Kernels::for_tensor(x) == Kernels::Native {
         return x.contiguous()?.apply_op1(MaxPool(pool));
     }
     if !x.track_op() && padding == 0 && kernel == stride && h % kernel == 0 && w % kernel == 0 {
@@ -193,8 +195,11 @@ fn pool_axis(x: &Tensor, dim: usize, len: usize, out: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, seeded};
-    use candle_core::Device;
+    use crate::gradcheck::{
+        assert_all_close, assert_gradients_match, native_and_portable, output_and_gradients, seeded,
+    };
+    use crate::{with_kernels, Kernels};
+    use candle_core::{DType, Device, Var};
 
     /// Straightforward loop implementation used as the reference.
     fn naive_max_pool(x: &[f64], h: usize, w: usize, k: usize, s: usize, p: usize) -> Vec<f64> {
@@ -260,21 +265,55 @@ mod tests {
         Ok(())
     }
 
+    /// The native kernels and the portable path (the shifted windows' maximum, or candle's
+    /// own pool where no gradient is asked for: what a GPU runs) agree on data without ties:
+    /// the outputs exactly, the gradients to 1e-12 (overlapping windows add up in another
+    /// order).
+    #[test]
+    fn native_and_portable_agree() -> Result<()> {
+        for (h, w, k, s, p) in [
+            (7, 9, 3, 2, 1),
+            (8, 8, 2, 2, 0),
+            (6, 5, 3, 1, 1),
+            (9, 9, 3, 3, 0),
+        ] {
+            let x = Var::from_tensor(&seeded(&[2, 3, h, w], 6, &Device::Cpu)?)?;
+            let x = x.as_tensor();
+            let (native, portable) = native_and_portable(|| {
+                let mut values = output_and_gradients(&max_pool2d(x, k, s, p)?, &[x])?;
+                values.push(max_pool2d(&x.detach(), k, s, p)?);
+                Ok(values)
+            })?;
+            let what = format!("{h}x{w} k{k} s{s} p{p}");
+            assert_all_close(&what, &native, &portable, 1e-12);
+            for i in [0, 2] {
+                assert_all_close(&what, &native[i..=i], &portable[i..=i], 0.0);
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn gradient_of_a_tie_goes_to_the_first_maximum() -> Result<()> {
-        // One 2x2 window of equal values: PyTorch sends the whole gradient to (0, 0).
-        let x =
-            candle_core::Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F64, &Device::Cpu)?)?;
-        let grads = (max_pool2d(x.as_tensor(), 2, 2, 0)? * 3.0)?
-            .sum_all()?
-            .backward()?;
-        let g = grads
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        assert_eq!(g, vec![3.0, 0.0, 0.0, 0.0]);
-        Ok(())
+        // The native kernels' rule (the portable path splits the gradient between ties).
+        with_kernels(Kernels::Native, || {
+            // One 2x2 window of equal values: PyTorch sends the whole gradient to (0, 0).
+            let x = candle_core::Var::from_tensor(&Tensor::ones(
+                (1, 1, 2, 2),
+                DType::F64,
+                &Device::Cpu,
+            )?)?;
+            let grads = (max_pool2d(x.as_tensor(), 2, 2, 0)? * 3.0)?
+                .sum_all()?
+                .backward()?;
+            let g = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            assert_eq!(g, vec![3.0, 0.0, 0.0, 0.0]);
+            Ok(())
+        })
     }
 
     #[test]

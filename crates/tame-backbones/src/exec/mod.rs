@@ -15,11 +15,13 @@ mod testing;
 pub use bottleneck::{bottleneck_train, FrozenBlock, FrozenConvBn};
 pub use chain::{conv_relu_chain, ChainLayer};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
+use tame_ops::Kernels;
 
-/// f32 and f64 on the CPU run the fused ops; anything else goes to the separate ops.
+/// The fused ops run where the native kernels do ([`Kernels`]: f32 and f64 on the CPU,
+/// unless the portable path is chosen); elsewhere the network composes the separate ops.
 fn runs_here(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    Kernels::for_tensor(x) == Kernels::Native
 }
 
 /// A fused op's stash, locked; a panic elsewhere while it was held leaves a valid value (it
