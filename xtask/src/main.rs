@@ -37,9 +37,9 @@ enum Task {
 }
 
 fn main() -> Result<()> {
-    tame_ops::reuse_freed_memory();
+    tame_process::reuse_freed_memory();
     let task = Cli::parse().task;
-    tame_ops::on_worker(|| match task {
+    tame_process::on_worker(|| match task {
         Task::Bench { what } => bench::run(what),
         Task::FetchWeights(args) => fetch::run(args),
         Task::ExportAm(args) => export::run(args),

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use tame_ops::{ChainLayer, Padding, WinogradFilters};
+use tame_ops::{Padding, WinogradFilters};
 
+use crate::exec::ChainLayer;
 use crate::lock;
 
 pub struct Conv {
@@ -93,7 +94,7 @@ impl Conv {
         tame_ops::conv2d_fused(x, w, winograd, b, self.stride, self.padding, relu)
     }
 
-    /// `relu(forward(x))` as a layer of a fused chain (`tame_ops::conv_relu_chain`), with
+    /// `relu(forward(x))` as a layer of a fused chain (`exec::conv_relu_chain`), with
     /// the filters of [`prepared`](Self::prepared).
     pub fn chain_layer<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> ChainLayer<'a> {
         ChainLayer::ConvRelu {

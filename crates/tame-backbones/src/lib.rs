@@ -10,7 +10,7 @@
 //!
 //! Each network's file is its definition: the layer table with checkpoint names, the tap
 //! names, the forward pass as a chain of layers. `exec` decides how they run (which nodes
-//! fuse, on which ops); the arithmetic is `tame_ops`'s.
+//! fuse); the arithmetic is `tame_ops`'s and `tame_kernels`'.
 
 mod conv;
 mod dropout;

@@ -63,9 +63,9 @@ enum Command {
 }
 
 fn main() {
-    tame_ops::reuse_freed_memory();
+    tame_process::reuse_freed_memory();
     let cli = Cli::parse();
-    let result = tame_ops::on_worker(|| match cli.command {
+    let result = tame_process::on_worker(|| match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Datalist(args) => datalist::run(args),

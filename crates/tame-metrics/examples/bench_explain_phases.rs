@@ -1,6 +1,6 @@
 //! Where a batch-1 explanation's time goes (the backbone's forward pass with its taps, the
 //! mechanism's branches, the class's map), and what running it on a thread of the pool
-//! (`tame_ops::on_worker`, as the binaries do) changes: each iteration explains once from
+//! (`tame_process::on_worker`, as the binaries do) changes: each iteration explains once from
 //! outside the pool and once on a worker, so both see the same state of the host.
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release -p tame-metrics --example bench_explain_phases
@@ -42,7 +42,7 @@ fn explain(
 }
 
 fn main() -> Result<()> {
-    tame_ops::reuse_freed_memory();
+    tame_process::reuse_freed_memory();
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().map_or(Ok(40), |r| r.parse())?;
     let kind: BackboneKind = args.next().as_deref().unwrap_or("resnet50").parse()?;
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
     let (mut outside, mut on_worker) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         outside.push(once()?);
-        on_worker.push(tame_ops::on_worker(once)?);
+        on_worker.push(tame_process::on_worker(once)?);
     }
     println!("{}, batch 1, {runs} runs each, medians in ms", net.name());
     println!("started            forward  branches  class map  total");

@@ -1,53 +1,33 @@
-//! Depthwise 2-D convolution (one filter per channel) as a direct loop with its own backward
-//! pass.
+//! Depthwise 2-D convolution (one filter per channel) as a graph node over the direct loop
+//! of [`tame_kernels::depthwise`], with its own backward pass.
 //!
 //! candle 0.11 runs a grouped convolution as one convolution per group, so a depthwise layer of
 //! 1152 channels costs 1152 im2col + GEMM calls forward and as many transposed convolutions
 //! backward: EfficientNet's depthwise layers ran tens of times slower than their arithmetic.
-//! The loop here does the same sums, one (image, channel) plane per task.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
+use tame_kernels::depthwise::{self, Geometry};
+use tame_kernels::{Float, Padding};
 
-use crate::{run_float_kernel, FloatKernel};
+use crate::policy::Kernels;
+use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "depthwise_conv2d";
-
-/// Zero padding of the four sides, in pixels (TensorFlow's "SAME" padding is asymmetric).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Padding {
-    pub top: usize,
-    pub bottom: usize,
-    pub left: usize,
-    pub right: usize,
-}
-
-impl Padding {
-    /// The same padding on every side.
-    pub const fn uniform(p: usize) -> Self {
-        Self {
-            top: p,
-            bottom: p,
-            left: p,
-            right: p,
-        }
-    }
-}
 
 /// Depthwise convolution of `x` (B, C, H, W) with `weight` (C, 1, K, K): output channel c is
 /// input channel c correlated with filter c, after zero `padding`, every `stride` pixels —
 /// PyTorch's `conv2d(x, weight, stride=stride, groups=C)` on the padded input.
 ///
-/// On the CPU this is a direct loop (forward and backward); elsewhere candle's grouped
-/// convolution is used.
+/// Where the native kernels run ([`Kernels`]: f32/f64 on the CPU) this is a direct loop
+/// (forward and backward); elsewhere candle's grouped convolution is used.
 pub fn depthwise_conv2d(
     x: &Tensor,
     weight: &Tensor,
     stride: usize,
     padding: Padding,
 ) -> Result<Tensor> {
-    let (_, c, h, w) = x.dims4()?;
+    let (b, c, h, w) = x.dims4()?;
     let (wc, one, kh, kw) = weight.dims4()?;
     if wc != c || one != 1 || kh != kw {
         candle_core::bail!(
@@ -55,172 +35,24 @@ pub fn depthwise_conv2d(
             weight.dims()
         );
     }
-    if stride == 0 || h + padding.top + padding.bottom < kh || w + padding.left + padding.right < kw
-    {
-        candle_core::bail!("{OP}: input {h}x{w} is smaller than the {kh}x{kw} filter");
-    }
-    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+    let geometry =
+        Geometry::new((b, c, h, w), kh, stride, padding).map_err(candle_core::Error::msg)?;
+    if Kernels::for_tensor(x) == Kernels::Portable {
         let padded = x
             .pad_with_zeros(2, padding.top, padding.bottom)?
             .pad_with_zeros(3, padding.left, padding.right)?;
         return padded.conv2d(weight, 0, stride, 1, c);
     }
-    let geometry = Geometry::new(x.dims4()?, kh, stride, padding);
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, DepthwiseOp(geometry))
 }
 
-/// Sizes of one depthwise convolution.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
-    channels: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    top: usize,
-    left: usize,
-    out_h: usize,
-    out_w: usize,
-}
-
-impl Geometry {
-    fn new(
-        (batch, channels, h, w): (usize, usize, usize, usize),
-        k: usize,
-        stride: usize,
-        p: Padding,
-    ) -> Self {
-        Self {
-            batch,
-            channels,
-            h,
-            w,
-            k,
-            stride,
-            top: p.top,
-            left: p.left,
-            out_h: (h + p.top + p.bottom - k) / stride + 1,
-            out_w: (w + p.left + p.right - k) / stride + 1,
-        }
-    }
-
-    /// The input rows (or columns) a filter tap `kk` reads for outputs `0..out`: the first
-    /// output index whose input is inside the image, and the end of that range.
-    fn valid(&self, kk: usize, pad: usize, extent: usize, out: usize) -> (usize, usize) {
-        // Input index = o * stride + kk - pad must lie in 0..extent.
-        let first = pad.saturating_sub(kk).div_ceil(self.stride);
-        let end = if extent + pad > kk {
-            ((extent + pad - kk - 1) / self.stride + 1).min(out)
-        } else {
-            0
-        };
-        (first, end.max(first))
-    }
-
-    fn input_plane(&self) -> usize {
-        self.h * self.w
-    }
-
-    fn output_plane(&self) -> usize {
-        self.out_h * self.out_w
-    }
-}
-
+/// (x, weight) -> the depthwise convolution of x.
 struct DepthwiseOp(Geometry);
 
-/// out[b, c] += correlation of x[b, c] with filter c (one plane per task).
-fn forward<T: WithDType>(g: &Geometry, x: &[T], weight: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); g.batch * g.channels * g.output_plane()];
-    out.par_chunks_mut(g.output_plane())
-        .enumerate()
-        .for_each(|(plane, out)| {
-            let c = plane % g.channels;
-            let x = &x[plane * g.input_plane()..(plane + 1) * g.input_plane()];
-            let filter = &weight[c * g.k * g.k..(c + 1) * g.k * g.k];
-            for ky in 0..g.k {
-                let (oy0, oy1) = g.valid(ky, g.top, g.h, g.out_h);
-                for kx in 0..g.k {
-                    let (ox0, ox1) = g.valid(kx, g.left, g.w, g.out_w);
-                    let f = filter[ky * g.k + kx];
-                    for oy in oy0..oy1 {
-                        let iy = oy * g.stride + ky - g.top;
-                        let row = &x[iy * g.w..(iy + 1) * g.w];
-                        let out_row = &mut out[oy * g.out_w..(oy + 1) * g.out_w];
-                        for ox in ox0..ox1 {
-                            out_row[ox] += row[ox * g.stride + kx - g.left] * f;
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
-/// d loss / d x: each output gradient spread back over the inputs its filter read.
-fn grad_input<T: WithDType>(g: &Geometry, grad_out: &[T], weight: &[T]) -> Vec<T> {
-    let mut grad = vec![T::zero(); g.batch * g.channels * g.input_plane()];
-    grad.par_chunks_mut(g.input_plane())
-        .enumerate()
-        .for_each(|(plane, grad)| {
-            let c = plane % g.channels;
-            let go = &grad_out[plane * g.output_plane()..(plane + 1) * g.output_plane()];
-            let filter = &weight[c * g.k * g.k..(c + 1) * g.k * g.k];
-            for ky in 0..g.k {
-                let (oy0, oy1) = g.valid(ky, g.top, g.h, g.out_h);
-                for kx in 0..g.k {
-                    let (ox0, ox1) = g.valid(kx, g.left, g.w, g.out_w);
-                    let f = filter[ky * g.k + kx];
-                    for oy in oy0..oy1 {
-                        let iy = oy * g.stride + ky - g.top;
-                        let go_row = &go[oy * g.out_w..(oy + 1) * g.out_w];
-                        let row = &mut grad[iy * g.w..(iy + 1) * g.w];
-                        for ox in ox0..ox1 {
-                            row[ox * g.stride + kx - g.left] += go_row[ox] * f;
-                        }
-                    }
-                }
-            }
-        });
-    grad
-}
-
-/// d loss / d weight: per channel, the output gradient correlated with the input, summed
-/// over the batch.
-fn grad_weight<T: WithDType>(g: &Geometry, grad_out: &[T], x: &[T]) -> Vec<T> {
-    let mut grad = vec![T::zero(); g.channels * g.k * g.k];
-    grad.par_chunks_mut(g.k * g.k)
-        .enumerate()
-        .for_each(|(c, grad)| {
-            for b in 0..g.batch {
-                let plane = b * g.channels + c;
-                let go = &grad_out[plane * g.output_plane()..(plane + 1) * g.output_plane()];
-                let x = &x[plane * g.input_plane()..(plane + 1) * g.input_plane()];
-                for ky in 0..g.k {
-                    let (oy0, oy1) = g.valid(ky, g.top, g.h, g.out_h);
-                    for kx in 0..g.k {
-                        let (ox0, ox1) = g.valid(kx, g.left, g.w, g.out_w);
-                        let mut acc = T::zero();
-                        for oy in oy0..oy1 {
-                            let iy = oy * g.stride + ky - g.top;
-                            let row = &x[iy * g.w..(iy + 1) * g.w];
-                            let go_row = &go[oy * g.out_w..(oy + 1) * g.out_w];
-                            for ox in ox0..ox1 {
-                                acc += go_row[ox] * row[ox * g.stride + kx - g.left];
-                            }
-                        }
-                        grad[ky * g.k + kx] += acc;
-                    }
-                }
-            }
-        });
-    grad
-}
-
 impl FloatKernel for DepthwiseOp {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        forward(&self.0, operands[0], operands[1])
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
+        depthwise::forward(&self.0, operands[0], operands[1])
     }
 }
 
@@ -236,8 +68,7 @@ impl CustomOp2 for DepthwiseOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let shape = Shape::from((g.batch, g.channels, g.out_h, g.out_w));
+        let shape = Shape::from(self.0.output_dims());
         let out = run_float_kernel(self, &[(s1, l1), (s2, l2)], OP)?;
         Ok((out, shape))
     }
@@ -261,7 +92,7 @@ impl CustomOp2 for DepthwiseOp {
 }
 
 /// Both gradients; the weight's only when something tracks it (frozen backbones do not).
-fn grads<T: WithDType>(
+fn grads<T: WithDType + Float>(
     g: &Geometry,
     x: &Tensor,
     weight: &Tensor,
@@ -269,11 +100,11 @@ fn grads<T: WithDType>(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let go = grad_out.flatten_all()?.to_vec1::<T>()?;
     let w = weight.flatten_all()?.to_vec1::<T>()?;
-    let gx = Tensor::from_vec(grad_input(g, &go, &w), x.shape(), x.device())?;
+    let gx = Tensor::from_vec(depthwise::grad_input(g, &go, &w), x.shape(), x.device())?;
     let gw = if weight.track_op() {
         let xs = x.flatten_all()?.to_vec1::<T>()?;
         Some(Tensor::from_vec(
-            grad_weight(g, &go, &xs),
+            depthwise::grad_weight(g, &go, &xs),
             weight.shape(),
             weight.device(),
         )?)
@@ -288,7 +119,10 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
+    use crate::gradcheck::{
+        assert_all_close, assert_gradients_match, max_abs_diff, native_and_portable,
+        output_and_gradients, seeded,
+    };
 
     /// candle's grouped convolution on the explicitly padded input.
     fn reference(x: &Tensor, w: &Tensor, stride: usize, p: Padding) -> Tensor {
@@ -447,6 +281,31 @@ mod tests {
             .unwrap();
         assert!(grads.get(x.as_tensor()).is_some());
         assert!(grads.get(&wt).is_none());
+    }
+
+    /// The native kernels and the portable path (candle's grouped convolution, what a GPU
+    /// runs) agree to 1e-12 in f64, output and both gradients.
+    #[test]
+    fn native_and_portable_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, &(h, w, k, s, p)) in CASES.iter().enumerate() {
+            // candle's backward needs strides that use the last padded pixels.
+            let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
+            if (ph - k) % s != 0 || (pw - k) % s != 0 {
+                continue;
+            }
+            let vars = [
+                seeded(&[2, 3, h, w], 30 + i as u64, &dev)?,
+                seeded(&[3, 1, k, k], 80 + i as u64, &dev)?,
+            ]
+            .map(|t| Var::from_tensor(&t).unwrap());
+            let [x, wt] = vars.each_ref().map(|v| v.as_tensor());
+            let (native, portable) = native_and_portable(|| {
+                output_and_gradients(&depthwise_conv2d(x, wt, s, p)?, &[x, wt])
+            })?;
+            assert_all_close(&format!("case {i}"), &native, &portable, 1e-12);
+        }
+        Ok(())
     }
 
     #[test]

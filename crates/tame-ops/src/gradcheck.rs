@@ -1,6 +1,9 @@
-//! Finite-difference gradient checks for the tests of this crate.
+//! Finite-difference gradient checks for the tests of this crate, and comparisons of the
+//! native kernels with the portable path.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::{with_kernels, Kernels};
 
 /// A deterministic f64 tensor with values in [-1, 1) (a splitmix64 sequence).
 pub fn seeded(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
@@ -65,16 +68,35 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .expect("tensors of one shape")
 }
 
-/// Asserts that a fused op's (output, input gradient) equal the composed ops' exactly, and
-/// that the gradient is not all zeros (a test that could not fail).
-pub fn assert_same_output_and_gradient(
-    what: &str,
-    got: (&Tensor, &Tensor),
-    want: (&Tensor, &Tensor),
-) {
-    assert_eq!(got.0.dims(), want.0.dims(), "{what}: shape");
-    assert_eq!(max_abs_diff(got.0, want.0), 0.0, "{what}: output");
-    assert_eq!(max_abs_diff(got.1, want.1), 0.0, "{what}: input gradient");
-    let zeros = got.1.zeros_like().expect("zeros");
-    assert!(max_abs_diff(got.1, &zeros) > 0.0, "{what}: zero gradient");
+/// `y`, then the gradients of `sum(y * r)` (r a fixed random tensor) with respect to each of
+/// `inputs`.
+pub fn output_and_gradients(y: &Tensor, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let r = seeded(y.dims(), 98, y.device())?.to_dtype(y.dtype())?;
+    let grads = (y * r)?.sum_all()?.backward()?;
+    let mut values = vec![y.detach()];
+    for input in inputs {
+        let grad = grads
+            .get(input)
+            .ok_or_else(|| candle_core::Error::Msg("no gradient reached an input".into()))?;
+        values.push(grad.clone());
+    }
+    Ok(values)
+}
+
+/// `f` run with the native kernels, then with the portable path.
+pub fn native_and_portable<T>(f: impl Fn() -> Result<T>) -> Result<(T, T)> {
+    Ok((
+        with_kernels(Kernels::Native, &f)?,
+        with_kernels(Kernels::Portable, &f)?,
+    ))
+}
+
+/// Asserts that each tensor of `got` is within `tolerance` of its counterpart in `want`.
+pub fn assert_all_close(what: &str, got: &[Tensor], want: &[Tensor], tolerance: f64) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(a.dims(), b.dims(), "{what}, tensor {i}");
+        let diff = max_abs_diff(a, b);
+        assert!(diff <= tolerance, "{what}, tensor {i}: {diff}");
+    }
 }

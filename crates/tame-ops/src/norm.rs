@@ -7,25 +7,25 @@
 //! ReLU backward is four more (a comparison with zeros, a cast, a product) and every node of
 //! the graph costs its gradient a zero-filled tensor and an addition. The output is
 //! `x * a[c] + b[c]` per channel and the gradients have closed forms: here each is a single
-//! loop, the epilogue included; the weight's and bias's gradients (when they are trainable,
-//! as in an attention mechanism) are per-channel sums that the train-mode input gradient
-//! needs anyway, where candle's broadcasts would reduce each over the batch and plane.
+//! loop ([`tame_kernels::norm`]), the epilogue included; the weight's and bias's gradients
+//! (when they are trainable, as in an attention mechanism) are per-channel sums that the
+//! train-mode input gradient needs anyway, where candle's broadcasts would reduce each over
+//! the batch and plane.
 //!
 //! The fused [`Epilogue`] makes `relu(bn(x) + identity)` one graph node instead of three,
 //! which also spares candle's backward a zero-filled tensor and an addition for each node it
-//! no longer has. The passes write every value of their chunks without zeroing them first
-//! (`par_chunks_written`). The per-channel gradient sums Σg' and Σg'·(x − mean) run over
-//! each plane in sixteen lanes of the element type, added up in f64, one loop per sum: with
-//! both in one loop LLVM paired each lane's two sums into a vector instead of vectorising
-//! across the lanes, ~5x slower on a plane in cache.
+//! no longer has.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage,
 };
-use candle_core::{Tensor, WithDType, D};
-use rayon::prelude::*;
+use candle_core::{Tensor, D};
+use tame_kernels::norm::{self, ChannelAffine};
+use tame_kernels::Float;
 
-use crate::{par_chunks_written, run_float_kernel, FloatKernel, ReluMask};
+use crate::mask::ReluMask;
+use crate::policy::Kernels;
+use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
 const OP: &str = "batch_norm";
@@ -94,7 +94,7 @@ pub fn batch_norm_eval(
         return then.compose(y);
     }
     let (_, _, h, w) = x.dims4()?;
-    let op = ChannelAffine {
+    let op = Affine(ChannelAffine {
         scale: values(&scale)?,
         shift: values(&shift)?,
         plane: h * w,
@@ -102,7 +102,7 @@ pub fn batch_norm_eval(
         inv_std: values(&inv_std)?,
         train: false,
         relu: then.relu,
-    };
+    });
     op.apply(x, then.residual, [weight, bias])
 }
 
@@ -165,7 +165,7 @@ pub fn batch_norm_train(
     let inv_std = (&var + eps)?.sqrt()?.recip()?;
     let scale = (weight * &inv_std)?;
     let shift = (bias - (&mean * &scale)?)?;
-    let op = ChannelAffine {
+    let op = Affine(ChannelAffine {
         scale: values(&scale)?,
         shift: values(&shift)?,
         plane: h * w,
@@ -173,13 +173,14 @@ pub fn batch_norm_train(
         inv_std: values(&inv_std)?,
         train: true,
         relu: then.relu,
-    };
+    });
     let y = op.apply(&x, then.residual, [weight, bias])?;
     Ok((y, BatchStats { mean, var, count }))
 }
 
-/// The custom ops run f32/f64 on the CPU with `frozen` per-channel operands; a residual must
-/// match the input.
+/// The custom ops run where the native kernels do ([`Kernels`]: f32/f64 on the CPU), with
+/// `frozen` per-channel operands and a residual on the CPU; a residual must match the
+/// input.
 fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
     if let Some(r) = then.residual {
         if r.dims() != x.dims() || r.dtype() != x.dtype() {
@@ -192,8 +193,7 @@ fn fast_path(x: &Tensor, frozen: &[&Tensor], then: &Epilogue) -> Result<bool> {
             );
         }
     }
-    Ok(x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
+    Ok(Kernels::for_tensor(x) == Kernels::Native
         && then.residual.is_none_or(|r| r.device().is_cpu())
         && frozen.iter().all(|t| !t.track_op()))
 }
@@ -202,86 +202,11 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
     t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
 }
 
-/// Lanes of independent partial sums: a single running sum is one dependent addition per
-/// value (latency-bound); eight let the additions overlap and vectorise.
-const LANES: usize = 8;
-
-/// The sum of `f(v)` over `values`, accumulated in f64.
-fn sum_f64<T: Copy>(values: &[T], f: impl Fn(T) -> f64) -> f64 {
-    let mut lanes = [0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v);
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
-}
-
-/// `g`, or zero where a fused ReLU clamped the output `y` (no gradient where y = 0, as
-/// PyTorch's).
-#[inline(always)]
-fn live<T: WithDType, const RELU: bool>(g: T, y: T) -> T {
-    if !RELU || y > T::zero() {
-        g
-    } else {
-        T::zero()
-    }
-}
-
-/// Σ g' and Σ g'·(x − m) over one plane (g' = [`live`] g), in sixteen lanes of T (one
-/// AVX-512 register of f32) added up in f64. One loop per sum: with both in one loop, LLVM
-/// pairs each lane's two sums into a vector instead of vectorising across the lanes, and
-/// runs ~5x slower on a plane in cache.
-fn plane_sums<T: WithDType, const RELU: bool>(g: &[T], x: &[T], y: &[T], m: T) -> (f64, f64) {
-    const WIDTH: usize = 16;
-    let body = g.len() / WIDTH * WIDTH;
-    let (g_body, x_body, y_body) = (&g[..body], &x[..body], &y[..body]);
-    let mut sg = [T::zero(); WIDTH];
-    for (gc, yc) in g_body.chunks_exact(WIDTH).zip(y_body.chunks_exact(WIDTH)) {
-        for i in 0..WIDTH {
-            sg[i] += live::<T, RELU>(gc[i], yc[i]);
-        }
-    }
-    let mut sgx = [T::zero(); WIDTH];
-    let chunks = g_body
-        .chunks_exact(WIDTH)
-        .zip(x_body.chunks_exact(WIDTH))
-        .zip(y_body.chunks_exact(WIDTH));
-    for ((gc, xc), yc) in chunks {
-        for i in 0..WIDTH {
-            sgx[i] += live::<T, RELU>(gc[i], yc[i]) * (xc[i] - m);
-        }
-    }
-    let mut total_g: f64 = sg.iter().map(|v| v.to_f64()).sum();
-    let mut total_gx: f64 = sgx.iter().map(|v| v.to_f64()).sum();
-    for ((&gv, &xv), &yv) in g[body..].iter().zip(&x[body..]).zip(&y[body..]) {
-        let gv = live::<T, RELU>(gv, yv);
-        total_g += gv.to_f64();
-        total_gx += (gv * (xv - m)).to_f64();
-    }
-    (total_g, total_gx)
-}
-
-/// Σ f(v) over the values of channel `ch` of a contiguous (B, C, H, W) buffer with `channels`
-/// channels of `plane` values each.
-fn channel_total<T: Copy>(
-    x: &[T],
-    channels: usize,
-    plane: usize,
-    ch: usize,
-    f: impl Fn(T) -> f64,
-) -> f64 {
-    let planes = x.chunks(plane).skip(ch).step_by(channels);
-    planes.map(|p| sum_f64(p, &f)).sum()
-}
-
 /// The per-channel sums of a (B, C, H, W) tensor, (C), accumulated in f64: a bias's
 /// gradient. candle's `sum` over axes 0, 2 and 3 is a strided reduction many times slower.
 pub(crate) fn channel_sums(t: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = t.dims4()?;
-    if !t.device().is_cpu() || !matches!(t.dtype(), DType::F32 | DType::F64) {
+    if Kernels::for_tensor(t) == Kernels::Portable {
         return t.sum(vec![0, 2, 3]);
     }
     t.contiguous()?.apply_op1_no_bwd(&ChannelSums {
@@ -297,12 +222,8 @@ struct ChannelSums {
 }
 
 impl FloatKernel for ChannelSums {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        let (t, c, plane) = (operands[0], self.channels, self.plane);
-        (0..c)
-            .into_par_iter()
-            .map(|ch| T::from_f64(channel_total(t, c, plane, ch, |v| v.to_f64())))
-            .collect()
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
+        norm::channel_sums(operands[0], self.channels, self.plane)
     }
 }
 
@@ -318,27 +239,15 @@ impl CustomOp1 for ChannelSums {
 }
 
 /// (B, C, H, W) -> (2, C): each channel's mean and biased variance, accumulated in f64.
-pub(crate) struct Moments {
-    pub(crate) channels: usize,
+struct Moments {
+    channels: usize,
     /// H x W.
-    pub(crate) plane: usize,
+    plane: usize,
 }
 
 impl FloatKernel for Moments {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        let (x, c, plane) = (operands[0], self.channels, self.plane);
-        let per_channel: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let count = (x.len() / c) as f64;
-                let mean = channel_total(x, c, plane, ch, |v| v.to_f64()) / count;
-                let sq = channel_total(x, c, plane, ch, |v| (v.to_f64() - mean).powi(2));
-                (mean, sq / count)
-            })
-            .collect();
-        let means = per_channel.iter().map(|m| T::from_f64(m.0));
-        let vars = per_channel.iter().map(|m| T::from_f64(m.1));
-        means.chain(vars).collect()
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
+        norm::moments(operands[0], self.channels, self.plane)
     }
 }
 
@@ -353,30 +262,17 @@ impl CustomOp1 for Moments {
     }
 }
 
-/// y = x * scale[c] + shift[c] (+ residual) (then ReLU), the batch norm's pass with its
-/// per-channel factors folded; backward as batch norm in eval mode (`train` false: the
-/// statistics are constants) or in train mode (they depend on x).
+/// The batch norm's pass ([`ChannelAffine`]) as a graph node: (x), or (x, residual).
 #[derive(Clone)]
-pub(crate) struct ChannelAffine {
-    pub(crate) scale: Vec<f64>,
-    pub(crate) shift: Vec<f64>,
-    /// H x W.
-    pub(crate) plane: usize,
-    /// The statistics it normalises with: the batch's in train mode, the running ones in
-    /// eval mode.
-    pub(crate) mean: Vec<f64>,
-    pub(crate) inv_std: Vec<f64>,
-    pub(crate) train: bool,
-    pub(crate) relu: bool,
-}
+struct Affine(ChannelAffine);
 
-impl FloatKernel for ChannelAffine {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
-        self.forward(operands[0], operands.get(1).copied())
+impl FloatKernel for Affine {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
+        self.0.forward(operands[0], operands.get(1).copied())
     }
 }
 
-impl ChannelAffine {
+impl Affine {
     /// The op on `x` (and `residual`), as a node of the graph. Trainable `params` (weight,
     /// bias) join as one (2, C) operand, so that the op's backward hands them their
     /// gradient; their values are already folded into scale and shift.
@@ -397,146 +293,10 @@ impl ChannelAffine {
 
     /// The residual's gradient: the output's, through the ReLU when there is one.
     fn residual_grad(&self, y: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
-        if self.relu {
+        if self.0.relu {
             grad_y.contiguous()?.apply_op2_no_bwd(y, &ReluMask)
         } else {
             Ok(grad_y.clone())
-        }
-    }
-
-    pub(crate) fn forward<T: WithDType>(&self, x: &[T], residual: Option<&[T]>) -> Vec<T> {
-        let plane = self.plane;
-        let c = self.scale.len();
-        let relu = self.relu;
-        let out = move |v: T| if relu && v < T::zero() { T::zero() } else { v };
-        // SAFETY: each loop writes every value of its chunk (x's chunk is as long).
-        unsafe {
-            par_chunks_written(x.len(), plane, |i, y| {
-                let x = &x[i * plane..][..y.len()];
-                let (a, b) = (
-                    T::from_f64(self.scale[i % c]),
-                    T::from_f64(self.shift[i % c]),
-                );
-                match residual {
-                    Some(r) => {
-                        let r = &r[i * plane..][..y.len()];
-                        for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
-                            y.write(out(x * a + b + r));
-                        }
-                    }
-                    None => {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            y.write(out(x * a + b));
-                        }
-                    }
-                }
-            })
-        }
-    }
-
-    /// Per channel, Σ g' and Σ g'·x̂ with g' = g zeroed where the ReLU clamped (y = 0) and
-    /// x̂ = (x − mean)·inv_std: the gradients of the bias and of the weight, and what the
-    /// train-mode input gradient needs. (2, C): the weight's row first.
-    pub(crate) fn param_grads<T: WithDType>(&self, g: &[T], x: &[T], y: &[T]) -> Vec<T> {
-        // The ReLU as a constant: each variant's loops compile to branch-free vector code.
-        let sums = if self.relu {
-            Self::channel_sums::<T, true>
-        } else {
-            Self::channel_sums::<T, false>
-        };
-        let c = self.scale.len();
-        let (sg, sgx): (Vec<f64>, Vec<f64>) = (0..c)
-            .into_par_iter()
-            .map(|ch| sums(self, ch, g, x, y))
-            .unzip();
-        let weight = sgx
-            .iter()
-            .zip(&self.inv_std)
-            .map(|(v, s)| T::from_f64(v * s));
-        weight.chain(sg.iter().map(|&v| T::from_f64(v))).collect()
-    }
-
-    /// Σ g' and Σ g'·(x − mean) over channel `ch`'s planes.
-    fn channel_sums<T: WithDType, const RELU: bool>(
-        &self,
-        ch: usize,
-        g: &[T],
-        x: &[T],
-        y: &[T],
-    ) -> (f64, f64) {
-        let (plane, c) = (self.plane, self.scale.len());
-        let m = T::from_f64(self.mean[ch]);
-        let (mut sg, mut sgx) = (0f64, 0f64);
-        for i in (ch..g.len() / plane).step_by(c) {
-            let at = i * plane..(i + 1) * plane;
-            let (a, b) = plane_sums::<T, RELU>(&g[at.clone()], &x[at.clone()], &y[at], m);
-            sg += a;
-            sgx += b;
-        }
-        (sg, sgx)
-    }
-
-    /// The input gradient from the output's gradient `g`, with `g` zeroed where the ReLU
-    /// clamped (y = 0) when there is one. Eval: g·scale. Train: scale · (g − mean(g) − x̂ ·
-    /// mean(g·x̂)), the means over the channel's B·H·W values, from `sums` (the
-    /// [`param_grads`](Self::param_grads) of the same g).
-    pub(crate) fn backward<T: WithDType>(
-        &self,
-        g: &[T],
-        x: &[T],
-        y: &[T],
-        sums: Option<&[T]>,
-    ) -> Vec<T> {
-        if self.relu {
-            self.backward_with::<T, true>(g, x, y, sums)
-        } else {
-            self.backward_with::<T, false>(g, x, y, sums)
-        }
-    }
-
-    fn backward_with<T: WithDType, const RELU: bool>(
-        &self,
-        g: &[T],
-        x: &[T],
-        y: &[T],
-        sums: Option<&[T]>,
-    ) -> Vec<T> {
-        let plane = self.plane;
-        let c = self.scale.len();
-        let count = (g.len() / c) as f64;
-        // Per channel: (mean(g'), mean(g'·x̂)), used in train mode only.
-        let means: Vec<(f64, f64)> = match sums {
-            Some(s) if self.train => (0..c)
-                .map(|ch| (s[c + ch].to_f64() / count, s[ch].to_f64() / count))
-                .collect(),
-            _ => vec![(0.0, 0.0); c],
-        };
-        // SAFETY: each loop writes every value of its chunk (g's, x's and y's are as long).
-        unsafe {
-            par_chunks_written(g.len(), plane, |i, dx| {
-                let [g, x, y] = [g, x, y].map(|t| &t[i * plane..][..dx.len()]);
-                let ch = i % c;
-                let a = self.scale[ch];
-                if !self.train {
-                    let a = T::from_f64(a);
-                    for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
-                        d.write(live::<T, RELU>(gv, yv) * a);
-                    }
-                    return;
-                }
-                // a·(g − mean_g − (x − mean)·inv_std·mean_gx), the per-channel factors
-                // folded first.
-                let (s, (mg, mgx)) = (self.inv_std[ch], means[ch]);
-                let m = T::from_f64(self.mean[ch]);
-                let (k0, k1, k2) = (
-                    T::from_f64(a),
-                    T::from_f64(a * mg),
-                    T::from_f64(a * s * mgx),
-                );
-                for (((d, &gv), &xv), &yv) in dx.iter_mut().zip(g).zip(x).zip(y) {
-                    d.write(k0 * live::<T, RELU>(gv, yv) - k1 - (xv - m) * k2);
-                }
-            })
         }
     }
 
@@ -552,8 +312,8 @@ impl ChannelAffine {
         params_tracked: bool,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_y = grad_y.contiguous()?;
-        let sums = if self.train || params_tracked {
-            Some(grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.clone(), Grad::Params))?)
+        let sums = if self.0.train || params_tracked {
+            Some(grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.0.clone(), Grad::Params))?)
         } else {
             None
         };
@@ -562,13 +322,13 @@ impl ChannelAffine {
             None => Grad::Input,
         };
         let grad_x = x_tracked
-            .then(|| grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.clone(), which)))
+            .then(|| grad_y.apply_op3_no_bwd(x, y, &AffineGrad(self.0.clone(), which)))
             .transpose()?;
         Ok((grad_x, sums.filter(|_| params_tracked)))
     }
 }
 
-impl CustomOp1 for ChannelAffine {
+impl CustomOp1 for Affine {
     fn name(&self) -> &'static str {
         "tame-batch-norm"
     }
@@ -583,7 +343,7 @@ impl CustomOp1 for ChannelAffine {
     }
 }
 
-impl CustomOp2 for ChannelAffine {
+impl CustomOp2 for Affine {
     fn name(&self) -> &'static str {
         "tame-batch-norm-add"
     }
@@ -615,9 +375,9 @@ impl CustomOp2 for ChannelAffine {
     }
 }
 
-/// [`ChannelAffine`] with trainable (weight, bias) as its last operand, stacked (2, C):
+/// [`Affine`] with trainable (weight, bias) as its last operand, stacked (2, C):
 /// (x, params), or (x, residual, params).
-struct WithParams(ChannelAffine);
+struct WithParams(Affine);
 
 impl CustomOp2 for WithParams {
     fn name(&self) -> &'static str {
@@ -697,7 +457,7 @@ enum Grad {
 struct AffineGrad(ChannelAffine, Grad);
 
 impl FloatKernel for AffineGrad {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let (g, x, y) = (operands[0], operands[1], operands[2]);
         match self.1 {
             Grad::Params => self.0.param_grads(g, x, y),
@@ -746,7 +506,10 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_gradients_match, max_abs_diff, seeded};
+    use crate::gradcheck::{
+        assert_all_close, assert_gradients_match, max_abs_diff, native_and_portable,
+        output_and_gradients, seeded,
+    };
 
     /// Per-channel operands: weight, bias, running mean, positive running variance.
     fn operands(c: usize) -> Result<[Tensor; 4]> {
@@ -965,6 +728,44 @@ mod tests {
         assert_gradients_match(&r, |r| {
             batch_norm_eval(&xe, &w, &b, &m, &v, 1e-5, Epilogue::add_relu(r))
         })?;
+        Ok(())
+    }
+
+    /// The native kernels and the portable path (candle's broadcasts, what a GPU runs) agree
+    /// to 1e-12 in f64, in train and eval mode, with every epilogue: the output and the
+    /// gradients of the input, the trainable weight and bias, and the residual.
+    #[test]
+    fn native_and_portable_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let [w, b, m, v] = operands(2)?;
+        let tensors = [
+            seeded(&[3, 2, 4, 5], 31, &dev)?,
+            w,
+            b,
+            seeded(&[3, 2, 4, 5], 32, &dev)?,
+        ];
+        let vars = tensors.map(|t| Var::from_tensor(&t).unwrap());
+        let [x, w, b, r] = vars.each_ref().map(|v| v.as_tensor());
+        for train in [false, true] {
+            for epilogue in 0..4 {
+                let then = match epilogue {
+                    0 => Epilogue::default(),
+                    i => epilogues(r)[i - 1],
+                };
+                let inputs = [x, w, b, r];
+                let inputs = &inputs[..if then.residual.is_some() { 4 } else { 3 }];
+                let (native, portable) = native_and_portable(|| {
+                    let y = if train {
+                        batch_norm_train(x, w, b, 1e-5, then)?.0
+                    } else {
+                        batch_norm_eval(x, w, b, &m, &v, 1e-5, then)?
+                    };
+                    output_and_gradients(&y, inputs)
+                })?;
+                let what = format!("train {train}, {then:?}");
+                assert_all_close(&what, &native, &portable, 1e-12);
+            }
+        }
         Ok(())
     }
 

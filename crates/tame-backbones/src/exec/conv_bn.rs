@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
-use tame_ops::{BatchStats, Epilogue, FrozenConvBn, WinogradFilters};
+use tame_ops::{BatchStats, Epilogue, WinogradFilters};
+
+use super::FrozenConvBn;
 
 use crate::conv::Conv;
 use crate::norm::BatchNorm;
@@ -128,7 +130,7 @@ impl ConvBn {
         self.conv.prepared()
     }
 
-    /// The pair as a layer of a fused train-mode block (`tame_ops::bottleneck_train`), with
+    /// The pair as a layer of a fused train-mode block (`exec::bottleneck_train`), with
     /// the filters of [`prepared_filters`](Self::prepared_filters).
     pub fn frozen<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> FrozenConvBn<'a> {
         let (gamma, beta, eps) = self.bn.affine_parameters();

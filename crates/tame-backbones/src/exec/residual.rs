@@ -1,11 +1,12 @@
 //! ResNet's residual stages: each block from its separate ops (fused where no tap asks for a
 //! node in between), or in train mode each run of consecutive blocks that no tap looks into
-//! as one [`bottleneck_train`](tame_ops::bottleneck_train) op.
+//! as one [`bottleneck_train`] op.
 
 use candle_core::Tensor;
-use tame_ops::{Epilogue, FrozenBlock};
+use tame_ops::Epilogue;
 
 use super::conv_bn::{conv_bn_relu, ConvBn};
+use super::{bottleneck_train, FrozenBlock};
 use crate::{Result, TapCollector};
 
 /// Runs `stages` on `x`, offering every node to `taps`; returns early, with the last output,
@@ -147,7 +148,7 @@ impl Bottleneck {
         self.pass_output(y, taps)
     }
 
-    /// The pairs in `tame_ops::bottleneck_train`'s order: the main path's, then the
+    /// The pairs in `bottleneck_train`'s order: the main path's, then the
     /// shortcut's.
     fn pairs(&self) -> Vec<&ConvBn> {
         [&self.first, &self.second, &self.third]
@@ -173,7 +174,7 @@ impl Bottleneck {
     }
 }
 
-/// A run of train-mode blocks as one op (`tame_ops::bottleneck_train`), when it applies;
+/// A run of train-mode blocks as one op (`bottleneck_train`), when it applies;
 /// each batch norm's running statistics are updated as its own op would.
 fn forward_train_fused(
     blocks: &[(&Bottleneck, Option<&str>)],
@@ -199,7 +200,7 @@ fn forward_train_fused(
             }
         })
         .collect();
-    let Some((y, stats)) = tame_ops::bottleneck_train(x, &frozen)? else {
+    let Some((y, stats)) = bottleneck_train(x, &frozen)? else {
         return Ok(None);
     };
     for (block, stats) in pairs.iter().zip(stats) {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use tame_ops::ChainLayer;
 
+use super::{conv_relu_chain, ChainLayer};
 use crate::conv::Conv;
 use crate::dropout::Dropout;
 use crate::linear::Dense;
@@ -105,7 +105,7 @@ impl Sequential {
         Ok(x)
     }
 
-    /// The sequence as one op ([`tame_ops::conv_relu_chain`]) when it is made of
+    /// The sequence as one op ([`conv_relu_chain`]) when it is made of
     /// convolutions each followed by its ReLU, and pools, and the op applies.
     fn chained(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let filters = self
@@ -136,6 +136,6 @@ impl Sequential {
                 _ => return Ok(None),
             });
         }
-        Ok(tame_ops::conv_relu_chain(x, &chain)?)
+        Ok(conv_relu_chain(x, &chain)?)
     }
 }

@@ -9,23 +9,23 @@
 //! whose backward walks its layers with the same kernels, so the numbers are the composed
 //! path's bit for bit; the ReLU mask of each block's output is made once for both branches.
 //!
-//! The shape of a bottleneck block is all this knows of networks: which runs of blocks go
-//! through it is the caller's choice (ResNet-50's train-mode passes fuse each run of blocks
-//! whose inner nodes no tap asks for). With a parameter that tracks a gradient, or off the
-//! CPU, it returns `None` and the caller composes the separate ops.
+//! Which runs of blocks go through it is ResNet-50's choice (its train-mode passes fuse each
+//! run of blocks whose inner nodes no tap asks for). With a parameter that tracks a gradient,
+//! or off the CPU, it returns `None` and the caller composes the separate ops.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape};
-use candle_core::{Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use tame_kernels::conv::{self, Geometry};
+use tame_kernels::norm::{moments, ChannelAffine};
+use tame_kernels::{relu_masked, Float, Padding};
+use tame_ops::storage::{run_with_captured, FloatKernel};
+use tame_ops::{BatchStats, WinogradFilters};
 
-use crate::conv::{self, checked_filters, runs_here, Geometry};
-use crate::norm::{ChannelAffine, Moments};
-use crate::{
-    lock, relu_masked, run_with_captured, BatchStats, FloatKernel, Padding, WinogradFilters,
-};
+use super::runs_here;
+use crate::lock;
 
 /// The name errors give.
 const OP: &str = "bottleneck";
@@ -58,8 +58,9 @@ pub struct FrozenBlock<'a> {
 /// each of its batch norms (bn1, bn2, bn3, then the shortcut's) for the running-statistics
 /// update.
 ///
-/// `None` where the op does not apply — another device or dtype than f32/f64 on the CPU,
-/// a parameter that tracks a gradient, a batch norm over a single value, no blocks — and
+/// `None` where the op does not apply — where the native kernels do not run
+/// ([`tame_ops::Kernels`]: another device or dtype than f32/f64 on the CPU, or the portable
+/// path chosen), a parameter that tracks a gradient, a batch norm over a single value, no blocks — and
 /// the caller composes the blocks from the separate ops instead.
 pub fn bottleneck_train(
     x: &Tensor,
@@ -147,7 +148,8 @@ struct Layer {
 
 impl Layer {
     fn new(p: &FrozenConvBn, input: (usize, usize, usize, usize), dtype: DType) -> Result<Self> {
-        let g = Geometry::new(input, p.weight.dims4()?, p.stride, p.padding)?;
+        let g = Geometry::new(input, p.weight.dims4()?, p.stride, p.padding)
+            .map_err(candle_core::Error::msg)?;
         let channels = g.output_dims().1;
         let per_channel = |t: &Tensor| -> Result<Vec<f64>> {
             if t.dims() != [channels] {
@@ -165,7 +167,10 @@ impl Layer {
             );
         }
         Ok(Self {
-            filters: checked_filters(p.winograd, &g, p.weight, dtype)?,
+            filters: p
+                .winograd
+                .map(|f| f.transformed(p.weight, dtype).cloned())
+                .transpose()?,
             weight: p.weight.contiguous()?,
             gamma: per_channel(p.gamma)?,
             beta: per_channel(p.beta)?,
@@ -176,7 +181,7 @@ impl Layer {
 
     /// bn(conv(input)) (+ residual, then ReLU when `relu`): the convolution's output, the
     /// batch norm's map, the layer's output and the batch's variance.
-    fn forward<T: WithDType>(
+    fn forward<T: Float>(
         &self,
         input: &[T],
         weight: &[T],
@@ -185,10 +190,10 @@ impl Layer {
         residual: Option<&[T]>,
     ) -> (Vec<T>, ChannelAffine, Vec<T>, Vec<f64>) {
         let (_, channels, h, w) = self.g.output_dims();
-        let no_bias = vec![T::zero(); channels];
+        let no_bias = vec![T::ZERO; channels];
         let c = conv::forward(&self.g, input, weight, filters, &no_bias, None, false);
         let plane = h * w;
-        let moments = Moments { channels, plane }.run(&[&c]);
+        let moments = moments(&c, channels, plane);
         let (mean, var) = moments.split_at(channels);
         // The per-channel factors as `batch_norm_train` computes them: in T, rounded after
         // every operation (an f64 result rounded to f32 is the f32 operation's result).
@@ -313,7 +318,7 @@ impl Bottlenecks {
 
 /// One block's forward pass on `x`: its output, what its backward pass reads and what it
 /// measured.
-fn block_forward<T: WithDType>(
+fn block_forward<T: Float>(
     layers: &[Layer],
     w: &BlockWeights<'_, T>,
     x: &[T],
@@ -354,7 +359,7 @@ fn block_forward<T: WithDType>(
 }
 
 /// One block's input gradient from its output's gradient `g` and its output `out`.
-fn block_backward<T: WithDType>(
+fn block_backward<T: Float>(
     layers: &[Layer],
     w: &BlockWeights<'_, T>,
     saved: &Saved<T>,
@@ -389,7 +394,7 @@ fn block_backward<T: WithDType>(
 }
 
 impl FloatKernel for Bottlenecks {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let w = self.weights(operands, 1);
         let mut saved = SavedRun {
             blocks: Vec::with_capacity(self.blocks.len()),
@@ -438,7 +443,7 @@ impl CustomOp1 for Bottlenecks {
 struct BottlenecksGrad<'a>(&'a Bottlenecks);
 
 impl FloatKernel for BottlenecksGrad<'_> {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let run = self.0;
         let saved = lock(&run.saved);
         let saved = saved
@@ -478,8 +483,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_same_output_and_gradient, max_abs_diff, seeded};
-    use crate::{batch_norm_train, conv2d_fused, Epilogue};
+    use crate::exec::testing::{assert_same_output_and_gradient, max_abs_diff, seeded};
+    use tame_ops::{batch_norm_train, conv2d_fused, with_kernels, Epilogue, Kernels};
 
     /// The tensors of one conv/bn pair: weight, gamma, beta.
     struct Pair {
@@ -623,20 +628,23 @@ mod tests {
 
     #[test]
     fn fused_block_is_the_composed_block_bit_for_bit() -> Result<()> {
-        for (i, &case) in CASES.iter().enumerate() {
-            let (c_in, .., size, batch) = case;
-            let x = seeded(&[batch, c_in, size, size], i as u64, &Device::Cpu)?;
-            let pairs64 = pairs(case, 100 * i as u64)?;
-            let pairs32: Vec<Pair> = pairs64.iter().map(Pair::to_f32).collect::<Result<_>>()?;
-            for (x, pairs) in [(x.clone(), &pairs64), (x.to_dtype(DType::F32)?, &pairs32)] {
-                let (y, stats, grad) = run(|x| fused(x, pairs), &x)?;
-                let (y_ref, stats_ref, grad_ref) = run(|x| composed(x, pairs), &x)?;
-                let what = format!("case {i} {:?}", x.dtype());
-                assert_same_output_and_gradient(&what, (&y, &grad), (&y_ref, &grad_ref));
-                assert_same_stats(&what, &stats, &stats_ref);
+        // The fused op and the separate ops on the same native kernels.
+        with_kernels(Kernels::Native, || {
+            for (i, &case) in CASES.iter().enumerate() {
+                let (c_in, .., size, batch) = case;
+                let x = seeded(&[batch, c_in, size, size], i as u64, &Device::Cpu)?;
+                let pairs64 = pairs(case, 100 * i as u64)?;
+                let pairs32: Vec<Pair> = pairs64.iter().map(Pair::to_f32).collect::<Result<_>>()?;
+                for (x, pairs) in [(x.clone(), &pairs64), (x.to_dtype(DType::F32)?, &pairs32)] {
+                    let (y, stats, grad) = run(|x| fused(x, pairs), &x)?;
+                    let (y_ref, stats_ref, grad_ref) = run(|x| composed(x, pairs), &x)?;
+                    let what = format!("case {i} {:?}", x.dtype());
+                    assert_same_output_and_gradient(&what, (&y, &grad), (&y_ref, &grad_ref));
+                    assert_same_stats(&what, &stats, &stats_ref);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// A run of blocks (one that downsamples, then two with the identity shortcut) as one
@@ -644,31 +652,57 @@ mod tests {
     /// and input gradient.
     #[test]
     fn a_run_of_blocks_is_the_blocks_one_after_the_other() -> Result<()> {
-        let runs = [
-            pairs((6, 3, 2, true, 7, 3), 400)?,
-            pairs((12, 3, 1, false, 4, 3), 500)?,
-            pairs((12, 3, 1, false, 4, 3), 600)?,
-        ];
-        let x = seeded(&[3, 6, 7, 7], 9, &Device::Cpu)?;
-        let one_op = |x: &Tensor| {
-            let blocks: Vec<FrozenBlock> = runs.iter().map(|p| block(p)).collect();
-            Ok(bottleneck_train(x, &blocks)?.expect("the op applies"))
-        };
-        let one_by_one = |x: &Tensor| {
-            let (mut y, mut stats) = (x.clone(), Vec::new());
-            for pairs in &runs {
-                let (next, s) = composed(&y, pairs)?;
-                stats.push(s);
-                y = next;
+        // The fused op and the separate ops on the same native kernels.
+        with_kernels(Kernels::Native, || {
+            let runs = [
+                pairs((6, 3, 2, true, 7, 3), 400)?,
+                pairs((12, 3, 1, false, 4, 3), 500)?,
+                pairs((12, 3, 1, false, 4, 3), 600)?,
+            ];
+            let x = seeded(&[3, 6, 7, 7], 9, &Device::Cpu)?;
+            let one_op = |x: &Tensor| {
+                let blocks: Vec<FrozenBlock> = runs.iter().map(|p| block(p)).collect();
+                Ok(bottleneck_train(x, &blocks)?.expect("the op applies"))
+            };
+            let one_by_one = |x: &Tensor| {
+                let (mut y, mut stats) = (x.clone(), Vec::new());
+                for pairs in &runs {
+                    let (next, s) = composed(&y, pairs)?;
+                    stats.push(s);
+                    y = next;
+                }
+                Ok((y, stats))
+            };
+            let (y, stats, grad) = run(one_op, &x)?;
+            let (y_ref, expected, grad_ref) = run(one_by_one, &x)?;
+            assert_same_output_and_gradient("run of 3", (&y, &grad), (&y_ref, &grad_ref));
+            assert_eq!(stats.len(), 3);
+            for (i, (s, e)) in stats.iter().zip(&expected).enumerate() {
+                assert_same_stats(&format!("block {i}"), s, e);
             }
-            Ok((y, stats))
-        };
-        let (y, stats, grad) = run(one_op, &x)?;
-        let (y_ref, expected, grad_ref) = run(one_by_one, &x)?;
-        assert_same_output_and_gradient("run of 3", (&y, &grad), (&y_ref, &grad_ref));
-        assert_eq!(stats.len(), 3);
-        for (i, (s, e)) in stats.iter().zip(&expected).enumerate() {
-            assert_same_stats(&format!("block {i}"), s, e);
+            Ok(())
+        })
+    }
+
+    /// With the portable path chosen the op steps aside, and the block composed from
+    /// candle's operations (what a GPU runs) agrees with the fused run to 1e-10 in f64:
+    /// output, batch statistics and input gradient.
+    #[test]
+    fn the_portable_path_composes_the_block_and_agrees() -> Result<()> {
+        let case = CASES[1];
+        let (c_in, .., size, batch) = case;
+        let x = seeded(&[batch, c_in, size, size], 5, &Device::Cpu)?;
+        let pairs = pairs(case, 300)?;
+        let (y, stats, grad) = with_kernels(Kernels::Native, || run(|x| fused(x, &pairs), &x))?;
+        let (y_ref, stats_ref, grad_ref) = with_kernels(Kernels::Portable, || {
+            assert!(bottleneck_train(&x, &[block(&pairs)])?.is_none());
+            run(|x| composed(x, &pairs), &x)
+        })?;
+        assert!(max_abs_diff(&y, &y_ref) < 1e-10);
+        assert!(max_abs_diff(&grad, &grad_ref) < 1e-10);
+        for (s, r) in stats.iter().zip(&stats_ref) {
+            assert!(max_abs_diff(&s.mean, &r.mean) < 1e-10);
+            assert!(max_abs_diff(&s.var, &r.var) < 1e-10);
         }
         Ok(())
     }
@@ -676,18 +710,21 @@ mod tests {
     #[test]
     fn a_pass_without_gradient_keeps_nothing_and_trainable_parameters_are_left_to_the_caller(
     ) -> Result<()> {
-        let case = CASES[0];
-        let x = seeded(&[case.5, case.0, case.4, case.4], 3, &Device::Cpu)?;
-        let pairs = pairs(case, 7)?;
-        let (y, _) = fused(&x, &pairs)?;
-        assert!(!y.track_op());
-        assert_eq!(max_abs_diff(&y, &composed(&x, &pairs)?.0), 0.0);
+        // The fused op runs on the native kernels alone.
+        with_kernels(Kernels::Native, || {
+            let case = CASES[0];
+            let x = seeded(&[case.5, case.0, case.4, case.4], 3, &Device::Cpu)?;
+            let pairs = pairs(case, 7)?;
+            let (y, _) = fused(&x, &pairs)?;
+            assert!(!y.track_op());
+            assert_eq!(max_abs_diff(&y, &composed(&x, &pairs)?.0), 0.0);
 
-        let trainable = Var::from_tensor(&pairs[1].gamma)?;
-        let mut b = block(&pairs);
-        b.layers[1].gamma = trainable.as_tensor();
-        assert!(bottleneck_train(&x, &[b])?.is_none());
-        assert!(bottleneck_train(&x, &[])?.is_none());
-        Ok(())
+            let trainable = Var::from_tensor(&pairs[1].gamma)?;
+            let mut b = block(&pairs);
+            b.layers[1].gamma = trainable.as_tensor();
+            assert!(bottleneck_train(&x, &[b])?.is_none());
+            assert!(bottleneck_train(&x, &[])?.is_none());
+            Ok(())
+        })
     }
 }

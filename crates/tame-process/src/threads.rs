@@ -1,6 +1,6 @@
 //! Where the work of a whole command runs.
 //!
-//! Every parallel section of this crate runs on rayon's global pool (`RAYON_NUM_THREADS`
+//! The tensor work of every library runs on rayon's global pool (`RAYON_NUM_THREADS`
 //! threads, else rayon's default); [`on_worker`] starts a whole command on one of them.
 
 /// Runs `work` on a thread of rayon's global pool, the caller waiting for it.

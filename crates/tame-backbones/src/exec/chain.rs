@@ -8,20 +8,22 @@
 //! a pool that follows a convolution applies that convolution's ReLU mask while it routes
 //! each gradient to its window's maximum, instead of a pass of its own.
 //!
-//! The shape of such a chain is all this knows of networks: the caller decides when it
-//! applies (VGG-16 in a pass that back-propagates to its input and taps none of its features,
-//! TAME's masked training pass). With a weight that tracks a gradient, or off the CPU, it
-//! returns `None` and the caller composes the separate ops.
+//! VGG-16 decides when it applies (a pass that back-propagates to its input and taps none of
+//! its features: TAME's masked training pass). With a weight that tracks a gradient, or off
+//! the CPU, it returns `None` and the caller composes the separate ops.
 
 use std::any::Any;
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape};
-use candle_core::{Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use tame_kernels::conv::{self, Geometry};
+use tame_kernels::pool::Pool;
+use tame_kernels::{relu_masked, Float, Padding};
+use tame_ops::storage::{run_with_captured, FloatKernel};
+use tame_ops::WinogradFilters;
 
-use crate::conv::{self, checked_filters, runs_here, Geometry};
-use crate::pool::Pool;
-use crate::{lock, relu_masked, run_with_captured, FloatKernel, Padding, WinogradFilters};
+use super::runs_here;
+use crate::lock;
 
 /// The name errors give.
 const OP: &str = "conv_relu_chain";
@@ -38,7 +40,7 @@ pub enum ChainLayer<'a> {
         stride: usize,
         padding: Padding,
     },
-    /// [`max_pool2d`](crate::max_pool2d) with these sizes.
+    /// [`tame_ops::max_pool2d`] with these sizes.
     MaxPool {
         kernel: usize,
         stride: usize,
@@ -48,8 +50,9 @@ pub enum ChainLayer<'a> {
 
 /// The chain `layers` applied to `x` (B, C, H, W), as one op.
 ///
-/// `None` where the op does not apply — another device or dtype than f32/f64 on the CPU,
-/// a weight or bias that tracks a gradient, no layers — and the caller composes the layers
+/// `None` where the op does not apply — where the native kernels do not run
+/// ([`tame_ops::Kernels`]: another device or dtype than f32/f64 on the CPU, or the portable
+/// path chosen), a weight or bias that tracks a gradient, no layers — and the caller composes the layers
 /// from the separate ops instead.
 pub fn conv_relu_chain(x: &Tensor, layers: &[ChainLayer]) -> Result<Option<Tensor>> {
     let frozen = layers.iter().all(|layer| match layer {
@@ -99,7 +102,8 @@ impl Step {
                 stride,
                 padding,
             } => {
-                let g = Geometry::new(input, weight.dims4()?, stride, padding)?;
+                let g = Geometry::new(input, weight.dims4()?, stride, padding)
+                    .map_err(candle_core::Error::msg)?;
                 let c_out = g.output_dims().1;
                 if bias.dims() != [c_out] || [weight, bias].iter().any(|t| t.dtype() != dtype) {
                     candle_core::bail!(
@@ -111,7 +115,9 @@ impl Step {
                     );
                 }
                 Step::ConvRelu {
-                    filters: checked_filters(winograd, &g, weight, dtype)?,
+                    filters: winograd
+                        .map(|f| f.transformed(weight, dtype).cloned())
+                        .transpose()?,
                     weight: weight.contiguous()?,
                     bias: bias.contiguous()?,
                     g,
@@ -121,7 +127,9 @@ impl Step {
                 kernel,
                 stride,
                 padding,
-            } => Step::MaxPool(Pool::new(input, kernel, stride, padding)?),
+            } => Step::MaxPool(
+                Pool::new(input, kernel, stride, padding).map_err(candle_core::Error::msg)?,
+            ),
         })
     }
 
@@ -194,7 +202,7 @@ impl Chain {
 }
 
 impl FloatKernel for Chain {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let x = operands[0];
         let convs = self.conv_operands(operands, 1);
         let mut outputs: Vec<Vec<T>> = Vec::with_capacity(self.steps.len());
@@ -243,7 +251,7 @@ impl CustomOp1 for Chain {
 struct ChainGrad<'a>(&'a Chain);
 
 impl FloatKernel for ChainGrad<'_> {
-    fn run<T: WithDType>(&self, operands: &[&[T]]) -> Vec<T> {
+    fn run<T: Float>(&self, operands: &[&[T]]) -> Vec<T> {
         let chain = self.0;
         let saved = lock(&chain.saved);
         let saved = saved
@@ -305,8 +313,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::gradcheck::{assert_same_output_and_gradient, max_abs_diff, seeded};
-    use crate::{conv2d_fused, max_pool2d};
+    use crate::exec::testing::{assert_same_output_and_gradient, max_abs_diff, seeded};
+    use tame_ops::{conv2d_fused, max_pool2d, with_kernels, Kernels};
 
     /// A layer's tensors: (weight, bias, filters) for a convolution, sizes for a pool.
     enum Spec {
@@ -384,52 +392,84 @@ mod tests {
 
     #[test]
     fn chain_is_the_composed_layers_bit_for_bit() -> Result<()> {
-        for dtype in [DType::F64, DType::F32] {
-            // VGG in miniature (the 64-channel layer on the Winograd path), then a 3x3/2
-            // padded pool, a pool right after a pool, and a 1x1 convolution.
-            let specs = [
-                conv(3, 64, 3, -0.3, 1, dtype)?,
-                conv(64, 64, 3, -1.0, 3, dtype)?,
-                Spec::Pool(2, 2, 0),
-                conv(64, 8, 3, -0.5, 5, dtype)?,
-                Spec::Pool(3, 2, 1),
-                Spec::Pool(2, 2, 0),
-                conv(8, 4, 1, 0.0, 7, dtype)?,
-            ];
-            let x = seeded(&[2, 3, 18, 17], 11, &Device::Cpu)?.to_dtype(dtype)?;
-            let layers = layers(&specs);
-            let (y, grad) = run(|x| Ok(conv_relu_chain(x, &layers)?.expect("applies")), &x)?;
-            let (y_ref, grad_ref) = run(|x| composed(x, &layers), &x)?;
-            let what = format!("{dtype:?}");
-            assert_same_output_and_gradient(&what, (&y, &grad), (&y_ref, &grad_ref));
-            let zeros = y.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            assert!(
-                zeros.contains(&0.0),
-                "{dtype:?}: no clamped output to test the mask"
-            );
-        }
+        // The fused op and the separate ops on the same native kernels.
+        with_kernels(Kernels::Native, || {
+            for dtype in [DType::F64, DType::F32] {
+                // VGG in miniature (the 64-channel layer on the Winograd path), then a 3x3/2
+                // padded pool, a pool right after a pool, and a 1x1 convolution.
+                let specs = [
+                    conv(3, 64, 3, -0.3, 1, dtype)?,
+                    conv(64, 64, 3, -1.0, 3, dtype)?,
+                    Spec::Pool(2, 2, 0),
+                    conv(64, 8, 3, -0.5, 5, dtype)?,
+                    Spec::Pool(3, 2, 1),
+                    Spec::Pool(2, 2, 0),
+                    conv(8, 4, 1, 0.0, 7, dtype)?,
+                ];
+                let x = seeded(&[2, 3, 18, 17], 11, &Device::Cpu)?.to_dtype(dtype)?;
+                let layers = layers(&specs);
+                let (y, grad) = run(|x| Ok(conv_relu_chain(x, &layers)?.expect("applies")), &x)?;
+                let (y_ref, grad_ref) = run(|x| composed(x, &layers), &x)?;
+                let what = format!("{dtype:?}");
+                assert_same_output_and_gradient(&what, (&y, &grad), (&y_ref, &grad_ref));
+                let zeros = y.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                assert!(
+                    zeros.contains(&0.0),
+                    "{dtype:?}: no clamped output to test the mask"
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// With the portable path chosen the op steps aside, and the layers composed from
+    /// candle's operations (what a GPU runs) agree with the fused chain to 1e-10 in f64,
+    /// output and input gradient.
+    #[test]
+    fn the_portable_path_composes_the_layers_and_agrees() -> Result<()> {
+        let dtype = DType::F64;
+        let specs = [
+            conv(3, 8, 3, -0.3, 1, dtype)?,
+            Spec::Pool(2, 2, 0),
+            conv(8, 8, 3, -0.5, 3, dtype)?,
+            Spec::Pool(3, 2, 1),
+            conv(8, 4, 1, 0.0, 5, dtype)?,
+        ];
+        let x = seeded(&[2, 3, 12, 11], 13, &Device::Cpu)?;
+        let layers = layers(&specs);
+        let fused = |x: &Tensor| Ok(conv_relu_chain(x, &layers)?.expect("applies"));
+        let (y, grad) = with_kernels(Kernels::Native, || run(fused, &x))?;
+        let (y_ref, grad_ref) = with_kernels(Kernels::Portable, || {
+            assert!(conv_relu_chain(&x, &layers)?.is_none());
+            run(|x| composed(x, &layers), &x)
+        })?;
+        assert!(max_abs_diff(&y, &y_ref) < 1e-10);
+        assert!(max_abs_diff(&grad, &grad_ref) < 1e-10);
         Ok(())
     }
 
     #[test]
     fn trainable_weights_are_left_to_the_caller() -> Result<()> {
-        let specs = [conv(3, 4, 3, 0.0, 1, DType::F64)?];
-        let Spec::Conv(weight, bias, _) = &specs[0] else {
-            unreachable!()
-        };
-        let trainable = Var::from_tensor(weight)?;
-        let layer = ChainLayer::ConvRelu {
-            weight: trainable.as_tensor(),
-            bias,
-            winograd: None,
-            stride: 1,
-            padding: Padding::uniform(1),
-        };
-        let x = seeded(&[1, 3, 5, 5], 2, &Device::Cpu)?;
-        assert!(conv_relu_chain(&x, &[layer])?.is_none());
-        let y = conv_relu_chain(&x, &layers(&specs))?.expect("applies");
-        assert!(!y.track_op());
-        assert_eq!(max_abs_diff(&y, &composed(&x, &layers(&specs))?), 0.0);
-        Ok(())
+        // The fused op runs on the native kernels alone.
+        with_kernels(Kernels::Native, || {
+            let specs = [conv(3, 4, 3, 0.0, 1, DType::F64)?];
+            let Spec::Conv(weight, bias, _) = &specs[0] else {
+                unreachable!()
+            };
+            let trainable = Var::from_tensor(weight)?;
+            let layer = ChainLayer::ConvRelu {
+                weight: trainable.as_tensor(),
+                bias,
+                winograd: None,
+                stride: 1,
+                padding: Padding::uniform(1),
+            };
+            let x = seeded(&[1, 3, 5, 5], 2, &Device::Cpu)?;
+            assert!(conv_relu_chain(&x, &[layer])?.is_none());
+            let y = conv_relu_chain(&x, &layers(&specs))?.expect("applies");
+            assert!(!y.track_op());
+            assert_eq!(max_abs_diff(&y, &composed(&x, &layers(&specs))?), 0.0);
+            Ok(())
+        })
     }
 }

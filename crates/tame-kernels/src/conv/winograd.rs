@@ -17,23 +17,24 @@
 //! first). The transforms are zipped slice loops that the compiler vectorises, and the output
 //! transform runs over all of a task's block rows at once. It pays only with enough input
 //! channels and output pixels ([`applies`]); at 14x14 only with the filters prepared once
-//! ([`WinogradFilters`](super::WinogradFilters), 16/9 of the weight's size), since
+//! ([`transform_filters`] once for a frozen weight, 16/9 of the weight's size), since
 //! transforming a 512x512 layer's filters again on every pass costs more than it saves.
 
 use rayon::prelude::*;
 
 use super::{gemm_unchecked, Geometry, SharedOutput, View};
 use crate::scratch::with_buffer;
-use crate::split_pairs;
-use candle_core::WithDType;
+use crate::slices::split_pairs;
+use crate::Float;
 
-/// Positions of the 4x4 transform: one GEMM each.
-pub(super) const POSITIONS: usize = 16;
+/// Positions of the 4x4 transform: one GEMM each, and the middle size of
+/// [`transform_filters`]' result.
+pub const POSITIONS: usize = 16;
 
 /// Whether [`forward`] computes this convolution: 3x3, stride 1, with enough input
 /// channels and output pixels that the transforms and the 16 GEMMs beat one GEMM over
 /// the column matrix; `prepared`: its filters are already transformed
-/// ([`WinogradFilters`](super::WinogradFilters)), so only the input and output transforms
+/// ([`transform_filters`]), so only the input and output transforms
 /// count. Measured at batch 1 on two threads (`bench_conv`, and ResNet-50's shapes):
 /// 64-512 input channels from 28x28 up, 1.0-1.5x faster (128 channels at 112x112: 15.5 ms
 /// -> 11 ms); at 14x14 only with prepared filters (ResNet-50's 256-channel layer: 1.55 ms
@@ -53,11 +54,15 @@ fn blocks(g: &Geometry) -> (usize, usize) {
     (g.out_w.div_ceil(2), g.out_h.div_ceil(2))
 }
 
+/// The filters of a (C_out, C_in, 3, 3) `weight` transformed for the Winograd path of
+/// [`forward`](super::forward), (C_out, [`POSITIONS`], C_in): for a weight that serves many
+/// passes unchanged (a frozen backbone's), so that they are transformed once.
+///
 /// U[co][p][ci] = (G·g·Gᵀ)[p] of each filter g = weight[co][ci], with
 /// G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]. Position p's GEMM operand is the
 /// strided view of rows co at p·c_in (gemm packs it either way), so each output channel's
 /// values are written together.
-pub(super) fn transform_filters<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec<T> {
+pub fn transform_filters<T: Float>(c_out: usize, c_in: usize, weight: &[T]) -> Vec<T> {
     let half = T::from_f64(0.5);
     let gk = |r: [T; 3]| {
         [
@@ -67,9 +72,10 @@ pub(super) fn transform_filters<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec
             r[2],
         ]
     };
-    let mut u = vec![T::zero(); g.c_out * POSITIONS * g.c_in];
-    u.par_chunks_mut(POSITIONS * g.c_in)
-        .zip(weight.par_chunks(9 * g.c_in))
+    assert_eq!(weight.len(), c_out * c_in * 9);
+    let mut u = vec![T::ZERO; c_out * POSITIONS * c_in];
+    u.par_chunks_mut(POSITIONS * c_in)
+        .zip(weight.par_chunks(9 * c_in))
         .for_each(|(u, filters)| {
             for (ci, f) in filters.chunks_exact(9).enumerate() {
                 // G·g: each column of the filter transformed, then each row of the result.
@@ -77,7 +83,7 @@ pub(super) fn transform_filters<T: WithDType>(g: &Geometry, weight: &[T]) -> Vec
                 for a in 0..4 {
                     let row = gk([cols[0][a], cols[1][a], cols[2][a]]);
                     for (b, value) in row.into_iter().enumerate() {
-                        u[(4 * a + b) * g.c_in + ci] = value;
+                        u[(4 * a + b) * c_in + ci] = value;
                     }
                 }
             }
@@ -111,7 +117,7 @@ fn block_rows(g: &Geometry, threads: usize) -> Vec<std::ops::Range<usize>> {
 /// Rows are split into even and odd columns first, so that every step below reads and
 /// writes whole contiguous runs (block bx covers columns 2bx..2bx + 4: even[bx], odd[bx],
 /// even[bx + 1], odd[bx + 1]).
-fn transform_input<T: WithDType>(
+fn transform_input<T: Float>(
     g: &Geometry,
     image: &[T],
     rows: std::ops::Range<usize>,
@@ -122,7 +128,7 @@ fn transform_input<T: WithDType>(
     let count = rows.len() * across;
     // Eight runs of across + 1: the even and odd columns of four padded input rows.
     let len = across + 1;
-    scratch.resize(8 * len, T::zero());
+    scratch.resize(8 * len, T::ZERO);
     for ci in 0..g.c_in {
         let plane = &image[ci * g.in_plane()..][..g.in_plane()];
         for (r, by) in rows.clone().enumerate() {
@@ -130,8 +136,8 @@ fn transform_input<T: WithDType>(
             let mut d: [[&mut [T]; 2]; 4] =
                 std::array::from_fn(|_| [runs.next().unwrap(), runs.next().unwrap()]);
             for (i, [even, odd]) in d.iter_mut().enumerate() {
-                even.fill(T::zero());
-                odd.fill(T::zero());
+                even.fill(T::ZERO);
+                odd.fill(T::ZERO);
                 let Some(iy) = (2 * by + i).checked_sub(g.top).filter(|&iy| iy < g.h) else {
                     continue;
                 };
@@ -186,19 +192,19 @@ fn transform_input<T: WithDType>(
 
 /// dst[n] = f(a[n], b[n]) over the shortest of the three: zipped slices, which the
 /// compiler vectorises (indexed loops kept their bounds checks and stayed scalar).
-fn combine<T: WithDType>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+fn combine<T: Float>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         *d = f(x, y);
     }
 }
 
-fn add_into<T: WithDType>(dst: &mut [T], a: &[T]) {
+fn add_into<T: Float>(dst: &mut [T], a: &[T]) {
     for (d, &x) in dst.iter_mut().zip(a) {
         *d += x;
     }
 }
 
-fn sub_from<T: WithDType>(dst: &mut [T], a: &[T]) {
+fn sub_from<T: Float>(dst: &mut [T], a: &[T]) {
     for (d, &x) in dst.iter_mut().zip(a) {
         *d -= x;
     }
@@ -210,7 +216,7 @@ fn sub_from<T: WithDType>(dst: &mut [T], a: &[T]) {
 /// # Safety
 /// The output rows of `rows` in `out` (image `image`) must be this caller's alone.
 #[allow(clippy::too_many_arguments)]
-unsafe fn transform_output<T: WithDType>(
+unsafe fn transform_output<T: Float>(
     g: &Geometry,
     m: &[T],
     rows: std::ops::Range<usize>,
@@ -225,8 +231,8 @@ unsafe fn transform_output<T: WithDType>(
     // Aᵀ·M as two rows of four runs, then the four outputs of each block as runs, each run
     // over all block rows at once (a channel's blocks are contiguous in m): runs of one
     // block row (7-28 blocks in ResNet-50) left the loops mostly in their remainders.
-    let mut scratch = vec![T::zero(); 12 * count];
-    let finish = |v: T| if relu && v < T::zero() { T::zero() } else { v };
+    let mut scratch = vec![T::ZERO; 12 * count];
+    let finish = |v: T| if relu && v < T::ZERO { T::ZERO } else { v };
     for (co, &b) in bias.iter().enumerate() {
         let mm: [&[T]; POSITIONS] =
             std::array::from_fn(|p| &m[(p * g.c_out + co) * count..][..count]);
@@ -278,17 +284,11 @@ unsafe fn transform_output<T: WithDType>(
     }
 }
 
-/// The convolution of a 3x3, stride-1 [`Geometry`] ([`applies`]) with the filters `u`
-/// of [`transform_filters`], bias added and ReLU applied when `relu`: tasks of block rows in parallel, each transforming its input,
-/// running the 16 GEMMs single-threaded and transforming the products into its rows of
-/// the output.
-pub(super) fn forward<T: WithDType>(
-    g: &Geometry,
-    x: &[T],
-    u: &[T],
-    bias: &[T],
-    relu: bool,
-) -> Vec<T> {
+/// The convolution of a 3x3, stride-1 [`Geometry`] ([`applies`]) with the filters `u` of
+/// [`transform_filters`], bias added and ReLU applied when `relu`: tasks of block rows in
+/// parallel, each transforming its input, running the 16 GEMMs single-threaded and
+/// transforming the products into its rows of the output.
+pub(super) fn forward<T: Float>(g: &Geometry, x: &[T], u: &[T], bias: &[T], relu: bool) -> Vec<T> {
     assert_eq!(u.len(), g.c_out * POSITIONS * g.c_in);
     let (across, _) = blocks(g);
     let in_size = g.c_in * g.in_plane();
@@ -420,7 +420,7 @@ mod tests {
                     None,
                     relu,
                 );
-                let u = transform_filters(g, &w);
+                let u = transform_filters(g.c_out, g.c_in, &w);
                 for threads in [1, 2, 3] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
@@ -437,7 +437,7 @@ mod tests {
                 }
             }
             // A ReLU that zeroes some outputs and keeps others (where there are a few).
-            let y = forward(g, &x, &transform_filters(g, &w), &bias, true);
+            let y = forward(g, &x, &transform_filters(g.c_out, g.c_in, &w), &bias, true);
             let zeros = y.iter().filter(|&&v| v == 0.0).count();
             assert!(y.len() < 20 || (zeros > 0 && zeros < y.len()), "case {i}");
         }

@@ -7,7 +7,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 
-use candle_core::WithDType;
+use crate::Float;
 
 thread_local! {
     /// Free buffers, last returned on top: nested calls take them in the same order each
@@ -19,14 +19,14 @@ thread_local! {
 /// values are whatever the previous user left: `f` must write each one before reading it.
 /// Calls made inside `f` (a second buffer, or a rayon task that this thread runs while it
 /// waits) take other buffers.
-pub(crate) fn with_buffer<T: WithDType, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+pub(crate) fn with_buffer<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     let mut buffer: Vec<T> = FREE
         .with(|free| free.borrow_mut().pop())
         .and_then(|b| b.downcast::<Vec<T>>().ok())
         .map(|b| *b)
         .unwrap_or_default();
     if buffer.len() < len {
-        buffer.resize(len, T::zero());
+        buffer.resize(len, T::ZERO);
     }
     let result = f(&mut buffer[..len]);
     FREE.with(|free| free.borrow_mut().push(Box::new(buffer)));
