@@ -14,7 +14,6 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use tame_ops::{Padding, WinogradFilters};
 
-use crate::exec::ChainLayer;
 use crate::lock;
 
 pub struct Conv {
@@ -92,18 +91,6 @@ impl Conv {
         let winograd = self.prepared()?;
         let winograd = winograd.as_deref();
         tame_ops::conv2d_fused(x, w, winograd, b, self.stride, self.padding, relu)
-    }
-
-    /// `relu(forward(x))` as a layer of a fused chain (`exec::conv_relu_chain`), with
-    /// the filters of [`prepared`](Self::prepared).
-    pub fn chain_layer<'a>(&'a self, filters: Option<&'a WinogradFilters>) -> ChainLayer<'a> {
-        ChainLayer::ConvRelu {
-            weight: &self.weight,
-            bias: &self.bias,
-            winograd: filters,
-            stride: self.stride,
-            padding: self.padding,
-        }
     }
 
     /// The Winograd filters, made on the first call (none for other strides, and for a

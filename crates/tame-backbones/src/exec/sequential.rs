@@ -122,7 +122,13 @@ impl Sequential {
             chain.push(match layer {
                 Layer::Conv(conv) if matches!(layers.peek(), Some((Layer::Relu, _))) => {
                     layers.next();
-                    conv.chain_layer(filters.as_deref())
+                    ChainLayer::ConvRelu {
+                        weight: &conv.weight,
+                        bias: &conv.bias,
+                        winograd: filters.as_deref(),
+                        stride: conv.stride,
+                        padding: conv.padding,
+                    }
                 }
                 &Layer::MaxPool {
                     kernel,

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::pypi::pypi_weights;
 use super::WeightsError;
 use crate::BackboneKind;
 
@@ -26,7 +25,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// Where `tame fetch-weights` puts `kind`'s weights (whether or not they are there yet).
 pub fn cache_file(kind: BackboneKind) -> Option<PathBuf> {
-    Some(cache_dir()?.join(pypi_weights(kind)?.file_name))
+    Some(cache_dir()?.join(kind.description().pypi?.file_name))
 }
 
 /// Fails unless the SHA-256 of `path` starts with `prefix`.
