@@ -4,18 +4,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 /// A deterministic f64 tensor with values in [-1, 1) (a splitmix64 sequence).
 pub fn seeded(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let values = (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        })
-        .collect::<Vec<_>>();
+    let values = tame_testdata::seeded_values(shape.iter().product(), seed);
     Tensor::from_vec(values, shape, device)
 }
 
