@@ -120,7 +120,7 @@ fn backbones(runs: usize, model: Option<BackboneKind>) -> Result<()> {
 
 /// The side of the square images `backbone` takes.
 fn input_side(backbone: &dyn Backbone) -> usize {
-    backbone.input_spec().crop as usize
+    backbone.preprocessing().crop as usize
 }
 
 /// A freshly initialised TAME mechanism on `backbone`'s default taps.

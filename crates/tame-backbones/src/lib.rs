@@ -30,6 +30,7 @@ pub mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use tame_data::Preprocessing;
 
 pub use efficientnet::{EfficientNetLite0, LITE_MEAN, LITE_STD};
 pub use error::BackboneError;
@@ -43,24 +44,6 @@ pub type Result<T> = std::result::Result<T, BackboneError>;
 /// uses [`LITE_MEAN`] and [`LITE_STD`]).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// The images a backbone's weights were trained on, as plain numbers for whoever prepares
-/// them: the shorter side resized to `resize_shorter`, then the central `crop x crop` square
-/// (an image already `crop x crop` is used as is). The normalisation happens inside
-/// `forward`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InputSpec {
-    pub resize_shorter: u32,
-    pub crop: u32,
-}
-
-impl InputSpec {
-    /// ImageNet's classifiers: 224 x 224 crops of images resized to 256.
-    pub const IMAGENET: Self = Self {
-        resize_shorter: 256,
-        crop: 224,
-    };
-}
 
 /// How the backbone runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +82,10 @@ pub trait Backbone: Send + Sync {
     /// that is zero in the space the network computes in.
     fn input_mean(&self) -> [f32; 3];
 
-    /// The input the weights expect ([`InputSpec::IMAGENET`] for every network here).
-    fn input_spec(&self) -> InputSpec {
-        InputSpec::IMAGENET
+    /// How images are made into the input the weights expect (ImageNet's crops for every
+    /// network here); the normalisation happens inside `forward`.
+    fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::IMAGENET
     }
 
     /// Runs images (B, 3, H, W) with values in [0, 1] through the network (the normalisation

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use tame_backbones::weights::{self, WeightsSpec};
-use tame_backbones::{Backbone, BackboneKind, InputSpec};
+use tame_backbones::{Backbone, BackboneKind};
 use tame_data::{to_chw_f32, Preprocessing, RgbImage};
 
 /// `--model`, `--weights`, `--device`.
@@ -70,19 +70,6 @@ impl CsvTable {
         self.0
             .into_inner()
             .map_err(|e| anyhow::anyhow!("cannot write a CSV table: {}", e.error()))
-    }
-}
-
-/// How images are made into `backbone`'s input: the backbone describes it, tame-data applies
-/// it.
-pub fn preprocessing(backbone: &dyn Backbone) -> Preprocessing {
-    preprocessing_for(backbone.input_spec())
-}
-
-fn preprocessing_for(spec: InputSpec) -> Preprocessing {
-    Preprocessing {
-        resize_shorter: spec.resize_shorter,
-        crop: spec.crop,
     }
 }
 
@@ -183,19 +170,4 @@ pub fn parse_layers(layers: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The training augmentations and tame-data's constants assume ImageNet's input: the
-    /// backbones' description must be the same.
-    #[test]
-    fn imagenet_input_spec_is_tame_datas_imagenet_preprocessing() {
-        assert_eq!(
-            preprocessing_for(InputSpec::IMAGENET),
-            Preprocessing::IMAGENET
-        );
-    }
 }

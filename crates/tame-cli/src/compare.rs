@@ -12,7 +12,7 @@ use tame_backbones::{Backbone, Mode};
 use tame_data::{load_rgb, ImageList, RgbImage};
 use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
-use crate::common::{crops_tensor, preprocessing, write_atomically, CsvTable, ModelArgs};
+use crate::common::{crops_tensor, write_atomically, CsvTable, ModelArgs};
 use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::pass::{read_list, Pass};
@@ -205,7 +205,7 @@ fn grid(
     backbone: &dyn Backbone,
     device: &Device,
 ) -> Result<RgbImage> {
-    let preprocessing = preprocessing(backbone);
+    let preprocessing = backbone.preprocessing();
     let mut rows = Vec::new();
     for path in paths {
         let (crop, _) = preprocessing.apply(&load_rgb(path)?);

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_backbones::{Backbone, Mode};
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 
-use crate::common::{batch_tensor, find_images, preprocessing, write_atomically, ModelArgs};
+use crate::common::{batch_tensor, find_images, write_atomically, ModelArgs};
 
 #[derive(Args)]
 pub struct DatalistArgs {
@@ -104,7 +104,7 @@ fn label(
     text: &mut String,
 ) -> Result<usize> {
     let request = backbone.tap_request(&[], true)?;
-    let preprocessing = preprocessing(backbone);
+    let preprocessing = backbone.preprocessing();
     let mut config = LoaderConfig {
         preprocessing,
         strict: false,

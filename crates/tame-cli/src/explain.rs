@@ -15,7 +15,7 @@ use tame_backbones::{Backbone, Mode, TapRequest};
 use tame_data::{decode_rgb, load_rgb, Applied, Preprocessing, RgbImage};
 use tame_metrics::{normalize_maps, Explainer};
 
-use crate::common::{crops_tensor, expand_images, preprocessing, write_atomically, ModelArgs};
+use crate::common::{crops_tensor, expand_images, write_atomically, ModelArgs};
 use crate::mechanism::{LoadedMechanism, MechanismArgs};
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::render::{jet_overlay, npy_bytes, png_bytes, side_by_side};
@@ -107,7 +107,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     let paths = image_paths(&args.images)?;
     let (backbone, device) = args.model.load()?;
     // Every image is read before any output is written: a bad file stops the run first.
-    let inputs = read_inputs(paths, preprocessing(backbone.as_ref()))?;
+    let inputs = read_inputs(paths, backbone.preprocessing())?;
     let methods = &args.method.0;
     let mechanism = args.mechanism.load_if(
         methods.contains(&Method::Tame),
@@ -130,7 +130,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         .unwrap_or_default();
     let job = Job {
         backbone: backbone.as_ref(),
-        preprocessing: preprocessing(backbone.as_ref()),
+        preprocessing: backbone.preprocessing(),
         device: &device,
         request: backbone.tap_request(&taps, true)?,
         explainers,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
 use tame_backbones::{Backbone, BackboneKind};
 
-use crate::common::{parse_layers, preprocessing};
+use crate::common::parse_layers;
 
 /// The demo mechanism trained by `xtask/demo/train-lite0-demo.sh` (see its model card in
 /// `snapshots/efficientnet-lite0_TAME/`), compiled in so that `tame explain` works anywhere.
@@ -111,7 +111,7 @@ pub fn config(
     device: &Device,
 ) -> Result<AmConfig> {
     let shapes = backbone
-        .tap_dims(taps, preprocessing(backbone).side(), device)?
+        .tap_dims(taps, backbone.preprocessing().side(), device)?
         .into_iter()
         .map(|[c, h, w]| TapShape::new(c, h, w))
         .collect();

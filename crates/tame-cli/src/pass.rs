@@ -10,7 +10,7 @@ use tame_backbones::Backbone;
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 use tame_metrics::{EvalConfig, Evaluator, Explainer, ImageScores, Report, Totals};
 
-use crate::common::{batch_tensor, preprocessing, CsvTable};
+use crate::common::{batch_tensor, CsvTable};
 
 /// What every evaluation pass over a list shares.
 pub struct Pass<'a> {
@@ -52,7 +52,7 @@ impl Pass<'_> {
         mut per_image: Option<&mut CsvTable>,
     ) -> Result<Report> {
         let evaluator = Evaluator::new(self.backbone, explainer, config.clone())?;
-        let preprocessing = preprocessing(self.backbone);
+        let preprocessing = self.backbone.preprocessing();
         let loader_config = LoaderConfig {
             preprocessing,
             ..LoaderConfig::evaluation(self.batch_size)

@@ -18,7 +18,7 @@ use tame_train::{
     TrainConfig, Trainer,
 };
 
-use crate::common::{parse_layers, preprocessing, write_atomically, ModelArgs};
+use crate::common::{parse_layers, write_atomically, ModelArgs};
 
 /// `--mask-loss`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -154,7 +154,7 @@ impl SetupArgs {
         let batch_size = self.batch_size.unwrap_or(32);
         let mut config = LoaderConfig {
             augmentation: self.augmentation(),
-            preprocessing: preprocessing(backbone.as_ref()),
+            preprocessing: backbone.preprocessing(),
             ..LoaderConfig::training(batch_size, self.seed)
         };
         config.shuffle = shuffle_default && !self.no_shuffle;
