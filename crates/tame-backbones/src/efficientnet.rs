@@ -122,10 +122,13 @@ impl SameConv {
                 padding,
             )?);
         }
-        let x = x
-            .pad_with_zeros(2, top, bottom)?
-            .pad_with_zeros(3, left, right)?;
-        Ok(x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?)
+        Ok(tame_ops::grouped_conv2d(
+            x,
+            &self.weight,
+            self.stride,
+            padding,
+            self.groups,
+        )?)
     }
 }
 

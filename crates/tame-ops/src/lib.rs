@@ -44,7 +44,7 @@ mod pool;
 mod resize;
 pub mod storage;
 
-pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, WinogradFilters};
+pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, grouped_conv2d, WinogradFilters};
 pub use depthwise::depthwise_conv2d;
 pub use linear::linear;
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
