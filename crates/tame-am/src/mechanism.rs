@@ -487,7 +487,7 @@ impl AttentionMechanism {
                 classes: NUM_CLASSES,
             });
         }
-        Ok(Tensor::new(classes, device)?)
+        Ok(tame_ops::host::upload_slice(classes, device)?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Dropout with p = 0.5 as PyTorch applies it in train mode: each unit kept with probability
 //! one half and then doubled. One generator serves every dropout layer of a network that
-//! shares it, in the order the pass runs them.
+//! shares it, in the order the pass runs them: a seeded host generator on the CPU, the
+//! device's own generator (seeded alike) elsewhere, so that masks never cross to a device.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -12,6 +13,8 @@ use crate::lock;
 
 pub struct Dropout {
     rng: Mutex<StdRng>,
+    /// A seed the device's generator has yet to take (it is only known at the next pass).
+    device_seed: Mutex<Option<u64>>,
     /// Keep masks that replace the draws while set ([`Dropout::set_masks`]).
     masks: Mutex<Option<VecDeque<Tensor>>>,
 }
@@ -21,12 +24,14 @@ impl Dropout {
     pub fn new() -> Self {
         Self {
             rng: Mutex::new(StdRng::seed_from_u64(0)),
+            device_seed: Mutex::new(Some(0)),
             masks: Mutex::new(None),
         }
     }
 
     pub fn reseed(&self, seed: u64) {
         *lock(&self.rng) = StdRng::seed_from_u64(seed);
+        *lock(&self.device_seed) = Some(seed);
     }
 
     /// Makes train-mode passes apply the given keep masks instead of drawing their own (1
@@ -55,6 +60,13 @@ impl Dropout {
             }
             let keep = keep.to_device(x.device())?.to_dtype(x.dtype())?;
             return x * (keep * 2.0)?;
+        }
+        if !x.device().is_cpu() {
+            if let Some(seed) = lock(&self.device_seed).take() {
+                x.device().set_seed(seed)?;
+            }
+            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(0.5)?;
+            return x * (keep.to_dtype(x.dtype())? * 2.0)?;
         }
         let mask: Vec<f32> = {
             let mut rng = lock(&self.rng);

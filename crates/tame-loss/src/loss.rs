@@ -77,7 +77,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor, LossErro
         ))
     })?;
     check_labels(labels, b, k)?;
-    let target = Tensor::new(labels, logits.device())?;
+    let target = tame_ops::host::upload_slice(labels, logits.device())?;
     Ok(candle_nn::loss::cross_entropy(logits, &target)?)
 }
 

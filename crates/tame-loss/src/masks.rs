@@ -33,7 +33,7 @@ impl MaskSet {
             ))
         })?;
         check_labels(labels, b, c)?;
-        let idx = Tensor::new(labels, a.device())?;
+        let idx = tame_ops::host::upload_slice(labels, a.device())?;
         Ok(match self {
             MaskSet::BatchLabels => a.index_select(&idx, 1)?,
             MaskSet::PerSample => {

@@ -48,10 +48,10 @@ pub(crate) fn outcome(logits: &[f32], class: u32) -> Result<Outcome> {
 /// Rows of a (n, C) logits tensor.
 pub(crate) fn logit_rows(logits: &Tensor, n: usize) -> Result<Vec<Vec<f32>>> {
     match *logits.dims() {
-        [rows, _] if rows == n => Ok(logits
-            .to_device(&Device::Cpu)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2()?),
+        [rows, k] if rows == n && k > 0 => Ok(tame_ops::host::download::<f32>(logits)?
+            .chunks(k.max(1))
+            .map(<[f32]>::to_vec)
+            .collect()),
         ref got => Err(MetricsError::BadInput(format!(
             "the classifier returned logits of shape {got:?} for {n} images"
         ))),
@@ -79,7 +79,7 @@ pub(crate) fn classify_generated(
             .par_chunks_mut(len)
             .enumerate()
             .for_each(|(j, image)| fill(start + j, image));
-        let images = Tensor::from_vec(pixels, (n, dims[0], dims[1], dims[2]), device)?;
+        let images = tame_ops::host::upload(pixels, (n, dims[0], dims[1], dims[2]), device)?;
         for (j, row) in logit_rows(&classify(&images)?, n)?.iter().enumerate() {
             out.push(outcome(row, class_of(start + j))?);
         }

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tame_backbones::{Backbone, Mode, TapRequest};
 
 use crate::ad_ic::{ad_ic_scores, AdIcReport, AdIcScores, AdIcTotals};
@@ -138,15 +138,9 @@ impl<'a> Evaluator<'a> {
                 raw.dims()
             )));
         }
-        let maps = normalize_maps(&raw, h, w)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let pixels = images
-            .to_device(&Device::Cpu)?
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        // The masked images are made on the host from the maps and the pixels.
+        let maps = tame_ops::host::download::<f32>(&normalize_maps(&raw, h, w)?)?;
+        let pixels = tame_ops::host::download::<f32>(images)?;
         let dims = [c, h, w];
         let chunk = if self.config.chunk == 0 {
             b

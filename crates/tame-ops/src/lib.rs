@@ -27,6 +27,9 @@
 //! the portable compositions on the CPU too (the path a GPU runs, testable without one), and
 //! [`with_kernels`] chooses for one thread's calls.
 //!
+//! [`host`] holds the copies between host memory and a device, counted so that tests can
+//! bound them in the per-batch loops.
+//!
 //! [`storage`] is the bridge from candle's CPU storage to the kernels, for custom ops built
 //! elsewhere on the same kernels (the fused runs of layers of `tame-backbones`).
 //!
@@ -36,6 +39,7 @@
 
 mod conv;
 mod depthwise;
+pub mod host;
 mod linear;
 mod mask;
 mod norm;

@@ -6,12 +6,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use tame_am::{AttentionMechanism, CheckpointMeta};
 use tame_backbones::{Backbone, Mode, TapRequest};
 use tame_data::Loader;
-use tame_loss::{tame_loss, LossWeights, MaskSet};
+use tame_loss::{tame_loss, LossParts, LossWeights, MaskSet};
 
 use crate::checkpoint::{write_checkpoint, TrainCheckpoint, TrainState};
 use crate::{OneCycle, ParamGroup, Sgd, TrainError};
@@ -320,31 +320,29 @@ impl<'a> Trainer<'a> {
             .logits
             .ok_or_else(|| TrainError::Config("the backbone returned no logits".into()))?;
         let parts = tame_loss(&z, labels, &maps, &self.loss)?;
-        let scalar = |t: &Tensor| -> Result<f64, TrainError> {
-            Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-        };
-        let loss = scalar(&parts.total)?;
-        if !loss.is_finite() {
+        let grads = parts.total.backward()?;
+        // Every number of the step in one copy (on a GPU a synchronisation point), before
+        // the update: a non-finite loss leaves the parameters as they were.
+        let numbers = StepNumbers::of(&parts, &z, labels)?;
+        if !numbers.loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step,
                 epoch: self.state.epoch + 1,
-                value: loss,
+                value: numbers.loss,
             });
         }
-        let grads = parts.total.backward()?;
         self.sgd.set_hyper(lrs, Some(momentum));
         self.sgd.step(&grads)?;
-        let (top1, top5) = top_k_accuracy(&z, labels)?;
         Ok(StepRecord {
             epoch: self.state.epoch + 1,
             step,
             lr: lrs[0],
-            loss,
-            ce: scalar(&parts.ce)?,
-            area: scalar(&parts.area)?,
-            smoothness: scalar(&parts.smoothness)?,
-            top1,
-            top5,
+            loss: numbers.loss,
+            ce: numbers.ce,
+            area: numbers.area,
+            smoothness: numbers.smoothness,
+            top1: numbers.top1,
+            top5: numbers.top5,
             images: labels.len(),
         })
     }
@@ -404,8 +402,7 @@ impl<'a> Trainer<'a> {
                 }
                 let n = batch.len();
                 let images =
-                    Tensor::from_vec(batch.images, tame_data::batch_shape(n), &Device::Cpu)?
-                        .to_device(&device)?
+                    tame_ops::host::upload(batch.images, tame_data::batch_shape(n), &device)?
                         .to_dtype(dtype)?;
                 let record = self.step(&images, &batch.labels)?;
                 log.append(&record)?;
@@ -440,32 +437,60 @@ impl<'a> Trainer<'a> {
 
 /// Each image's own map (B, 1, S, S) out of the maps of its class list.
 fn own_maps(maps: &Tensor, labels: &[u32], classes: &[Vec<u32>]) -> Result<Tensor, TrainError> {
-    let (b, _, s, t) = maps.dims4()?;
+    let (b, k, s, t) = maps.dims4()?;
+    if k == 1 {
+        return Ok(maps.clone());
+    }
     let index: Vec<u32> = labels
         .iter()
         .zip(classes)
         .map(|(y, list)| list.iter().position(|c| c == y).unwrap_or(0) as u32)
         .collect();
-    let index = Tensor::new(index.as_slice(), maps.device())?
-        .reshape((b, 1, 1, 1))?
+    let index = tame_ops::host::upload(index, (b, 1, 1, 1), maps.device())?
         .broadcast_as((b, 1, s, t))?
         .contiguous()?;
     Ok(maps.gather(&index, 1)?)
 }
 
-/// Top-1 and top-5 accuracy (percent) of `logits` (B, K) against `labels`.
-fn top_k_accuracy(logits: &Tensor, labels: &[u32]) -> Result<(f64, f64), TrainError> {
-    let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    let (mut top1, mut top5) = (0usize, 0usize);
-    for (row, &y) in rows.iter().zip(labels) {
-        let target = row[y as usize];
-        // Rank = classes scoring strictly higher than the label.
-        let rank = row.iter().filter(|&&v| v > target).count();
-        top1 += usize::from(rank < 1);
-        top5 += usize::from(rank < 5);
+/// The numbers a step reports: the loss terms and the top-1 and top-5 accuracy (percent).
+struct StepNumbers {
+    loss: f64,
+    ce: f64,
+    area: f64,
+    smoothness: f64,
+    top1: f64,
+    top5: f64,
+}
+
+impl StepNumbers {
+    /// Reads `parts` and ranks each label among `logits` (B, K) on the device, and copies
+    /// the lot to the host at once.
+    fn of(parts: &LossParts, logits: &Tensor, labels: &[u32]) -> Result<Self, TrainError> {
+        let b = labels.len();
+        // Rank = classes scoring strictly higher than the label, compared in f32.
+        let z = logits.to_dtype(DType::F32)?;
+        let index = tame_ops::host::upload(labels.to_vec(), (b, 1), z.device())?;
+        let ranks = z
+            .broadcast_gt(&z.gather(&index, 1)?)?
+            .to_dtype(DType::F64)?
+            .sum(1)?;
+        let terms = [&parts.total, &parts.ce, &parts.area, &parts.smoothness]
+            .map(|t| t.to_dtype(DType::F64).and_then(|t| t.reshape(1)));
+        let [total, ce, area, smoothness] = terms;
+        let all = Tensor::cat(&[total?, ce?, area?, smoothness?, ranks], 0)?;
+        let all = tame_ops::host::download::<f64>(&all)?;
+        let (terms, ranks) = all.split_at(4);
+        let n = b.max(1) as f64;
+        let within = |k: f64| 100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / n;
+        Ok(Self {
+            loss: terms[0],
+            ce: terms[1],
+            area: terms[2],
+            smoothness: terms[3],
+            top1: within(1.0),
+            top5: within(5.0),
+        })
     }
-    let n = labels.len().max(1) as f64;
-    Ok((100.0 * top1 as f64 / n, 100.0 * top5 as f64 / n))
 }
 
 /// SplitMix64 over the words: a seed per (run seed, step).
