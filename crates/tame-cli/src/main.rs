@@ -64,6 +64,7 @@ enum Command {
 
 fn main() {
     tame_process::reuse_freed_memory();
+    tame_process::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = tame_process::on_worker(|| match cli.command {
         Command::Inspect(args) => inspect::run(args),

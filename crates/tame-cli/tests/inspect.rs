@@ -44,3 +44,26 @@ fn bad_arguments_give_one_clear_error_and_a_failure_status() {
     let Run { ok, stderr, .. } = tame(&["inspect", "--model", "vgg16", "--device", "tpu"]);
     assert!(!ok && stderr.contains("unknown device `tpu`"), "{stderr}");
 }
+
+/// `tame inspect | head`: output into a closed pipe ends the process by SIGPIPE, as other
+/// tools end, without a panic message (it used to exit 101 with one).
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tame"))
+        .args(["inspect", "--model", "vgg16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before anything is written: the first line meets a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    const SIGPIPE: i32 = 13; // on Linux, the BSDs and macOS alike
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?}", out.status);
+}
