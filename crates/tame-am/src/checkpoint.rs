@@ -98,12 +98,7 @@ impl AttentionMechanism {
         for (name, t) in self.state_dict()? {
             storage.encode(name, t, &mut tensors)?;
         }
-        let tmp = temp_in_dir(path)?;
-        candle_core::safetensors::save(&tensors, &tmp).map_err(|source| AmError::Safetensors {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        persist(tmp, path)?;
+        write_safetensors(path, &tensors)?;
 
         let json = sidecar_path(path);
         let text = serde_json::to_string_pretty(meta).map_err(|source| AmError::Metadata {
@@ -326,15 +321,15 @@ fn check_meta(meta: &CheckpointMeta, config: &AmConfig) -> Result<(), Mismatch> 
     Ok(())
 }
 
-fn temp_in_dir(path: &Path) -> Result<tame_atomic::TempPath, AmError> {
-    tame_atomic::temp_beside(path).map_err(|source| AmError::Io {
+/// Writes `tensors` as a safetensors file at `path` through tame-atomic: whole or not at all,
+/// with the permissions of any new file (candle's own writer renames an owner-only
+/// temporary file over the target).
+pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), AmError> {
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| AmError::Safetensors {
         path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn persist(tmp: tame_atomic::TempPath, path: &Path) -> Result<(), AmError> {
-    tame_atomic::persist(tmp, path).map_err(|source| AmError::Io {
+        source: candle_core::Error::msg(e),
+    })?;
+    tame_atomic::write(path, &bytes).map_err(|source| AmError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -241,6 +241,17 @@ fn save_then_load_is_exact() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
+    // The checkpoint and its sidecar get a new file's permissions (0666 less the umask), as
+    // the sidecar always did; a writer's owner-only temporary file renamed over the
+    // checkpoint used to leave it 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let sidecar = tame_am::sidecar_path(&path);
+        assert_eq!(mode(&path), mode(&sidecar), "{path:?}");
+        assert_ne!(mode(&path) & 0o044, 0, "{:o}", mode(&path));
+    }
 
     let loaded = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(loaded.meta.as_ref(), Some(&meta(Version::Tame)));

@@ -59,9 +59,7 @@ pub fn write_checkpoint(
     }
     let position = [state.epoch, state.batches_done, state.global_step].map(|v| v as i64);
     tensors.insert(POSITION.into(), Tensor::new(&position, &Device::Cpu)?);
-    let tmp = temp_in_dir(path)?;
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    persist(tmp, path)?;
+    tame_am::write_safetensors(path, &tensors)?;
 
     let mut meta = meta.clone();
     meta.epoch = state.epoch;
@@ -200,18 +198,4 @@ fn bad(path: &Path, reason: String) -> TrainError {
         path: path.to_path_buf(),
         reason,
     }
-}
-
-fn temp_in_dir(path: &Path) -> Result<tame_atomic::TempPath, TrainError> {
-    tame_atomic::temp_beside(path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn persist(tmp: tame_atomic::TempPath, path: &Path) -> Result<(), TrainError> {
-    tame_atomic::persist(tmp, path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
 }
