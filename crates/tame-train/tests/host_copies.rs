@@ -23,7 +23,9 @@ fn a_training_step_downloads_once_and_uploads_only_label_lists() {
         let am = synthetic_am(&am_config(kind));
         let mut trainer = Trainer::new(backbone.as_ref(), am, config, 4).unwrap();
         let before = copies();
-        with_kernels(Kernels::Portable, || trainer.step(&images, &[3, 999])).unwrap();
+        with_kernels(Kernels::Portable, || {
+            trainer.step(&images, &[3, 999]).unwrap()
+        });
         let made = copies() - before;
         // The mechanism's class index, the loss's labels, the labels to rank the logits
         // by, and with the batch's labels as masks each image's own map.
