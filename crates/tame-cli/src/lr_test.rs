@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_train::{lr_range_test, plot_lr_curves, suggest_max_lr, LrCurve, LrTestConfig, Trainer};
 
 use crate::common::write_atomically;
-use crate::train::{stop_on_ctrl_c, SetupArgs};
+use crate::stop::StopSignals;
+use crate::train::SetupArgs;
 
 #[derive(Args)]
 pub struct LrTestArgs {
@@ -52,7 +53,7 @@ pub fn run(args: LrTestArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let stop = stop_on_ctrl_c()?;
+    let stop = StopSignals::watch()?;
     let outcome = lr_range_test(
         &mut trainer,
         &setup.loader,
@@ -61,7 +62,7 @@ pub fn run(args: LrTestArgs) -> Result<()> {
             bar.set_message(format!("lr {lr:.2e} smoothed loss {loss:.4}"));
             bar.inc(1);
         },
-        &stop,
+        stop.flag(),
     )?;
     bar.finish();
     let curve = outcome.curve;
@@ -71,7 +72,12 @@ pub fn run(args: LrTestArgs) -> Result<()> {
         None if curve.lrs.is_empty() => bail!("the range test recorded no point"),
         None => {}
     }
-    write_curve(&args, setup.batch_size, &curve)
+    write_curve(&args, setup.batch_size, &curve)?;
+    if stop.flag().load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("interrupted: the curve so far is written");
+        return Err(stop.exit());
+    }
+    Ok(())
 }
 
 /// Writes the curve as JSON and PNG and prints the suggested maximum learning rate.

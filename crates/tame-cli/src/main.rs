@@ -13,6 +13,7 @@ mod mechanism;
 mod methods;
 mod pass;
 mod render;
+mod stop;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -78,6 +79,9 @@ fn main() {
         Command::FetchWeights(args) => fetch::run(args),
     });
     if let Err(err) = result {
+        if let Some(stop::Exit(code)) = err.downcast_ref() {
+            std::process::exit(*code);
+        }
         eprintln!("error: {}", one_line(&err));
         std::process::exit(1);
     }

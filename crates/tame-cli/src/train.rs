@@ -2,8 +2,6 @@
 //! step log, exact `--resume`, Ctrl-C to stop with a resumable checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +17,7 @@ use tame_train::{
 };
 
 use crate::common::{parse_layers, write_atomically, ModelArgs};
+use crate::stop::StopSignals;
 
 /// `--mask-loss`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -221,20 +220,6 @@ impl SetupArgs {
     }
 }
 
-/// A flag raised by Ctrl-C (the first one; a second one ends the process at once).
-pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)...");
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    Ok(stop)
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let kind = args.setup.model.model;
     let (default_epochs, default_lr) = match kind {
@@ -254,27 +239,30 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", snapshot_dir.display()))?;
     record_run(&snapshot_dir, &args, &config, resume_from.as_deref())?;
 
-    let stop = stop_on_ctrl_c()?;
+    let stop = StopSignals::watch()?;
     let mut progress = Progress::new();
     let outcome = trainer.run(
         &setup.loader,
         &snapshot_dir,
         &args.setup.meta(&setup),
         &mut progress,
-        &stop,
+        stop.flag(),
     )?;
     progress.finish();
     match outcome.reason {
         StopReason::Finished => eprintln!("done: checkpoints in {}", snapshot_dir.display()),
-        StopReason::Interrupted => eprintln!(
-            "interrupted at step {}: {} saved; continue with --resume",
-            trainer.state().global_step,
-            outcome
-                .last_checkpoint
-                .as_deref()
-                .unwrap_or(Path::new("?"))
-                .display()
-        ),
+        StopReason::Interrupted => {
+            eprintln!(
+                "interrupted at step {}: {} saved; continue with --resume",
+                trainer.state().global_step,
+                outcome
+                    .last_checkpoint
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display()
+            );
+            return Err(stop.exit());
+        }
     }
     Ok(())
 }

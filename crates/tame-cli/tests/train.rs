@@ -171,3 +171,53 @@ fn lr_test_and_plot_lr_write_curve_plot_and_suggestion() {
     let (ok, out) = tame(&["plot-lr", &bad.to_string_lossy()]);
     assert!(!ok && out.contains("bad.json"), "{out}");
 }
+
+/// Ctrl-C and SIGTERM (what schedulers send) both save where the run is and exit with 128 +
+/// the signal's number, saying how to resume. SIGTERM used to end the run unsaved.
+#[cfg(unix)]
+#[test]
+fn stop_signals_save_a_resumable_checkpoint_and_exit_non_zero() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    for (signal, status) in [("TERM", 143), ("INT", 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let list = write_list(dir.path(), 4);
+        let snap = dir.path().join("snap");
+        let child = Command::new(env!("CARGO_BIN_EXE_tame"))
+            .args(["train", "--model", "resnet50", "--weights", "synthetic"])
+            .args(["--img-dir", SAMPLES, "--train-list", &list])
+            .args([
+                "--epochs",
+                "50",
+                "--batch-size",
+                "1",
+                "--backbone-mode",
+                "eval",
+            ])
+            .arg("--snapshot-dir")
+            .arg(&snap)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signalled once the first step is logged.
+        let log = snap.join("train_log.csv");
+        let start = Instant::now();
+        while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 2 {
+            assert!(start.elapsed() < Duration::from_secs(300), "no step logged");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let kill = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{signal}: {stderr}");
+        assert!(stderr.contains("continue with --resume"), "{stderr}");
+        assert!(snap.join("interrupted.safetensors").is_file(), "{stderr}");
+        assert!(snap.join("interrupted.json").is_file(), "{stderr}");
+    }
+}
