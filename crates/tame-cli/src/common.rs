@@ -109,6 +109,27 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tame_atomic::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Makes sure that `file` can be written once the work is done, before it starts: its
+/// folder is created if missing and a temporary file made and removed in it.
+pub fn check_writable(file: &Path) -> Result<()> {
+    if file.is_dir() {
+        bail!("{}: is a folder, not a file to write", file.display());
+    }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the folder of {}", file.display()))?;
+    }
+    tame_atomic::temp_beside(file)
+        .map(drop)
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// [`check_writable`] for the files a command writes into folder `dir`.
+pub fn check_writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    check_writable(&dir.join("probe"))
+}
+
 /// Image files (.jpg, .jpeg, .png) under `root`, recursively, relative to it, sorted.
 pub fn find_images(root: &Path) -> Result<Vec<PathBuf>> {
     if !root.is_dir() {

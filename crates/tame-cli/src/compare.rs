@@ -12,7 +12,7 @@ use tame_backbones::{Backbone, Mode};
 use tame_data::{load_rgb, ImageList, RgbImage};
 use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
-use crate::common::{crops_tensor, write_atomically, CsvTable, ModelArgs};
+use crate::common::{check_writable, crops_tensor, write_atomically, CsvTable, ModelArgs};
 use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::pass::{read_list, Pass};
@@ -77,6 +77,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    check_writable(&args.out)?;
     let list = read_list(&args.test_list, &args.val_dir)?;
     let (backbone, device) = args.model.load()?;
     let methods = &args.methods.0;

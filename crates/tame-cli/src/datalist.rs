@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_backbones::{Backbone, Mode};
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 
-use crate::common::{batch_tensor, find_images, write_atomically, ModelArgs};
+use crate::common::{batch_tensor, check_writable, find_images, write_atomically, ModelArgs};
 
 #[derive(Args)]
 pub struct DatalistArgs {
@@ -45,6 +45,7 @@ pub struct DatalistArgs {
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 pub fn run(args: DatalistArgs) -> Result<()> {
+    check_writable(&args.out)?;
     let images = find_images(&args.img_dir)?;
     if images.is_empty() {
         bail!(

@@ -11,7 +11,7 @@ use tame_backbones::Backbone;
 use tame_data::ImageList;
 use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, RoadReport, TameExplainer};
 
-use crate::common::{write_atomically, CsvTable, ModelArgs};
+use crate::common::{check_writable, write_atomically, CsvTable, ModelArgs};
 use crate::mechanism::MechanismSource;
 use crate::pass::{read_list, Pass};
 
@@ -103,6 +103,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if let Some(out) = &args.out {
+        check_writable(out)?;
+    }
     let files = checkpoint_files(&args.am, args.start_epoch, args.end_epoch)?;
     let test = read_list(&args.test_list, &args.val_dir)?;
     let select = match &args.select_on {
@@ -118,6 +121,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             version.name()
         ))
     });
+    check_writable(&out)?;
     let mut config = EvalConfig {
         metrics: args.metrics,
         ..EvalConfig::default()

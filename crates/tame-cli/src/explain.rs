@@ -15,7 +15,7 @@ use tame_backbones::{Backbone, Mode, TapRequest};
 use tame_data::{decode_rgb, load_rgb, Applied, Preprocessing, RgbImage};
 use tame_metrics::{normalize_maps, Explainer};
 
-use crate::common::{crops_tensor, expand_images, write_atomically, ModelArgs};
+use crate::common::{check_writable_dir, crops_tensor, expand_images, write_atomically, ModelArgs};
 use crate::mechanism::{LoadedMechanism, MechanismArgs};
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::render::{jet_overlay, npy_bytes, png_bytes, side_by_side};
@@ -104,6 +104,9 @@ struct Input {
 
 pub fn run(args: ExplainArgs) -> Result<()> {
     check_classes(&args.labels, args.top_k)?;
+    if let Some(out) = &args.out {
+        check_writable_dir(out)?;
+    }
     let paths = image_paths(&args.images)?;
     let (backbone, device) = args.model.load()?;
     // Every image is read before any output is written: a bad file stops the run first.
@@ -122,8 +125,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| default_out_dir(methods, mechanism.as_ref(), backbone.name()));
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    check_writable_dir(&out_dir)?;
     let taps = mechanism
         .as_ref()
         .map(|m| m.taps.clone())

@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tame_train::{lr_range_test, plot_lr_curves, suggest_max_lr, LrCurve, LrTestConfig, Trainer};
 
-use crate::common::write_atomically;
+use crate::common::{check_writable_dir, write_atomically};
 use crate::stop::StopSignals;
 use crate::train::SetupArgs;
 
@@ -41,6 +41,7 @@ const RULE: &str = "the steepest descent of the smoothed loss against log10(lr),
                     up to the lowest loss";
 
 pub fn run(args: LrTestArgs) -> Result<()> {
+    check_writable_dir(&args.out_dir)?;
     let setup = args.setup.open(true)?;
     // The schedule of the trainer is not used: the range test sets the rates itself.
     let config = args.setup.train_config(&setup, 1, 1.0);
