@@ -185,10 +185,42 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// A `--layers` value: tap names separated by spaces and/or commas.
-pub fn parse_layers(layers: &str) -> Vec<String> {
-    layers
+pub fn parse_layers(layers: &str) -> Result<Vec<String>> {
+    let mut taps: Vec<String> = Vec::new();
+    for tap in layers
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
+    {
+        if taps.iter().any(|t| t == tap) {
+            bail!("--layers names `{tap}` twice");
+        }
+        taps.push(tap.into());
+    }
+    Ok(taps)
+}
+
+/// clap's parser of counts that must be at least 1 (batch sizes, workers, epochs).
+pub fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(
+    value: &str,
+) -> std::result::Result<T, String> {
+    match value.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err(format!("`{value}` is not a whole number of at least 1")),
+    }
+}
+
+/// clap's parser of rates that must be finite and above zero (learning rates).
+pub fn positive(value: &str) -> std::result::Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("`{value}` is not a number above 0")),
+    }
+}
+
+/// clap's parser of amounts that must be finite and not negative (weight decay).
+pub fn non_negative(value: &str) -> std::result::Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{value}` is not a number of at least 0")),
+    }
 }

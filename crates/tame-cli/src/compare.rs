@@ -49,7 +49,7 @@ pub struct CompareArgs {
     out: PathBuf,
 
     /// Images per forward pass of the metrics.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::common::at_least_one::<usize>)]
     batch_size: usize,
 
     /// Seed of ROAD's imputation noise.
@@ -74,9 +74,6 @@ struct Row {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     check_writable(&args.out)?;
     let list = read_list(&args.test_list, &args.val_dir)?;
     let (backbone, device) = args.model.load()?;

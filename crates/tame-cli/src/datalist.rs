@@ -33,11 +33,11 @@ pub struct DatalistArgs {
     resume: bool,
 
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::at_least_one::<usize>)]
     batch_size: usize,
 
     /// Threads decoding images (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
     workers: Option<usize>,
 }
 

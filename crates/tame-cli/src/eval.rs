@@ -68,7 +68,7 @@ pub struct EvalArgs {
     out: Option<PathBuf>,
 
     /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::common::at_least_one::<usize>)]
     batch_size: usize,
 
     /// Also write each image's class, Y and O values (CSV) to this file.
@@ -100,9 +100,6 @@ struct Snapshot {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     if let Some(out) = &args.out {
         check_writable(out)?;
     }

@@ -53,7 +53,7 @@ pub struct ExplainArgs {
     json: bool,
 
     /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::common::at_least_one::<usize>)]
     batch_size: usize,
 
     /// Explanation method: tame, gradcam, gradcam++, scorecam, rise, several separated by

@@ -95,7 +95,7 @@ pub fn layout(
         }
     }
     let taps = match (layers, &meta) {
-        (Some(layers), _) => parse_layers(layers),
+        (Some(layers), _) => parse_layers(layers)?,
         (None, Some(meta)) => meta.taps.clone(),
         (None, None) => backbone.default_taps(),
     };

@@ -119,7 +119,7 @@ pub struct MethodArgs {
     pub cam_tap: Option<String>,
 
     /// Masked images per forward pass of Score-CAM and RISE.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::at_least_one::<usize>)]
     pub mask_batch_size: usize,
 
     /// Number of RISE masks (the RISE paper's 4000 by default).

@@ -61,11 +61,16 @@ pub struct SetupArgs {
     pub train_list: PathBuf,
 
     /// Images per batch (default 32).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
     pub batch_size: Option<usize>,
 
     /// Weight decay of the weights group.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(
+        long,
+        default_value_t = 5e-4,
+        allow_negative_numbers = true,
+        value_parser = crate::common::non_negative
+    )]
     pub wd: f64,
 
     /// Seed of the initialisation, data order, augmentation and dropout.
@@ -73,7 +78,7 @@ pub struct SetupArgs {
     pub seed: u64,
 
     /// Threads decoding images (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
     pub workers: Option<usize>,
 
     /// Start from these attention-mechanism weights (a checkpoint of this project or of the
@@ -110,12 +115,12 @@ pub struct TrainArgs {
     setup: SetupArgs,
 
     /// Epochs (default: 8 for vgg16, 4 for resnet50).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::at_least_one::<u64>)]
     epochs: Option<u64>,
 
     /// Peak learning rate of the weights; biases get twice as much (default: 1e-3 for
     /// vgg16, 1e-4 for resnet50).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive)]
     max_lr: Option<f64>,
 
     /// Where checkpoints and logs go (default: snapshots/<model>_<version>/).
@@ -142,7 +147,7 @@ impl SetupArgs {
     pub fn open(&self, shuffle_default: bool) -> Result<Setup> {
         let (backbone, device) = self.model.load()?;
         let taps = match &self.layers {
-            Some(l) => parse_layers(l),
+            Some(l) => parse_layers(l)?,
             None => backbone.default_taps(),
         };
         let am_config = crate::mechanism::config(backbone.as_ref(), &taps, self.version, &device)?;

@@ -1,0 +1,87 @@
+//! Arguments out of range are refused with one clear line each (they used to be accepted:
+//! a batch of 0 images, a negative weight decay, a tap named twice).
+
+mod support;
+
+use support::{tame, Run};
+
+#[test]
+fn out_of_range_arguments_are_refused_with_one_line() {
+    let photos = support::samples().to_string_lossy().into_owned();
+    let train = [
+        "train",
+        "--img-dir",
+        &photos,
+        "--train-list",
+        "/nonexistent/l.txt",
+    ];
+    let with = |base: &[&str], extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let cases = [
+        (
+            with(
+                &["explain", &photos, "--weights", "synthetic"],
+                &["--batch-size", "0"],
+            ),
+            "`0` is not a whole number of at least 1",
+        ),
+        (
+            with(&["explain", &photos], &["--mask-batch-size", "0"]),
+            "`0` is not a whole number of at least 1",
+        ),
+        (
+            with(&["compare", "--val-dir", &photos], &["--batch-size", "0"]),
+            "`0` is not a whole number of at least 1",
+        ),
+        (
+            with(&["datalist", "--img-dir", &photos], &["--workers", "0"]),
+            "`0` is not a whole number of at least 1",
+        ),
+        (
+            with(&train, &["--wd", "-5"]),
+            "`-5` is not a number of at least 0",
+        ),
+        (
+            with(&train, &["--wd=-5"]),
+            "`-5` is not a number of at least 0",
+        ),
+        (
+            with(&train, &["--max-lr", "0"]),
+            "`0` is not a number above 0",
+        ),
+        (
+            with(&train, &["--max-lr", "inf"]),
+            "`inf` is not a number above 0",
+        ),
+        (
+            with(&train, &["--epochs", "0"]),
+            "`0` is not a whole number of at least 1",
+        ),
+        (
+            with(
+                &[
+                    "explain",
+                    &photos,
+                    "--model",
+                    "resnet50",
+                    "--weights",
+                    "synthetic",
+                ],
+                &[
+                    "--am",
+                    "/nonexistent/am.safetensors",
+                    "--layers",
+                    "layer3,layer4,layer3",
+                ],
+            ),
+            "--layers names `layer3` twice",
+        ),
+    ];
+    for (args, expected) in cases {
+        let Run { ok, stderr, .. } = tame(&args);
+        assert!(!ok, "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(expected), "{args:?}: {stderr}");
+    }
+}
