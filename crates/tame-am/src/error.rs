@@ -117,6 +117,17 @@ pub enum Mismatch {
         /// The shape in the file.
         got: Vec<usize>,
     },
+    /// A tensor holds integers where floating-point values belong.
+    #[error("tensor `{name}` holds {dtype:?} integers, expected floating-point values")]
+    NotFloat {
+        /// Reference name of the tensor.
+        name: String,
+        /// The tensor's type in the file.
+        dtype: candle_core::DType,
+    },
+    /// A tensor holds NaN or infinite values.
+    #[error("tensor `{0}` holds NaN or infinite values")]
+    NonFinite(String),
     /// The checkpoint's metadata names another version.
     #[error("it holds version {found}, expected {expected}")]
     Version {

@@ -189,6 +189,17 @@ impl AttentionMechanism {
                 }
                 .into());
             }
+            // Batch norms count their batches in integers; everything else is a float.
+            if !t.dtype().is_float() && !name.ends_with("num_batches_tracked") {
+                return Err(Mismatch::NotFloat {
+                    name: name.clone(),
+                    dtype: t.dtype(),
+                }
+                .into());
+            }
+            if !tame_ops::all_finite(t)? {
+                return Err(Mismatch::NonFinite(name.clone()).into());
+            }
         }
         if let Some(extra) = order.iter().find(|n| !layout.iter().any(|(l, _)| l == *n)) {
             return Err(Mismatch::Unexpected(extra.clone()).into());

@@ -648,3 +648,43 @@ fn bad_inputs_are_errors_not_panics() {
         Err(AmError::UnknownVersion(_))
     ));
 }
+
+/// NaN, infinities and integers where floats belong are refused naming the file and the
+/// tensor (a NaN weight used to give NaN maps that scored as results).
+#[test]
+fn non_finite_or_integer_weights_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = AttentionMechanism::new(&config, 0, DType::F32, &Device::Cpu).unwrap();
+    let path = dir.path().join("bad.safetensors");
+    let good: std::collections::HashMap<String, Tensor> =
+        am.state_dict().unwrap().into_iter().collect();
+    let weight = &good["attn.fuser.weight"];
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    for (value, expected) in [
+        (Some(nan), "holds NaN or infinite values"),
+        (Some(inf), "holds NaN or infinite values"),
+        (None, "holds I64 integers, expected floating-point values"),
+    ] {
+        let mut tensors = good.clone();
+        let bad = match value {
+            Some(v) => {
+                let mut values = weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                values[3] = v;
+                Tensor::from_vec(values, weight.shape(), &Device::Cpu).unwrap()
+            }
+            None => weight.to_dtype(DType::I64).unwrap(),
+        };
+        tensors.insert("attn.fuser.weight".into(), bad);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let err = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("bad.safetensors"), "{err}");
+        assert!(
+            err.contains("`attn.fuser.weight` ") && err.contains(expected),
+            "{err}"
+        );
+    }
+}

@@ -169,13 +169,61 @@ impl SimpleBackend for NamedTensors {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.tensors.get(name) {
-            Some(t) => t.to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("{}: tensor `{name}` is missing", self.source),
+        let Some(t) = self.tensors.get(name) else {
+            candle_core::bail!("{}: tensor `{name}` is missing", self.source)
+        };
+        if dtype.is_float() && !t.dtype().is_float() {
+            candle_core::bail!(
+                "{}: tensor `{name}` holds {:?} integers, expected floating-point values",
+                self.source,
+                t.dtype()
+            );
         }
+        if !tame_ops::all_finite(t)? {
+            candle_core::bail!(
+                "{}: tensor `{name}` holds NaN or infinite values",
+                self.source
+            );
+        }
+        t.to_dtype(dtype)?.to_device(dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backbone file's NaN, infinite or integer weights are refused naming the file and
+    /// the tensor, whatever type the model asks for.
+    #[test]
+    fn non_finite_or_integer_weights_are_refused_naming_the_tensor() -> Result<()> {
+        let dev = Device::Cpu;
+        let tensors = vec![
+            ("nan".into(), Tensor::new(&[1f32, f32::NAN], &dev)?),
+            ("inf".into(), Tensor::new(&[f32::NEG_INFINITY, 0.0], &dev)?),
+            ("int".into(), Tensor::new(&[1i64, 2], &dev)?),
+            ("ok".into(), Tensor::new(&[1f32, 2.0], &dev)?),
+        ];
+        let named = NamedTensors::new("w.pth".into(), tensors, BackboneKind::ResNet50)?;
+        for dtype in [DType::F32, DType::BF16] {
+            for (name, expected) in [
+                ("nan", "holds NaN or infinite values"),
+                ("inf", "holds NaN or infinite values"),
+                ("int", "holds I64 integers, expected floating-point values"),
+            ] {
+                let err = named
+                    .get_unchecked(name, dtype, &dev)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.starts_with("w.pth: tensor"), "{err}");
+                assert!(err.contains(&format!("`{name}` {expected}")), "{err}");
+            }
+            assert!(named.get_unchecked("ok", dtype, &dev).is_ok());
+        }
+        Ok(())
     }
 }

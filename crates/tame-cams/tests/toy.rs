@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 use tame_backbones::{Backbone, ForwardOutput, Mode, TapRequest};
 use tame_cams::{GradCam, GradCamConfig, GradCamPlusPlus};
-use tame_metrics::Explainer;
+use tame_metrics::{EvalConfig, Evaluator, Explainer};
 
 const V: [[f32; 3]; 2] = [[1.0, -2.0, 0.5], [-0.5, 1.5, 1.0]];
 const U: [[f32; 3]; 2] = [[0.5, 1.0, -1.0], [2.0, -0.25, 0.75]];
@@ -202,4 +202,27 @@ fn settings_are_checked() {
     assert!(err.to_string().contains("2 images but 1 classes"), "{err}");
     let err = cam.explain(&images(), &[], &[0, 2]).unwrap_err();
     assert!(err.to_string().contains("class 2 is out of range"), "{err}");
+}
+
+/// Maps of NaN (from NaN weights, say) are an error, not scores: AD 0 would look perfect.
+#[test]
+fn non_finite_maps_are_an_error_not_scores() {
+    struct Broken;
+    impl Explainer for Broken {
+        fn taps(&self) -> &[String] {
+            &[]
+        }
+        fn explain(
+            &self,
+            images: &Tensor,
+            _taps: &[Tensor],
+            _classes: &[u32],
+        ) -> tame_metrics::Result<Tensor> {
+            let (b, _, h, w) = images.dims4()?;
+            Ok(Tensor::full(f32::NAN, (b, h, w), images.device())?)
+        }
+    }
+    let evaluator = Evaluator::new(&Toy, &Broken, EvalConfig::default()).unwrap();
+    let err = evaluator.evaluate(&images(), 0).unwrap_err().to_string();
+    assert!(err.contains("NaN or infinite"), "{err}");
 }

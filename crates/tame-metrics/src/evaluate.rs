@@ -140,6 +140,12 @@ impl<'a> Evaluator<'a> {
         }
         // The masked images are made on the host from the maps and the pixels.
         let maps = tame_ops::host::download::<f32>(&normalize_maps(&raw, h, w)?)?;
+        // A NaN map would score as a result (AD 0 looks perfect).
+        if maps.iter().any(|v| !v.is_finite()) {
+            return Err(MetricsError::BadInput(
+                "the explanation maps hold NaN or infinite values".into(),
+            ));
+        }
         let pixels = tame_ops::host::download::<f32>(images)?;
         let dims = [c, h, w];
         let chunk = if self.config.chunk == 0 {

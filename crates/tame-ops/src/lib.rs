@@ -39,6 +39,7 @@
 
 mod conv;
 mod depthwise;
+mod finite;
 pub mod host;
 mod linear;
 mod mask;
@@ -50,6 +51,7 @@ pub mod storage;
 
 pub use conv::{conv2d, conv2d_fused, conv2d_fused_residual, grouped_conv2d, WinogradFilters};
 pub use depthwise::depthwise_conv2d;
+pub use finite::all_finite;
 pub use linear::linear;
 pub use norm::{batch_norm_eval, batch_norm_train, BatchStats, Epilogue};
 pub use policy::{with_kernels, Kernels};
