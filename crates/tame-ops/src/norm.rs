@@ -24,7 +24,7 @@ use tame_kernels::norm::{self, ChannelAffine};
 use tame_kernels::Float;
 
 use crate::mask::ReluMask;
-use crate::policy::Kernels;
+use crate::policy::{is_half, widened, Kernels};
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -131,6 +131,24 @@ pub fn batch_norm_train(
     let count = b * h * w;
     if count < 2 {
         candle_core::bail!("{OP}: train mode needs more than one value per channel");
+    }
+    if is_half(x.dtype()) {
+        // The statistics sum B·H·W values each: in f32 ([`is_half`]), as PyTorch's autocast
+        // runs batch norm; the output and statistics rounded back.
+        let dtype = x.dtype();
+        let residual = then.residual.map(widened).transpose()?;
+        let then = Epilogue {
+            residual: residual.as_ref(),
+            relu: then.relu,
+        };
+        let (w, b) = (widened(weight)?, widened(bias)?);
+        let (y, stats) = batch_norm_train(&widened(x)?, &w, &b, eps, then)?;
+        let stats = BatchStats {
+            mean: stats.mean.to_dtype(dtype)?,
+            var: stats.var.to_dtype(dtype)?,
+            count,
+        };
+        return Ok((y.to_dtype(dtype)?, stats));
     }
     if !fast_path(x, &[], &then)? {
         let mean = x
