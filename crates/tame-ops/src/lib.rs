@@ -28,9 +28,9 @@
 //! [`with_kernels`] chooses for one thread's calls.
 //!
 //! Half-precision tensors (bf16, f16: a backbone run in lower precision) take the portable
-//! path; there the batch statistics and average pools are computed in f32 and rounded back
-//! (a half type's few mantissa bits lose a sum of thousands of values), and so are the
-//! convolutions on the CPU, which candle has no bf16 kernel for.
+//! path; there batch norms and average pools are computed in f32 and rounded back (a half
+//! type's few mantissa bits lose a sum of thousands of values), and so are the convolutions
+//! on the CPU, which candle has no bf16 kernel for.
 //!
 //! [`storage`] is the bridge from candle's CPU storage to the kernels, for custom ops built
 //! elsewhere on the same kernels (the fused runs of layers of `tame-backbones`).
