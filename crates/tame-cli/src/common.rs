@@ -37,6 +37,7 @@ impl ModelArgs {
             self.model,
             self.weights.as_ref(),
             &device,
+            tame_backbones::Precision::F32,
             &mut |line: &str| eprintln!("{line}"),
         )?;
         Ok((backbone, device))
