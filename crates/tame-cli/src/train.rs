@@ -204,7 +204,7 @@ impl SetupArgs {
                 BackboneModeArg::Reference => BackboneMode::Reference,
                 BackboneModeArg::Eval => BackboneMode::Eval,
             },
-            precision: tame_backbones::Precision::F32,
+            precision: self.model.precision,
         }
     }
 
