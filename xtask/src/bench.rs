@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 use clap::Subcommand;
 use tame_am::{AmConfig, AttentionMechanism, TapShape, Version};
 use tame_backbones::weights::{load_backbone, WeightsSpec};
-use tame_backbones::{Backbone, BackboneKind, Mode};
+use tame_backbones::{Backbone, BackboneKind, Mode, Precision};
 use tame_metrics::{normalize_maps, EvalConfig, Evaluator, Explainer, TameExplainer};
 use tame_train::{BackboneMode, TrainConfig, Trainer};
 
@@ -198,6 +198,7 @@ fn table(runs: usize, model: Option<BackboneKind>, work: Option<Work>) -> Result
                 seed: 0,
                 per_sample_masks: false,
                 backbone_mode: BackboneMode::Reference,
+                precision: Precision::F32,
             };
             let mut trainer = Trainer::new(
                 net.as_ref(),

@@ -19,6 +19,10 @@ pub enum BackboneError {
     #[error("{0}")]
     Hub(String),
 
+    /// A precision unknown, or one the device cannot run.
+    #[error("{0}")]
+    Precision(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -11,6 +11,12 @@
 //! Each network's file is its definition: the layer table with checkpoint names, the tap
 //! names, the forward pass as a chain of layers. `exec` decides how they run (which nodes
 //! fuse); the arithmetic is `tame_ops`'s and `tame_kernels`'.
+//!
+//! # Precision
+//!
+//! [`weights::load_backbone_in`] builds a network in bf16 or f16 ([`Precision`]): its
+//! weights (batch norms' aside, kept in f32) and its arithmetic in that type, while it still
+//! takes images and hands out taps and logits in f32, so that what reads them stays in f32.
 
 mod conv;
 mod dropout;
@@ -21,6 +27,7 @@ pub mod hub;
 pub mod imagenet;
 mod linear;
 mod norm;
+mod precision;
 mod resnet;
 mod safetensors_file;
 pub mod synthetic;
@@ -34,6 +41,7 @@ use tame_data::Preprocessing;
 
 pub use efficientnet::{EfficientNetLite0, LITE_MEAN, LITE_STD};
 pub use error::BackboneError;
+pub use precision::Precision;
 pub use resnet::ResNet50;
 pub use taps::{TapCollector, TapRequest};
 pub use vgg::Vgg16;

@@ -18,8 +18,14 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    /// `<vb>.weight`, `.bias`, `.running_mean`, `.running_var` of `channels` each.
+    /// `<vb>.weight`, `.bias`, `.running_mean`, `.running_var` of `channels` each; in f32
+    /// in a network of a half-precision type, as PyTorch's mixed precision keeps them (the
+    /// ops compute in f32 on such inputs).
     pub fn new(vb: VarBuilder, channels: usize, eps: f64, momentum: f64) -> Result<Self> {
+        let vb = match vb.dtype() {
+            DType::BF16 | DType::F16 => vb.set_dtype(DType::F32),
+            _ => vb,
+        };
         Ok(Self {
             weight: vb.get(channels, "weight")?,
             bias: vb.get(channels, "bias")?,
@@ -61,13 +67,13 @@ impl BatchNorm {
     pub fn track(&self, stats: BatchStats) -> Result<()> {
         let m = self.momentum;
         let n = stats.count as f64;
-        let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (stats.mean * m)?)?;
+        let dtype = self.running_mean.dtype();
+        let (batch_mean, batch_var) = (stats.mean.to_dtype(dtype)?, stats.var.to_dtype(dtype)?);
+        let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (batch_mean * m)?)?;
         let var =
-            ((self.running_var.as_tensor() * (1.0 - m))? + (stats.var * (m * n / (n - 1.0)))?)?;
-        self.running_mean
-            .set(&mean.to_dtype(self.running_mean.dtype())?)?;
-        self.running_var
-            .set(&var.to_dtype(self.running_var.dtype())?)
+            ((self.running_var.as_tensor() * (1.0 - m))? + (batch_var * (m * n / (n - 1.0)))?)?;
+        self.running_mean.set(&mean)?;
+        self.running_var.set(&var)
     }
 
     /// The parameters a fused train-mode block reads: weight, bias, eps.

@@ -1,4 +1,4 @@
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::{BackboneError, Result};
 
@@ -8,6 +8,9 @@ pub struct TapRequest {
     names: Vec<String>,
     logits: bool,
     gradients: bool,
+    /// The dtype the taps and logits are handed out in, when the network computes in
+    /// another (a backbone in lower precision); `None`: as computed.
+    hand_out: Option<DType>,
 }
 
 impl TapRequest {
@@ -24,6 +27,7 @@ impl TapRequest {
             names: names.to_vec(),
             logits,
             gradients: false,
+            hand_out: None,
         })
     }
 
@@ -34,6 +38,13 @@ impl TapRequest {
     /// [`TapCollector::pass`] honour it.
     pub fn with_tap_gradients(mut self) -> Self {
         self.gradients = true;
+        self
+    }
+
+    /// Hands the taps and logits out in `dtype` whatever the network computes in (a tap with
+    /// a gradient included: its leaf is in `dtype`).
+    pub(crate) fn handing_out(mut self, dtype: DType) -> Self {
+        self.hand_out = Some(dtype);
         self
     }
 
@@ -76,13 +87,25 @@ impl TapCollector<'_> {
     /// Offers `output` as node `name` and returns the tensor the pass continues with: `output`,
     /// or its `Var` copy when `name` is requested under [`TapRequest::with_tap_gradients`].
     pub fn pass(&mut self, name: &str, output: Tensor) -> Result<Tensor> {
-        let output = if self.request.gradients && self.wants(name) {
-            Var::from_tensor(&output)?.as_tensor().clone()
-        } else {
-            output
-        };
-        self.offer(name, &output);
-        Ok(output)
+        if !(self.request.gradients && self.wants(name)) {
+            self.offer(name, &output);
+            return Ok(output);
+        }
+        // The leaf in the dtype handed out, the pass going on from its copy in the network's
+        // own: the gradient reaches the very tensor the caller receives.
+        let leaf = Var::from_tensor(&self.handed_out(&output)?)?
+            .as_tensor()
+            .clone();
+        self.offer(name, &leaf);
+        Ok(leaf.to_dtype(output.dtype())?)
+    }
+
+    /// `t` in the dtype the request hands out.
+    fn handed_out(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(match self.request.hand_out {
+            Some(dtype) => t.to_dtype(dtype)?,
+            None => t.clone(),
+        })
     }
 
     /// Whether node `name` is one of the requested taps.
@@ -95,21 +118,24 @@ impl TapCollector<'_> {
         self.missing == 0 && !self.request.logits
     }
 
-    /// The collected taps (in request order) and the logits if they were asked for.
+    /// The collected taps (in request order) and the logits if they were asked for, in the
+    /// dtype the request hands out.
     pub fn finish(self, logits: Option<Tensor>) -> Result<crate::ForwardOutput> {
         let taps = self
             .taps
-            .into_iter()
+            .iter()
             .zip(&self.request.names)
-            .map(|(t, name)| {
-                t.ok_or_else(|| {
-                    candle_core::Error::Msg(format!("tap `{name}` was not produced")).into()
-                })
+            .map(|(t, name)| match t {
+                Some(t) => self.handed_out(t),
+                None => {
+                    Err(candle_core::Error::Msg(format!("tap `{name}` was not produced")).into())
+                }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(crate::ForwardOutput {
-            taps,
-            logits: logits.filter(|_| self.request.logits),
-        })
+        let logits = match logits.filter(|_| self.request.logits) {
+            Some(l) => Some(self.handed_out(&l)?),
+            None => None,
+        };
+        Ok(crate::ForwardOutput { taps, logits })
     }
 }

@@ -21,8 +21,9 @@ pub use error::WeightsError;
 pub(crate) use pypi::PypiWeights;
 pub use source::{fetch, resolve, Source};
 
+use crate::precision::InPrecision;
 use crate::synthetic::SyntheticWeights;
-use crate::{BackboneError, BackboneKind, Result};
+use crate::{BackboneError, BackboneKind, Precision, Result};
 
 /// A `--weights` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,23 +55,50 @@ impl FromStr for WeightsSpec {
     }
 }
 
-/// Loads the backbone `kind` with the weights the user chose, or its default weights when
-/// `choice` is `None` (see [`resolve`]; `progress` receives what a fetch of them is doing).
+/// Loads the backbone `kind` in `precision` with the weights the user chose, or its default
+/// weights when `choice` is `None` (see [`resolve`]; `progress` receives what a fetch of them
+/// is doing).
 pub fn load(
     kind: BackboneKind,
     choice: Option<&WeightsSpec>,
     device: &Device,
+    precision: Precision,
     progress: &mut dyn FnMut(&str),
 ) -> std::result::Result<Box<dyn crate::Backbone>, WeightsError> {
+    // Before any download: a precision the device cannot run fails at once.
+    precision.check(device)?;
     let spec = resolve(kind, choice, progress)?;
-    Ok(load_backbone(kind, &spec, device)?)
+    Ok(build(kind, &spec, device, precision)?)
 }
 
-/// Loads the backbone `kind` with weights from `spec` onto `device`.
+/// Loads the backbone `kind` with weights from `spec` onto `device`, in f32.
 pub fn load_backbone(
     kind: BackboneKind,
     spec: &WeightsSpec,
     device: &Device,
+) -> Result<Box<dyn crate::Backbone>> {
+    load_backbone_in(kind, spec, device, Precision::F32)
+}
+
+/// Loads the backbone `kind` with weights from `spec` onto `device`, its weights cast to
+/// `precision` and its arithmetic in it; it takes and hands out f32 all the same (see
+/// [`Precision`]).
+pub fn load_backbone_in(
+    kind: BackboneKind,
+    spec: &WeightsSpec,
+    device: &Device,
+    precision: Precision,
+) -> Result<Box<dyn crate::Backbone>> {
+    precision.check(device)?;
+    build(kind, spec, device, precision)
+}
+
+/// [`load_backbone_in`] once the device is known to run `precision`.
+fn build(
+    kind: BackboneKind,
+    spec: &WeightsSpec,
+    device: &Device,
+    precision: Precision,
 ) -> Result<Box<dyn crate::Backbone>> {
     let backend: Box<dyn SimpleBackend> = match spec {
         WeightsSpec::Synthetic => Box::new(SyntheticWeights),
@@ -81,11 +109,15 @@ pub fn load_backbone(
             device,
         )?),
     };
-    kind.build(VarBuilder::from_backend(
-        backend,
-        DType::F32,
-        device.clone(),
-    ))
+    let vb = VarBuilder::from_backend(backend, precision.dtype(), device.clone());
+    let network = kind.build(vb)?;
+    Ok(match precision {
+        Precision::F32 => network,
+        _ => Box::new(InPrecision {
+            inner: network,
+            precision,
+        }),
+    })
 }
 
 /// Tensors by torchvision name (EfficientNet-Lite0: by the name in the

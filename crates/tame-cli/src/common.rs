@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use tame_backbones::weights::{self, WeightsSpec};
-use tame_backbones::{Backbone, BackboneKind};
+use tame_backbones::{Backbone, BackboneKind, Precision};
 use tame_data::{to_chw_f32, Preprocessing, RgbImage};
 
 /// `--model`, `--weights`, `--device`.
@@ -27,19 +28,43 @@ pub struct ModelArgs {
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+
+    /// The precision the backbone runs in: its weights and arithmetic in bf16 or f16, while
+    /// the attention mechanism, the loss, the optimizer state and the scores stay in f32
+    /// (mixed precision). f16 is meant for GPUs; bf16 has f32's range.
+    #[arg(
+        long,
+        default_value = "f32",
+        value_parser = PossibleValuesParser::new(Precision::ALL.map(Precision::name))
+            .try_map(|s| s.parse::<Precision>())
+    )]
+    pub precision: Precision,
 }
 
 impl ModelArgs {
-    /// Opens the device and loads the backbone.
+    /// Opens the device and loads the backbone in its precision (announced when not f32).
     pub fn load(&self) -> Result<(Box<dyn Backbone>, Device)> {
         let device = crate::device::open(&self.device)?;
         let backbone = weights::load(
             self.model,
             self.weights.as_ref(),
             &device,
+            self.precision,
             &mut |line: &str| eprintln!("{line}"),
         )?;
+        if self.precision != Precision::F32 {
+            eprintln!("{}", self.precision_line());
+        }
         Ok((backbone, device))
+    }
+
+    /// What runs in which precision, in one line.
+    pub fn precision_line(&self) -> String {
+        format!(
+            "precision {p}: {} in {p}; attention mechanism, loss, optimizer and scores in f32",
+            self.model.name(),
+            p = self.precision
+        )
     }
 }
 

@@ -95,7 +95,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
     };
     let rows = score(&pass, &explainers, &list, &eval_config(&args))?;
     let (header, lines) = table(&rows, &args.metrics)?;
-    let markdown = markdown(&args, list.len(), backbone.name(), &header, &lines);
+    let model = format!("{} ({})", backbone.name(), args.model.precision);
+    let markdown = markdown(&args, list.len(), &model, &header, &lines);
     let mut csv = CsvTable::new(&header)?;
     for line in &lines {
         csv.row(line)?;

@@ -208,6 +208,7 @@ impl SetupArgs {
                 BackboneModeArg::Reference => BackboneMode::Reference,
                 BackboneModeArg::Eval => BackboneMode::Eval,
             },
+            precision: self.model.precision,
         }
     }
 

@@ -17,7 +17,7 @@ use tame_kernels::conv::{self, winograd, Geometry};
 use tame_kernels::{Float, Padding};
 
 use crate::mask::ReluMask;
-use crate::policy::Kernels;
+use crate::policy::{is_half, widened, Kernels};
 use crate::storage::{run_float_kernel, run_with_captured, FloatKernel};
 
 /// The name errors give.
@@ -103,6 +103,11 @@ pub fn conv2d_fused(
 ) -> Result<Tensor> {
     let g = geometry(x, weight, bias, stride, padding)?;
     if Kernels::for_tensor(x) == Kernels::Portable {
+        if widens(x) {
+            let (x32, w32, b32) = (widened(x)?, widened(weight)?, widened(bias)?);
+            let y = conv2d_fused(&x32, &w32, None, &b32, stride, padding, relu)?;
+            return y.to_dtype(x.dtype());
+        }
         let y = candle_conv(x, weight, bias, stride, padding)?;
         return if relu { y.relu() } else { Ok(y) };
     }
@@ -143,6 +148,12 @@ pub fn conv2d_fused_residual(
         candle_core::bail!("{OP}: the bias of a residual convolution gets no gradient");
     }
     if Kernels::for_tensor(x) == Kernels::Portable {
+        if widens(x) {
+            let (x32, w32, b32) = (widened(x)?, widened(weight)?, widened(bias)?);
+            let r32 = widened(residual)?;
+            let y = conv2d_fused_residual(&x32, &w32, None, &b32, &r32, stride, padding)?;
+            return y.to_dtype(x.dtype());
+        }
         return (candle_conv(x, weight, bias, stride, padding)? + residual)?.relu();
     }
     let op = FusedConv {
@@ -153,6 +164,13 @@ pub fn conv2d_fused_residual(
     };
     x.contiguous()?
         .apply_op3(&weight.contiguous()?, &residual.contiguous()?, op)
+}
+
+/// Whether a convolution of `x` runs in f32, its output rounded back: half-precision
+/// tensors on the CPU, where candle's convolution has no bf16 kernel and accumulates f16 in
+/// f16 ([`is_half`]). The f32 convolution takes whichever path [`Kernels`] chooses for f32.
+pub(crate) fn widens(x: &Tensor) -> bool {
+    x.device().is_cpu() && is_half(x.dtype())
 }
 
 /// The convolution's sizes, after checking the operands against each other.

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, W
 use tame_kernels::depthwise::{self, Geometry};
 use tame_kernels::{Float, Padding};
 
-use crate::policy::Kernels;
+use crate::policy::{widened, Kernels};
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -38,6 +38,11 @@ pub fn depthwise_conv2d(
     let geometry =
         Geometry::new((b, c, h, w), kh, stride, padding).map_err(candle_core::Error::msg)?;
     if Kernels::for_tensor(x) == Kernels::Portable {
+        // As the dense convolution: candle has no bf16 kernel on the CPU.
+        if crate::conv::widens(x) {
+            let y = depthwise_conv2d(&widened(x)?, &widened(weight)?, stride, padding)?;
+            return y.to_dtype(x.dtype());
+        }
         return crate::grouped_conv2d(x, weight, stride, padding, c);
     }
     x.contiguous()?

@@ -30,6 +30,11 @@
 //! [`host`] holds the copies between host memory and a device, counted so that tests can
 //! bound them in the per-batch loops.
 //!
+//! Half-precision tensors (bf16, f16: a backbone run in lower precision) take the portable
+//! path; there batch norms and average pools are computed in f32 and rounded back (a half
+//! type's few mantissa bits lose a sum of thousands of values), and so are the convolutions
+//! on the CPU, which candle has no bf16 kernel for.
+//!
 //! [`storage`] is the bridge from candle's CPU storage to the kernels, for custom ops built
 //! elsewhere on the same kernels (the fused runs of layers of `tame-backbones`).
 //!
@@ -61,3 +66,5 @@ pub use tame_kernels::Padding;
 
 #[cfg(test)]
 mod gradcheck;
+#[cfg(test)]
+mod half;

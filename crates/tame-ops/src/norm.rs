@@ -24,7 +24,7 @@ use tame_kernels::norm::{self, ChannelAffine};
 use tame_kernels::Float;
 
 use crate::mask::ReluMask;
-use crate::policy::Kernels;
+use crate::policy::{is_half, widened, Kernels};
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -83,6 +83,20 @@ pub fn batch_norm_eval(
     eps: f64,
     then: Epilogue,
 ) -> Result<Tensor> {
+    if is_half(x.dtype()) {
+        // In f32 ([`is_half`]): the per-channel scale and shift rounded to a half type
+        // would be off by the same fraction at every pixel of their channel, layer after
+        // layer; the parameters may be f32 already (a backbone in lower precision keeps
+        // its batch norms' in f32, as PyTorch's mixed precision does).
+        let (x32, residual) = (widened(x)?, then.residual.map(widened).transpose()?);
+        let then = Epilogue {
+            residual: residual.as_ref(),
+            relu: then.relu,
+        };
+        let [w, b, m, v] = [weight, bias, mean, var].map(widened);
+        let y = batch_norm_eval(&x32, &w?, &b?, &m?, &v?, eps, then)?;
+        return y.to_dtype(x.dtype());
+    }
     let inv_std = (var + eps)?.sqrt()?.recip()?;
     let scale = (weight * &inv_std)?;
     let shift = (bias - (mean * &scale)?)?;
@@ -107,8 +121,8 @@ pub fn batch_norm_eval(
 }
 
 /// What a train-mode batch norm measured: the per-channel mean and biased variance of its
-/// input, and the count n they were taken over (B·H·W; PyTorch updates the running variance
-/// with the unbiased `var · n / (n - 1)`).
+/// input (in f32 for a half-precision input), and the count n they were taken over (B·H·W;
+/// PyTorch updates the running variance with the unbiased `var · n / (n - 1)`).
 #[derive(Debug, Clone)]
 pub struct BatchStats {
     pub mean: Tensor,
@@ -131,6 +145,18 @@ pub fn batch_norm_train(
     let count = b * h * w;
     if count < 2 {
         candle_core::bail!("{OP}: train mode needs more than one value per channel");
+    }
+    if is_half(x.dtype()) {
+        // The statistics sum B·H·W values each: in f32 ([`is_half`]), as PyTorch's mixed
+        // precision runs batch norm; the output rounded back, the statistics left in f32.
+        let residual = then.residual.map(widened).transpose()?;
+        let then = Epilogue {
+            residual: residual.as_ref(),
+            relu: then.relu,
+        };
+        let (w, b) = (widened(weight)?, widened(bias)?);
+        let (y, stats) = batch_norm_train(&widened(x)?, &w, &b, eps, then)?;
+        return Ok((y.to_dtype(x.dtype())?, stats));
     }
     if !fast_path(x, &[], &then)? {
         let mean = x

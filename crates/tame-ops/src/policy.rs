@@ -53,6 +53,22 @@ impl Kernels {
     }
 }
 
+/// Whether `dtype` is a half-precision type (bf16, f16). The portable path computes some
+/// ops on these in f32 and rounds the result back: batch norms (their statistics sum
+/// thousands of values, which a half type's 8 or 11 bits of mantissa would lose, and their
+/// per-channel scale rounded would be off alike at every pixel) and average pools, and on
+/// the CPU the convolutions, which candle has no bf16 kernel for (f16 it accumulates in
+/// f16). A GPU's half-precision convolution likewise accumulates in f32 and rounds its
+/// output.
+pub(crate) fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// `t` in f32, for an op computed in f32 on half-precision operands ([`is_half`]).
+pub(crate) fn widened(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
 thread_local! {
     /// [`with_kernels`]' choice for this thread, if inside it.
     static CHOSEN: Cell<Option<Kernels>> = const { Cell::new(None) };

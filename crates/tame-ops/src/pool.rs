@@ -12,7 +12,7 @@ use candle_core::{Result, Tensor, D};
 use tame_kernels::pool::Pool;
 use tame_kernels::Float;
 
-use crate::policy::Kernels;
+use crate::policy::{is_half, widened, Kernels};
 use crate::storage::{run_float_kernel, FloatKernel};
 
 /// The name errors give.
@@ -170,6 +170,10 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Ten
     let (_, _, h, w) = x.dims4()?;
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
+    }
+    if is_half(x.dtype()) {
+        // Means of many values: in f32 ([`is_half`]), rounded back.
+        return adaptive_avg_pool2d(&widened(x)?, out_h, out_w)?.to_dtype(x.dtype());
     }
     if (out_h, out_w) == (1, 1) {
         return x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use tame_am::{AttentionMechanism, CheckpointMeta};
-use tame_backbones::{Backbone, Mode, TapRequest};
+use tame_backbones::{Backbone, Mode, Precision, TapRequest};
 use tame_data::Loader;
 use tame_loss::{tame_loss, LossParts, LossWeights, MaskSet};
 
@@ -62,6 +62,10 @@ pub struct TrainConfig {
     pub per_sample_masks: bool,
     /// How the backbone runs.
     pub backbone_mode: BackboneMode,
+    /// The precision the backbone runs in (the mechanism, loss and optimizer are f32 in
+    /// any case); runs recorded before it existed ran in f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, TapShape, Version};
 use tame_backbones::synthetic::synthetic_values;
 use tame_backbones::weights::{load_backbone, WeightsSpec};
-use tame_backbones::{Backbone, BackboneKind};
+use tame_backbones::{Backbone, BackboneKind, Precision};
 use tame_data::{ImageList, Loader, LoaderConfig};
 use tame_train::{BackboneMode, TrainConfig};
 
@@ -135,6 +135,7 @@ pub fn config(
         seed: 7,
         per_sample_masks: false,
         backbone_mode: mode,
+        precision: Precision::F32,
     }
 }
 
