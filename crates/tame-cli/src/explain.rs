@@ -2,6 +2,7 @@
 //! by TAME or any comparison method; with no image, a built-in photo and the built-in demo
 //! mechanism of EfficientNet-Lite0.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +45,9 @@ pub struct ExplainArgs {
     #[arg(long)]
     top_k: Option<usize>,
 
-    /// Output folder. Default: ./heatmaps/<model>_<version>/.
+    /// Output folder. Default: ./heatmaps/<model>_<version>/. Each image's outputs start
+    /// with its file stem, with -2, -3... added when two inputs share one (a/x.jpg, b/x.jpg)
+    /// or when a name is taken by an input: no output ever replaces an input image.
     #[arg(long)]
     out: Option<PathBuf>,
 
@@ -98,6 +101,8 @@ struct ImageReport {
 /// An image to explain: where it came from, the backbone's input made from it, and how.
 struct Input {
     path: PathBuf,
+    /// The start of its outputs' names, unique within the run ([`OutputDir::stems`]).
+    stem: String,
     crop: RgbImage,
     applied: Applied,
 }
@@ -126,6 +131,12 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| default_out_dir(methods, mechanism.as_ref(), backbone.name()));
     check_writable_dir(&out_dir)?;
+    let outputs = OutputDir::new(&out_dir, &inputs)?;
+    let stems = outputs.stems(&inputs);
+    let mut inputs = inputs;
+    for (input, stem) in inputs.iter_mut().zip(stems) {
+        input.stem = stem;
+    }
     let taps = mechanism
         .as_ref()
         .map(|m| m.taps.clone())
@@ -138,7 +149,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         explainers,
         labels: &args.labels,
         top_k: args.top_k,
-        out_dir: &out_dir,
+        outputs: &outputs,
     };
     let bar = progress_bar(args.json, inputs.len())?;
     let mut reports = Vec::new();
@@ -185,6 +196,7 @@ fn read_inputs(paths: Option<Vec<PathBuf>>, preprocessing: Preprocessing) -> Res
         let (crop, applied) = preprocessing.apply(&image);
         Input {
             path,
+            stem: String::new(),
             crop,
             applied,
         }
@@ -240,7 +252,7 @@ struct Job<'a> {
     explainers: Vec<(Method, Box<dyn Explainer + 'a>)>,
     labels: &'a [u32],
     top_k: Option<usize>,
-    out_dir: &'a Path,
+    outputs: &'a OutputDir,
 }
 
 impl Job<'_> {
@@ -271,7 +283,7 @@ impl Job<'_> {
         let mut reports = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
             let image_maps = self.image_maps(&maps, i)?;
-            let report = write_outputs(input, &image_maps, &classes[i], self.out_dir)?;
+            let report = write_outputs(input, &image_maps, &classes[i], self.outputs)?;
             reports.push(report.with_top5(&probabilities[i]));
             bar.inc(1);
         }
@@ -317,15 +329,10 @@ fn write_outputs(
     input: &Input,
     maps: &[(Method, Vec<Vec<f32>>)],
     classes: &[u32],
-    out_dir: &Path,
+    outputs: &OutputDir,
 ) -> Result<ImageReport> {
-    let stem = input
-        .path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    let crop_path = out_dir.join(format!("{stem}.png"));
-    write_atomically(&crop_path, &png_bytes(&input.crop)?)?;
+    let stem = &input.stem;
+    let crop_path = outputs.write(&format!("{stem}.png"), &png_bytes(&input.crop)?)?;
     let mut explained = Vec::new();
     let mut grids = Vec::new();
     for (j, &class) in classes.iter().enumerate() {
@@ -335,14 +342,17 @@ fn write_outputs(
                 Method::Tame => String::new(),
                 other => format!("_{}", other.name()),
             };
-            let path = out_dir.join(format!("{stem}_{class}{suffix}"));
-            let (overlay, class) = write_map(&input.crop, &per_class[j], &path, class, *method)?;
+            let name = format!("{stem}_{class}{suffix}");
+            let (overlay, class) =
+                write_map(&input.crop, &per_class[j], outputs, &name, class, *method)?;
             panels.push(overlay);
             explained.push(class);
         }
         if maps.len() > 1 {
-            let grid = out_dir.join(format!("{stem}_{class}_methods.png"));
-            write_atomically(&grid, &png_bytes(&side_by_side(&panels))?)?;
+            let grid = outputs.write(
+                &format!("{stem}_{class}_methods.png"),
+                &png_bytes(&side_by_side(&panels))?,
+            )?;
             grids.push(grid);
         }
     }
@@ -356,20 +366,19 @@ fn write_outputs(
     })
 }
 
-/// Writes one map as `<path>_mask.png` (over the crop) and `<path>.npy`; returns the overlay.
+/// Writes one map as `<name>_mask.png` (over the crop) and `<name>.npy`; returns the overlay.
 fn write_map(
     crop: &RgbImage,
     map: &[f32],
-    path: &Path,
+    outputs: &OutputDir,
+    name: &str,
     class: u32,
     method: Method,
 ) -> Result<(RgbImage, ExplainedClass)> {
     let overlay_image = jet_overlay(crop, map);
-    let overlay = path.with_file_name(format!("{}_mask.png", file_name(path)));
-    write_atomically(&overlay, &png_bytes(&overlay_image)?)?;
-    let npy = path.with_file_name(format!("{}.npy", file_name(path)));
+    let overlay = outputs.write(&format!("{name}_mask.png"), &png_bytes(&overlay_image)?)?;
     let side = crop.width() as usize;
-    write_atomically(&npy, &npy_bytes(map, &[side, side]))?;
+    let npy = outputs.write(&format!("{name}.npy"), &npy_bytes(map, &[side, side]))?;
     let explained = ExplainedClass {
         class,
         name: class_name(class as usize).unwrap_or("?"),
@@ -378,13 +387,6 @@ fn write_map(
         map: npy,
     };
     Ok((overlay_image, explained))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned()
 }
 
 impl ImageReport {
@@ -434,5 +436,67 @@ fn print_report(report: &ImageReport, model: &str) {
     }
     for grid in &report.grids {
         println!("  side by side: {}", grid.display());
+    }
+}
+
+/// The output folder of a run, which never replaces one of the run's input images.
+struct OutputDir {
+    dir: PathBuf,
+    /// The inputs, resolved (symbolic links and `..` followed).
+    inputs: HashSet<PathBuf>,
+}
+
+impl OutputDir {
+    fn new(dir: &Path, inputs: &[Input]) -> Result<Self> {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        // The built-in photo has no file.
+        let inputs = inputs
+            .iter()
+            .filter_map(|i| i.path.canonicalize().ok())
+            .collect();
+        Ok(Self { dir, inputs })
+    }
+
+    /// Each input's output stem: its file name's stem, with `-2`, `-3`... added where
+    /// another input of the run has the same one (`a/x.jpg`, `b/x.jpg`) or where its crop's
+    /// name is an input's (`x.png` explained into its own folder).
+    fn stems(&self, inputs: &[Input]) -> Vec<String> {
+        let mut taken = HashSet::new();
+        inputs
+            .iter()
+            .map(|input| {
+                let base = input
+                    .path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into());
+                let mut stem = base.clone();
+                for n in 2.. {
+                    let crop = self.dir.join(format!("{stem}.png"));
+                    if !taken.contains(&stem) && !self.inputs.contains(&crop) {
+                        break;
+                    }
+                    stem = format!("{base}-{n}");
+                }
+                taken.insert(stem.clone());
+                stem
+            })
+            .collect()
+    }
+
+    /// Writes `bytes` as file `name` of the folder, unless that is one of the inputs.
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let path = self.dir.join(name);
+        if self.inputs.contains(&path) {
+            bail!(
+                "{}: an input image of this run, which an output would replace; choose \
+                 another --out",
+                path.display()
+            );
+        }
+        write_atomically(&path, bytes)?;
+        Ok(path)
     }
 }

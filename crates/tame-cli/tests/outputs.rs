@@ -71,3 +71,39 @@ fn an_unwritable_output_is_an_error_before_the_work() {
         assert!(!stderr.contains("nonexistent"), "{command}: {stderr}");
     }
 }
+
+/// Explaining a folder into itself keeps every input, and two inputs of one name (in two
+/// folders) get outputs of their own: `x.png` was replaced by its crop, and `b/x.jpg`'s
+/// outputs by `a/x.jpg`'s.
+#[test]
+fn outputs_never_replace_inputs_or_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = support::samples().join("chelsea_small.jpg");
+    let original = std::fs::read(&photo).unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::copy(&photo, dir.path().join(sub).join("x.jpg")).unwrap();
+    }
+    // A PNG input whose name is the crop's name of the JPEGs.
+    let png = image::open(&photo).unwrap();
+    png.save(dir.path().join("x.png")).unwrap();
+    let png_bytes = std::fs::read(dir.path().join("x.png")).unwrap();
+    let d = dir.path().to_string_lossy().into_owned();
+    let Run { ok, stderr, .. } = tame(&["explain", &d, "--out", &d, "--label", "285"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("x.png")).unwrap(), png_bytes);
+    for sub in ["a", "b"] {
+        assert_eq!(
+            std::fs::read(dir.path().join(sub).join("x.jpg")).unwrap(),
+            original
+        );
+    }
+    // Three inputs of stem `x`: three crops and three maps, none the input's name.
+    for stem in ["x-2", "x-3", "x-4"] {
+        assert!(dir.path().join(format!("{stem}.png")).is_file(), "{stem}");
+        assert!(
+            dir.path().join(format!("{stem}_285.npy")).is_file(),
+            "{stem}"
+        );
+    }
+}
