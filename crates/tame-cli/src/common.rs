@@ -149,6 +149,30 @@ pub fn check_writable(file: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", file.display()))
 }
 
+/// Whether folder `dir` can be made and written later, without making it now (a run that
+/// fails on its inputs leaves no empty folder): it, or its nearest existing ancestor, must
+/// be a folder that takes a new file.
+pub fn check_dir_can_be_made(dir: &Path) -> Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        bail!(
+            "cannot create {}: {} is not a folder",
+            dir.display(),
+            existing.display()
+        );
+    }
+    check_writable(&existing.join("probe"))
+}
+
 /// [`check_writable`] for the files a command writes into folder `dir`.
 pub fn check_writable_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

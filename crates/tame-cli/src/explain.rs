@@ -16,7 +16,10 @@ use tame_backbones::{Backbone, Mode, TapRequest};
 use tame_data::{decode_rgb, load_rgb, Applied, Preprocessing, RgbImage};
 use tame_metrics::{normalize_maps, Explainer};
 
-use crate::common::{check_writable_dir, crops_tensor, expand_images, write_atomically, ModelArgs};
+use crate::common::{
+    check_dir_can_be_made, check_writable_dir, crops_tensor, expand_images, write_atomically,
+    ModelArgs,
+};
 use crate::mechanism::{LoadedMechanism, MechanismArgs};
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::render::{jet_overlay, npy_bytes, png_bytes, side_by_side};
@@ -110,7 +113,7 @@ struct Input {
 pub fn run(args: ExplainArgs) -> Result<()> {
     check_classes(&args.labels, args.top_k)?;
     if let Some(out) = &args.out {
-        check_writable_dir(out)?;
+        check_dir_can_be_made(out)?;
     }
     let paths = image_paths(&args.images)?;
     let (backbone, device) = args.model.load()?;
