@@ -428,6 +428,14 @@ impl StepObserver for Progress {
         }
     }
 
+    fn image_skipped(&mut self, error: &tame_data::DataError) {
+        let line = format!("skipped: {error}");
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn epoch_finished(&mut self, epoch: u64, checkpoint: &Path, skipped: usize) {
         self.finish();
         let note = match skipped {

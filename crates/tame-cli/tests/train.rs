@@ -221,3 +221,37 @@ fn stop_signals_save_a_resumable_checkpoint_and_exit_non_zero() {
         assert!(snap.join("interrupted.json").is_file(), "{stderr}");
     }
 }
+
+/// A list none of whose images can be read fails, naming each skipped image, instead of
+/// writing an untrained checkpoint and exiting 0.
+#[test]
+fn training_on_no_readable_image_fails_naming_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("train.txt");
+    std::fs::write(&list, "missing_a.jpg 1\nmissing_b.jpg 2\n").unwrap();
+    let snap = dir.path().join("snap");
+    let (ok, out) = tame(&[
+        "train",
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        SAMPLES,
+        "--train-list",
+        &list.to_string_lossy(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--snapshot-dir",
+        &snap.to_string_lossy(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("saw no image"), "{out}");
+    assert!(
+        out.contains("missing_a.jpg") && out.contains("missing_b.jpg"),
+        "{out}"
+    );
+    assert!(!snap.join("epoch_1.safetensors").exists(), "{out}");
+}

@@ -48,6 +48,8 @@ impl ImageList {
     pub fn parse(text: &str, source: impl AsRef<Path>) -> Result<Self, DataError> {
         let source = source.as_ref().to_path_buf();
         let mut entries = Vec::new();
+        // Editors on Windows start UTF-8 files with a byte-order mark; it is no path.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let mut fields = raw.split_whitespace();
@@ -138,6 +140,13 @@ mod tests {
             }
             other => panic!("expected a line error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_cost_the_first_line() {
+        let list = ImageList::parse("\u{feff}a/x.jpg 3\nb/y.jpg 4\n", "l.txt").unwrap();
+        assert_eq!(list.entries().len(), 2);
+        assert_eq!(list.entries()[0].path, std::path::Path::new("a/x.jpg"));
     }
 
     #[test]

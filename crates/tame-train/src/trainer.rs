@@ -126,6 +126,8 @@ pub trait StepObserver {
     fn epoch_started(&mut self, _epoch: u64, _batches: u64, _done: u64) {}
     /// A step finished.
     fn step(&mut self, _record: &StepRecord) {}
+    /// An image of the list could not be read and was left out (the error names it).
+    fn image_skipped(&mut self, _error: &tame_data::DataError) {}
     /// An epoch finished and its checkpoint was written.
     fn epoch_finished(&mut self, _epoch: u64, _checkpoint: &Path, _skipped_images: usize) {}
 }
@@ -388,6 +390,7 @@ impl<'a> Trainer<'a> {
             for _ in 0..skip {
                 batches.next().transpose()?;
             }
+            let mut trained = 0;
             loop {
                 if stop.load(Ordering::SeqCst) {
                     let path = snapshot_dir.join("interrupted.safetensors");
@@ -401,10 +404,14 @@ impl<'a> Trainer<'a> {
                     break;
                 };
                 self.state.batches_done += 1;
+                for error in &batch.skipped {
+                    observer.image_skipped(error);
+                }
                 if batch.is_empty() {
                     continue;
                 }
                 let n = batch.len();
+                trained += n;
                 let images =
                     tame_ops::host::upload(batch.images, tame_data::batch_shape(n), &device)?
                         .to_dtype(dtype)?;
@@ -413,6 +420,12 @@ impl<'a> Trainer<'a> {
                 observer.step(&record);
             }
             let skipped = batches.skipped();
+            if trained == 0 && skip == 0 {
+                return Err(TrainError::Config(format!(
+                    "epoch {epoch} saw no image: all {skipped} images of the list were \
+                     unreadable"
+                )));
+            }
             self.state.epoch = epoch;
             self.state.batches_done = 0;
             let path = snapshot_dir.join(format!("epoch_{epoch}.safetensors"));
