@@ -4,6 +4,7 @@ mod bench;
 mod cuda_env;
 mod export;
 mod fetch;
+mod gpu_check;
 mod pipeline;
 
 use anyhow::Result;
@@ -32,6 +33,10 @@ enum Task {
     /// Writes a training checkpoint's mechanism alone for shipping (default: 8-bit weights
     /// with a scale per output channel; see `--storage`).
     ExportAm(export::ExportAm),
+    /// Proves the CUDA path on a GPU: parity with the CPU (explanation maps, a training step,
+    /// AD/IC), speed beside PyTorch on the same device, peak device memory; one Markdown
+    /// report. `--device cpu --quick` is its dry run.
+    GpuCheck(gpu_check::GpuCheck),
     /// The learning-rate range test with a preset's settings (the reference's
     /// lr_finder_*.sh); paths from flags or $IMGDIR.
     LrTest(pipeline::PipelineArgs),
@@ -48,6 +53,7 @@ fn main() {
         Task::CudaEnv(args) => cuda_env::run(args),
         Task::FetchWeights(args) => fetch::run(args),
         Task::ExportAm(args) => export::run(args),
+        Task::GpuCheck(args) => gpu_check::run(args),
         Task::LrTest(args) => pipeline::lr_test(args),
         Task::TrainEval(args) => pipeline::train_eval(args),
     });
