@@ -3,8 +3,10 @@
 //! AD/IC), times the same work as PyTorch on the same device (xtask/bench/gpu_check_pytorch.py),
 //! samples the device memory, and writes one Markdown report. With `--device cpu` the device
 //! side runs the portable kernels, the code a GPU runs, so that the whole command also runs (in
-//! CI) without a GPU.
+//! CI) without a GPU. `--prepare DIR` builds what a GPU host without network or Rust needs
+//! ([`prepare`]).
 
+mod prepare;
 mod pytorch;
 mod report;
 
@@ -51,6 +53,14 @@ pub struct GpuCheck {
     /// The PyTorch half [default: xtask/bench/gpu_check_pytorch.py of this checkout].
     #[arg(long, value_name = "FILE")]
     pytorch_script: Option<PathBuf>,
+    /// Check nothing; build into DIR what a GPU host without network or Rust toolchain needs
+    /// to run the check (this xtask built with CUDA 13.0, the PyTorch script, run.sh), at most
+    /// 64 MiB.
+    #[arg(long, value_name = "DIR")]
+    prepare: Option<PathBuf>,
+    /// With --prepare: build without CUDA, to try the bundle where there is no GPU.
+    #[arg(long, requires = "prepare", hide = true)]
+    without_cuda: bool,
 }
 
 /// The backbones checked.
@@ -124,6 +134,9 @@ impl Progress {
 }
 
 pub fn run(args: GpuCheck) -> Result<()> {
+    if let Some(dir) = &args.prepare {
+        return prepare::run(dir, !args.without_cuda);
+    }
     let progress = Progress(Instant::now());
     let (device, spec) = open(&args.device)?;
     let gauge = MemoryGauge::new(&device);
@@ -254,7 +267,7 @@ fn open(spec: &str) -> Result<(Device, String)> {
     if !candle_core::utils::cuda_is_available() {
         bail!(
             "device `{spec}`: this xtask was built without CUDA support; build it with \
-             `--features cuda`, or pass --device cpu"
+             `--features cuda` (see `cargo xtask gpu-check --prepare`), or pass --device cpu"
         );
     }
     let device = Device::new_cuda(ordinal).with_context(|| {

@@ -35,7 +35,8 @@ enum Task {
     ExportAm(export::ExportAm),
     /// Proves the CUDA path on a GPU: parity with the CPU (explanation maps, a training step,
     /// AD/IC), speed beside PyTorch on the same device, peak device memory; one Markdown
-    /// report. `--device cpu --quick` is its dry run.
+    /// report. `--device cpu --quick` is its dry run; `--prepare DIR` builds what a GPU host
+    /// without network or Rust needs.
     GpuCheck(gpu_check::GpuCheck),
     /// The learning-rate range test with a preset's settings (the reference's
     /// lr_finder_*.sh); paths from flags or $IMGDIR.

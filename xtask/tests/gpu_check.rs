@@ -39,3 +39,10 @@ fn cuda_without_the_feature_says_how_to_build_it() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--features cuda"), "{stderr}");
 }
+
+#[test]
+fn without_cuda_is_only_for_prepare() {
+    let (ok, stderr) = gpu_check(&["--without-cuda"]);
+    assert!(!ok);
+    assert!(stderr.contains("--prepare"), "{stderr}");
+}
