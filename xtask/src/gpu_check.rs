@@ -75,7 +75,7 @@ const PARITY_BATCH: usize = 2;
 /// compared in f64: through a backbone whose synthetic logits are in the thousands (a
 /// saturated softmax) and, for ResNet-50 in train mode, batch statistics of 2 images, f32
 /// rounding alone moves them by up to 20 % (native against portable kernels on the CPU), so
-/// an f32 bound would test nothing; in f64 the two sides agree to ~1e-10.
+/// an f32 bound would test nothing; in f64 the two CPU paths agree to 1e-11 or better.
 mod tolerance {
     /// Logits: max |Δ| over the largest |logit|.
     pub const LOGITS: f64 = 1e-4;

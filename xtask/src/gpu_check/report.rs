@@ -246,10 +246,10 @@ impl Report {
              other side. Gradients are compared in f64: the synthetic backbones' logits are in \
              the thousands (a saturated softmax) and ResNet-50 trains on the batch statistics \
              of 2 images, so f32 rounding alone moves the gradients by up to 20 % (native \
-             against portable kernels on the CPU), while in f64 the sides agree to ~1e-10. A \
-             tensor's differences are scaled by its largest value, or 1e-3 of the largest \
-             gradient of all if that is larger (the biases of convolutions before a \
-             train-mode batch norm get no gradient, only rounding noise).\n"
+             against portable kernels on the CPU), while in f64 the two CPU paths agree to \
+             1e-11 or better. A tensor's differences are scaled by its largest value, or 1e-3 \
+             of the largest gradient of all if that is larger (the biases of convolutions \
+             before a train-mode batch norm get no gradient, only rounding noise).\n"
         );
     }
 
@@ -321,10 +321,10 @@ impl Report {
             s,
             "\nexplain: one pass with taps, each image's top-class map normalised, upsampled to \
              224x224 and copied to the host (tame applies only the explained class's row of the \
-             mechanism's fuser, the reference mechanism all 1000). train: one optimizer step of the reference loop \
-             (backbone in train mode, SGD with Nesterov momentum). ad-ic: the unmasked pass \
-             with the maps, then the images masked at 100, 50 and 15 % (tame builds the masks \
-             on the host, PyTorch on the device).\n"
+             mechanism's fuser, the reference mechanism all 1000). train: one optimizer step \
+             of the reference loop (backbone in train mode, SGD with Nesterov momentum). ad-ic: \
+             the unmasked pass with the maps, then the images masked at 100, 50 and 15 % (tame \
+             builds the masks on the host, PyTorch on the device).\n"
         );
     }
 
