@@ -60,12 +60,13 @@ pub fn run(bench: Bench) -> Result<()> {
 /// The median and the fastest of the timed runs, in seconds: on a shared host the fastest is
 /// the least disturbed.
 #[derive(Clone, Copy)]
-struct Timing {
-    median: f64,
-    best: f64,
+pub(crate) struct Timing {
+    pub(crate) median: f64,
+    pub(crate) best: f64,
 }
 
-fn timed(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+/// A warm-up call of `f`, then `runs` timed calls.
+pub(crate) fn timed(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
     f()?; // warm-up
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -119,12 +120,12 @@ fn backbones(runs: usize, model: Option<BackboneKind>) -> Result<()> {
 }
 
 /// The side of the square images `backbone` takes.
-fn input_side(backbone: &dyn Backbone) -> usize {
+pub(crate) fn input_side(backbone: &dyn Backbone) -> usize {
     backbone.preprocessing().crop as usize
 }
 
-/// A freshly initialised TAME mechanism on `backbone`'s default taps.
-fn mechanism(backbone: &dyn Backbone, device: &Device) -> Result<AttentionMechanism> {
+/// A freshly initialised TAME mechanism (seed 0) on `backbone`'s default taps.
+pub(crate) fn mechanism(backbone: &dyn Backbone, device: &Device) -> Result<AttentionMechanism> {
     let taps = backbone
         .tap_dims(&backbone.default_taps(), input_side(backbone), device)?
         .into_iter()

@@ -23,7 +23,7 @@ pub struct CudaEnv {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Version {
+pub(crate) enum Version {
     #[value(name = "13.4")]
     V13_4,
     #[value(name = "13.0")]
@@ -31,7 +31,7 @@ enum Version {
 }
 
 impl Version {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Version::V13_4 => "13.4",
             Version::V13_0 => "13.0",
@@ -79,26 +79,52 @@ impl Version {
 const COMPUTE_CAP: &str = "90";
 
 pub fn run(args: CudaEnv) -> Result<()> {
+    let toolkit = toolkit(args.dir, args.cuda)?;
+    let root = quote(&toolkit.root);
+    println!("export CUDA_HOME={root} CUDA_PATH={root}");
+    println!("export PATH={}:\"$PATH\"", quote(&toolkit.root.join("bin")));
+    println!("export CUDA_COMPUTE_CAP={COMPUTE_CAP}");
+    println!("export CUDARC_CUDA_VERSION={}", args.cuda.cudarc());
+    Ok(())
+}
+
+/// A complete toolkit.
+pub(crate) struct Toolkit {
+    pub(crate) root: PathBuf,
+    pub(crate) version: Version,
+}
+
+impl Toolkit {
+    /// The variables that point a build at it, but `PATH`, which needs `root/bin` in front.
+    pub(crate) fn vars(&self) -> Vec<(&'static str, String)> {
+        let root = self.root.display().to_string();
+        vec![
+            ("CUDA_HOME", root.clone()),
+            ("CUDA_PATH", root),
+            ("CUDA_COMPUTE_CAP", COMPUTE_CAP.into()),
+            ("CUDARC_CUDA_VERSION", self.version.cudarc().into()),
+        ]
+    }
+}
+
+/// The toolkit of `cuda` in `dir` [default: target/cuda-env/<version> in the workspace], made
+/// first unless it is there.
+pub(crate) fn toolkit(dir: Option<PathBuf>, cuda: Version) -> Result<Toolkit> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = args
-        .dir
-        .unwrap_or_else(|| workspace.join("target/cuda-env").join(args.cuda.name()));
+    let dir = dir.unwrap_or_else(|| workspace.join("target/cuda-env").join(cuda.name()));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     // Written last: its presence with the same pins means the toolkit is complete.
     let stamp = dir.join("wheels.txt");
-    let pins = args.cuda.wheels().join("\n");
+    let pins = cuda.wheels().join("\n");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(pins.as_str()) {
-        install(&dir, args.cuda, &workspace)?;
+        install(&dir, cuda, &workspace)?;
         fs::write(&stamp, &pins)?;
     }
-
-    let root = quote(&dir);
-    println!("export CUDA_HOME={root} CUDA_PATH={root}");
-    println!("export PATH={}:\"$PATH\"", quote(&dir.join("bin")));
-    println!("export CUDA_COMPUTE_CAP={COMPUTE_CAP}");
-    println!("export CUDARC_CUDA_VERSION={}", args.cuda.cudarc());
-    Ok(())
+    Ok(Toolkit {
+        root: dir,
+        version: cuda,
+    })
 }
 
 fn install(dir: &Path, version: Version, workspace: &Path) -> Result<()> {
@@ -170,8 +196,27 @@ fn unpack(wheel: &Path, dir: &Path) -> Result<()> {
 /// in `lib/stubs`, where cudarc looks at link time, as in a system toolkit; nothing should
 /// load it at run time.
 fn link_stub(stubs: &Path, workspace: &Path) -> Result<()> {
-    let bindings = cudarc_driver_bindings(workspace)?;
-    let text = fs::read_to_string(&bindings)?;
+    let bindings = cudarc_sources(workspace)?.join("src/driver/sys/mod.rs");
+    fs::create_dir_all(stubs)?;
+    stub_library(
+        &bindings,
+        "libcuda.so.1",
+        &stubs.join("libcuda.so.1"),
+        |name| format!("int {name}(void) {{ return 100; }}\n"),
+    )?;
+    link_if_absent(Path::new("libcuda.so.1"), &stubs.join("libcuda.so"))
+}
+
+/// Compiles `out`, a shared library named `soname` with one C function per function that the
+/// cudarc bindings `bindings` declare, each defined by `define(name)`.
+pub(crate) fn stub_library(
+    bindings: &Path,
+    soname: &str,
+    out: &Path,
+    define: impl Fn(&str) -> String,
+) -> Result<()> {
+    let text = fs::read_to_string(bindings)
+        .with_context(|| format!("cannot read {}", bindings.display()))?;
     // The dynamic-linking declarations: `fn cuInit(Flags: ::core::ffi::c_uint) -> CUresult;`.
     let mut names: Vec<&str> = text
         .lines()
@@ -184,30 +229,28 @@ fn link_stub(stubs: &Path, workspace: &Path) -> Result<()> {
     names.sort_unstable();
     names.dedup();
     if names.is_empty() {
-        bail!("{}: no driver functions found", bindings.display());
+        bail!("{}: no functions found", bindings.display());
     }
-    fs::create_dir_all(stubs)?;
-    let source = stubs.join("libcuda.c");
-    let body: String = names
-        .iter()
-        .map(|name| format!("int {name}(void) {{ return 100; }}\n"))
-        .collect();
+    let source = out.with_extension("c");
+    let body: String = names.iter().map(|name| define(name)).collect();
     fs::write(&source, body)?;
     let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
-        .arg(stubs.join("libcuda.so.1"))
+        .args(["-shared", "-fPIC"])
+        .arg(format!("-Wl,-soname,{soname}"))
+        .arg("-o")
+        .arg(out)
         .arg(&source)
         .status()
         .context("could not run cc")?;
     if !status.success() {
-        bail!("cc could not build the libcuda.so stub ({status})");
+        bail!("cc could not build the {soname} stub ({status})");
     }
-    link_if_absent(Path::new("libcuda.so.1"), &stubs.join("libcuda.so"))
+    Ok(())
 }
 
-/// cudarc's `src/driver/sys/mod.rs`, of the version in Cargo.lock, in cargo's registry
-/// (fetched if it is not there yet).
-fn cudarc_driver_bindings(workspace: &Path) -> Result<PathBuf> {
+/// The sources of the cudarc of Cargo.lock, in cargo's registry (fetched if they are not there
+/// yet).
+pub(crate) fn cudarc_sources(workspace: &Path) -> Result<PathBuf> {
     let lock = fs::read_to_string(workspace.join("Cargo.lock"))?;
     let version = lock
         .split("[[package]]")
@@ -224,10 +267,8 @@ fn cudarc_driver_bindings(workspace: &Path) -> Result<PathBuf> {
         .context("neither CARGO_HOME nor HOME is set")?;
     let find = || -> Result<Option<PathBuf>> {
         for index in fs::read_dir(cargo_home.join("registry/src"))? {
-            let path = index?
-                .path()
-                .join(format!("cudarc-{version}/src/driver/sys/mod.rs"));
-            if path.is_file() {
+            let path = index?.path().join(format!("cudarc-{version}"));
+            if path.join("Cargo.toml").is_file() {
                 return Ok(Some(path));
             }
         }

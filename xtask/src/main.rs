@@ -4,6 +4,7 @@ mod bench;
 mod cuda_env;
 mod export;
 mod fetch;
+mod gpu_check;
 mod pipeline;
 
 use anyhow::Result;
@@ -32,6 +33,11 @@ enum Task {
     /// Writes a training checkpoint's mechanism alone for shipping (default: 8-bit weights
     /// with a scale per output channel; see `--storage`).
     ExportAm(export::ExportAm),
+    /// Proves the CUDA path on a GPU: parity with the CPU (explanation maps, a training step,
+    /// AD/IC), speed beside PyTorch on the same device, peak device memory; one Markdown
+    /// report. `--device cpu --quick` is its dry run; `--prepare DIR` builds what a GPU host
+    /// without network or Rust needs.
+    GpuCheck(gpu_check::GpuCheck),
     /// The learning-rate range test with a preset's settings (the reference's
     /// lr_finder_*.sh); paths from flags or $IMGDIR.
     LrTest(pipeline::PipelineArgs),
@@ -40,15 +46,38 @@ enum Task {
     TrainEval(pipeline::TrainEvalArgs),
 }
 
-fn main() -> Result<()> {
+fn main() {
     tame_process::reuse_freed_memory();
+    tame_process::end_quietly_on_closed_pipe();
     let task = Cli::parse().task;
-    tame_process::on_worker(|| match task {
+    let result: Result<()> = tame_process::on_worker(|| match task {
         Task::Bench { what } => bench::run(what),
         Task::CudaEnv(args) => cuda_env::run(args),
         Task::FetchWeights(args) => fetch::run(args),
         Task::ExportAm(args) => export::run(args),
+        Task::GpuCheck(args) => gpu_check::run(args),
         Task::LrTest(args) => pipeline::lr_test(args),
         Task::TrainEval(args) => pipeline::train_eval(args),
-    })
+    });
+    if let Err(err) = result {
+        eprintln!("error: {}", one_line(&err));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line (as `tame` prints them), each cause's first line only
+/// (candle appends a backtrace when `RUST_BACKTRACE` is set) and none its message repeats.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.lines().next().unwrap_or_default().trim();
+        if !line.contains(text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text);
+        }
+    }
+    line
 }
