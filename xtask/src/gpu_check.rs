@@ -29,9 +29,9 @@ use tame_ops::{with_kernels, Kernels};
 use tame_train::{BackboneMode, TrainConfig, Trainer};
 
 use crate::bench::{input_side, mechanism, timed, Timing};
-use crate::one_line;
 use pytorch::{run_pytorch, PyTorchSide};
 use report::{machine, Report};
+use tame_process::one_line;
 
 #[derive(Args)]
 pub struct GpuCheck {
@@ -256,27 +256,16 @@ fn in_ci() -> bool {
 
 /// Parses `--device` and opens the device; also returns its canonical name (`cpu`, `cuda:N`).
 fn open(spec: &str) -> Result<(Device, String)> {
-    let ordinal = match spec {
-        "cpu" => return Ok((Device::Cpu, "cpu".into())),
-        "cuda" => 0,
-        _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => bail!("unknown device `{spec}` (expected cpu, cuda or cuda:N)"),
-        },
+    let device = tame_process::open_device(
+        spec,
+        "build it with `--features cuda` (see `cargo xtask gpu-check --prepare`), or pass \
+         --device cpu",
+    )?;
+    let name = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        _ => "cpu".into(),
     };
-    if !candle_core::utils::cuda_is_available() {
-        bail!(
-            "device `{spec}`: this xtask was built without CUDA support; build it with \
-             `--features cuda` (see `cargo xtask gpu-check --prepare`), or pass --device cpu"
-        );
-    }
-    let device = Device::new_cuda(ordinal).with_context(|| {
-        format!(
-            "cannot open CUDA device {ordinal} (is an NVIDIA GPU present and its driver \
-             installed? `nvidia-smi` lists them)"
-        )
-    })?;
-    Ok((device, format!("cuda:{ordinal}")))
+    Ok((device, name))
 }
 
 /// `batch` deterministic images in [0, 1] of `side` x `side`, made on the CPU (the same values

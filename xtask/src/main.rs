@@ -60,24 +60,7 @@ fn main() {
         Task::TrainEval(args) => pipeline::train_eval(args),
     });
     if let Err(err) = result {
-        eprintln!("error: {}", one_line(&err));
+        eprintln!("error: {}", tame_process::one_line(&err));
         std::process::exit(1);
     }
-}
-
-/// The error and its causes on one line (as `tame` prints them), each cause's first line only
-/// (candle appends a backtrace when `RUST_BACKTRACE` is set) and none its message repeats.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        let text = text.lines().next().unwrap_or_default().trim();
-        if !line.contains(text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(text);
-        }
-    }
-    line
 }

@@ -44,7 +44,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Opens the device and loads the backbone in its precision (announced when not f32).
     pub fn load(&self) -> Result<(Box<dyn Backbone>, Device)> {
-        let device = crate::device::open(&self.device)?;
+        let device = tame_process::open_device(&self.device, HOW_TO_BUILD_CUDA)?;
         let backbone = weights::load(
             self.model,
             self.weights.as_ref(),
@@ -127,6 +127,10 @@ pub fn crops_tensor(
     }
     batch_tensor(pixels, crops.len(), preprocessing, device)
 }
+
+/// What a `tame` built without CUDA says about `--device cuda`.
+pub const HOW_TO_BUILD_CUDA: &str =
+    "rebuild it with `cargo build --release -p tame-cli --features cuda`";
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
 /// that `path` is either the old file or the complete new one, never a partial write.

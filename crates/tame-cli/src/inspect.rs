@@ -26,7 +26,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let device = crate::device::open(&args.device)?;
+    let device = tame_process::open_device(&args.device, crate::common::HOW_TO_BUILD_CUDA)?;
     let backbone = load_backbone(args.model, &args.weights, &device)?;
     let defaults = backbone.default_taps();
     let shapes = backbone.tap_shapes(args.size, &device)?;

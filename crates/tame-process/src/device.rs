@@ -3,8 +3,9 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-/// Parses a `--device` value and opens the device.
-pub fn open(spec: &str) -> Result<Device> {
+/// Parses a `--device` value and opens the device; `how_to_build` tells, for a binary built
+/// without CUDA, how to build one with it.
+pub fn open_device(spec: &str, how_to_build: &str) -> Result<Device> {
     let ordinal = match spec {
         "cpu" => return Ok(Device::Cpu),
         "cuda" => 0,
@@ -14,10 +15,7 @@ pub fn open(spec: &str) -> Result<Device> {
         },
     };
     if !candle_core::utils::cuda_is_available() {
-        bail!(
-            "device `{spec}`: this `tame` was built without CUDA support; \
-             rebuild it with `cargo build --release -p tame-cli --features cuda`"
-        );
+        bail!("device `{spec}`: this program was built without CUDA support; {how_to_build}");
     }
     Device::new_cuda(ordinal).with_context(|| {
         format!(
@@ -33,15 +31,21 @@ mod tests {
 
     #[test]
     fn unknown_and_unbuilt_devices_are_one_line_errors() {
-        let unknown = open("gpu").unwrap_err().to_string();
+        let unknown = open_device("gpu", "").unwrap_err().to_string();
         assert!(
             unknown.contains("expected cpu, cuda or cuda:N"),
             "{unknown}"
         );
         if !candle_core::utils::cuda_is_available() {
-            let unbuilt = open("cuda:1").unwrap_err().to_string();
-            assert!(unbuilt.contains("--features cuda"), "{unbuilt}");
+            let unbuilt = open_device("cuda:1", "rebuild with --features cuda")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                unbuilt.ends_with("rebuild with --features cuda"),
+                "{unbuilt}"
+            );
             assert!(!unbuilt.contains('\n'), "{unbuilt}");
         }
+        assert!(open_device("cpu", "").unwrap().is_cpu());
     }
 }
