@@ -131,6 +131,13 @@ impl AttentionMechanism {
             path: path.to_path_buf(),
             source,
         };
+        // Only regular files: a device such as /dev/zero would be read without end.
+        if !fs::metadata(path).map_err(io)?.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         let bytes = fs::read(path).map_err(io)?;
         let mismatch = |m: Mismatch| AmError::Mismatch {
             path: path.to_path_buf(),

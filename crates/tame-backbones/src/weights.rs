@@ -135,8 +135,12 @@ impl NamedTensors {
             path: path.to_path_buf(),
             message,
         };
-        if !path.is_file() {
+        if !path.exists() {
             return Err(file_error("no such file".into()));
+        }
+        // A device such as /dev/zero would be read without end.
+        if !path.is_file() {
+            return Err(file_error("not a regular file".into()));
         }
         let ext = path
             .extension()

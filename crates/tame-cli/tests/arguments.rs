@@ -85,3 +85,24 @@ fn out_of_range_arguments_are_refused_with_one_line() {
         assert!(first.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// A device or a folder where a weights or mechanism file belongs is named as such (a
+/// mechanism of /dev/zero was read until memory ran out; a weights folder was "no such file").
+#[test]
+fn files_that_are_not_regular_files_are_refused_as_such() {
+    let photos = support::samples().to_string_lossy().into_owned();
+    for (flag, path, expected) in [
+        ("--am", "/dev/zero", "/dev/zero: not a regular file"),
+        ("--weights", "/dev/zero", "/dev/zero: not a regular file"),
+        ("--weights", "/", "/: not a regular file"),
+        (
+            "--weights",
+            "/nonexistent/w.pth",
+            "/nonexistent/w.pth: no such file",
+        ),
+    ] {
+        let Run { ok, stderr, .. } = tame(&["explain", &photos, flag, path]);
+        assert!(!ok, "{flag} {path}: {stderr}");
+        assert!(stderr.contains(expected), "{flag} {path}: {stderr}");
+    }
+}
