@@ -10,7 +10,7 @@ use tame_am::{AmConfig, AttentionMechanism, TapShape, Version};
 use tame_backbones::weights::{load_backbone, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind, Mode, Precision};
 use tame_metrics::{normalize_maps, EvalConfig, Evaluator, Explainer, TameExplainer};
-use tame_train::{BackboneMode, TrainConfig, Trainer};
+use tame_train::{BackboneMode, RunInputs, TrainConfig, Trainer};
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -200,6 +200,7 @@ fn table(runs: usize, model: Option<BackboneKind>, work: Option<Work>) -> Result
                 per_sample_masks: false,
                 backbone_mode: BackboneMode::Reference,
                 precision: Precision::F32,
+                inputs: RunInputs::default(),
             };
             let mut trainer = Trainer::new(
                 net.as_ref(),

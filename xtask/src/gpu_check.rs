@@ -26,7 +26,7 @@ use tame_backbones::weights::{load_backbone, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind, Mode, Precision};
 use tame_metrics::{normalize_maps, EvalConfig, Evaluator, Explainer, ImageScores, TameExplainer};
 use tame_ops::{with_kernels, Kernels};
-use tame_train::{BackboneMode, TrainConfig, Trainer};
+use tame_train::{BackboneMode, RunInputs, TrainConfig, Trainer};
 
 use crate::bench::{input_side, mechanism, timed, Timing};
 use pytorch::{run_pytorch, PyTorchSide};
@@ -302,6 +302,7 @@ fn train_config(net: &dyn Backbone, batch: usize) -> TrainConfig {
         per_sample_masks: false,
         backbone_mode,
         precision: Precision::F32,
+        inputs: RunInputs::default(),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct CheckpointMeta {
     /// Free-form configuration of the run that wrote it.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// SHA-256 (hex) of the tensor file this sidecar belongs to, set by
+    /// [`write_checkpoint_pair`]; absent in sidecars written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors_sha256: Option<String>,
 }
 
 mod version_name {
@@ -58,6 +62,18 @@ impl CheckpointMeta {
         })?;
         serde_json::from_str(&text).map_err(|source| AmError::Metadata { path: json, source })
     }
+
+    /// Checks that `bytes`, the content of the tensor file `path`, are the ones this sidecar
+    /// was written for: a mismatch is a pair left half-written by a crash or a kill.
+    pub fn check_tensors(&self, bytes: &[u8], path: &Path) -> Result<(), AmError> {
+        match &self.tensors_sha256 {
+            Some(expected) if *expected != sha256_hex(bytes) => Err(AmError::HalfWritten {
+                path: path.to_path_buf(),
+                sidecar: sidecar_path(path),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The JSON sidecar path of checkpoint `path`: same stem, `.json`.
@@ -79,8 +95,7 @@ pub struct LoadedCheckpoint {
 
 impl AttentionMechanism {
     /// Writes the state dict as safetensors at `path` and `meta` as JSON next to it
-    /// ([`sidecar_path`]). Each file is written under a temporary name in the same folder and
-    /// then renamed, so a reader never sees a half-written file.
+    /// ([`sidecar_path`]), as one commit ([`write_checkpoint_pair`]).
     pub fn save(&self, path: impl AsRef<Path>, meta: &CheckpointMeta) -> Result<(), AmError> {
         self.save_as(path, meta, Storage::Full)
     }
@@ -93,22 +108,11 @@ impl AttentionMechanism {
         meta: &CheckpointMeta,
         storage: Storage,
     ) -> Result<(), AmError> {
-        let path = path.as_ref();
         let mut tensors = HashMap::new();
         for (name, t) in self.state_dict()? {
             storage.encode(name, t, &mut tensors)?;
         }
-        write_safetensors(path, &tensors)?;
-
-        let json = sidecar_path(path);
-        let text = serde_json::to_string_pretty(meta).map_err(|source| AmError::Metadata {
-            path: json.clone(),
-            source,
-        })?;
-        tame_atomic::write(&json, text.as_bytes()).map_err(|source| AmError::Io {
-            path: json.clone(),
-            source,
-        })
+        write_checkpoint_pair(path.as_ref(), &tensors, meta)
     }
 
     /// Reads a checkpoint for the mechanism `config`: the project's safetensors format
@@ -201,6 +205,7 @@ impl AttentionMechanism {
             e => e,
         })?;
         if let Some(meta) = &meta {
+            meta.check_tensors(bytes, name)?;
             check_meta(meta, config).map_err(mismatch)?;
         }
         let am = Self::from_tensors(config, tensors, dtype, device).map_err(|e| match e {
@@ -328,16 +333,45 @@ fn check_meta(meta: &CheckpointMeta, config: &AmConfig) -> Result<(), Mismatch> 
     Ok(())
 }
 
-/// Writes `tensors` as a safetensors file at `path` through tame-atomic: whole or not at all,
-/// with the permissions of any new file (candle's own writer renames an owner-only
-/// temporary file over the target).
-pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), AmError> {
+/// Writes `tensors` as a safetensors file at `path` and `meta` as its sidecar, as one commit.
+///
+/// Each file is written whole through tame-atomic (with the permissions of any new file:
+/// candle's own writer renames an owner-only temporary file over the target). The sidecar
+/// goes first and records the tensor file's SHA-256; the tensor file's rename is the commit.
+/// A crash at any point leaves the previous pair, a sidecar without its tensor file, or a
+/// sidecar whose hash the old tensor file does not match: never a pair that reads as whole.
+pub fn write_checkpoint_pair(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    meta: &CheckpointMeta,
+) -> Result<(), AmError> {
     let bytes = safetensors::serialize(tensors, None).map_err(|e| AmError::Safetensors {
         path: path.to_path_buf(),
         source: candle_core::Error::msg(e),
     })?;
-    tame_atomic::write(path, &bytes).map_err(|source| AmError::Io {
-        path: path.to_path_buf(),
+    let meta = CheckpointMeta {
+        tensors_sha256: Some(sha256_hex(&bytes)),
+        ..meta.clone()
+    };
+    let json = sidecar_path(path);
+    let text = serde_json::to_string_pretty(&meta).map_err(|source| AmError::Metadata {
+        path: json.clone(),
         source,
-    })
+    })?;
+    let write = |path: &Path, bytes: &[u8]| {
+        tame_atomic::write(path, bytes).map_err(|source| AmError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    write(&json, text.as_bytes())?;
+    write(path, &bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

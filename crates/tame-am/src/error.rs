@@ -66,6 +66,19 @@ pub enum AmError {
         /// The first difference found.
         mismatch: Mismatch,
     },
+    /// A tensor file that is not the one its sidecar was written for.
+    #[error(
+        "{}: does not match its sidecar {} (a checkpoint left half-written by a crash or a \
+         kill; use an earlier one)",
+        path.display(),
+        sidecar.display()
+    )]
+    HalfWritten {
+        /// The tensor file.
+        path: PathBuf,
+        /// Its sidecar.
+        sidecar: PathBuf,
+    },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

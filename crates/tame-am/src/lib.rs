@@ -37,7 +37,9 @@ mod layers;
 mod mechanism;
 mod version;
 
-pub use checkpoint::{sidecar_path, write_safetensors, CheckpointMeta, LoadedCheckpoint, Storage};
+pub use checkpoint::{
+    sidecar_path, write_checkpoint_pair, CheckpointMeta, LoadedCheckpoint, Storage,
+};
 pub use config::{AmConfig, TapShape, NUM_CLASSES};
 pub use error::{AmError, Mismatch};
 pub use mechanism::{AttentionMechanism, Branches};

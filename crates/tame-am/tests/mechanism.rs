@@ -223,7 +223,31 @@ fn meta(version: Version) -> CheckpointMeta {
         epoch: 3,
         global_step: 1234,
         config: serde_json::json!({ "max_lr": 1e-3 }),
+        tensors_sha256: None,
     }
+}
+
+/// The sidecar records its tensor file's hash: tensors it was not written for (the state a
+/// kill between the two renames of a rewrite leaves) are refused, not loaded.
+#[test]
+fn a_tensor_file_its_sidecar_was_not_written_for_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = common::synthetic_am(&config, DType::F32);
+    let (path, other) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    am.save(&path, &meta(Version::Tame)).unwrap();
+    am.forward(&common::synthetic_taps(&config, 2, DType::F32), true)
+        .unwrap();
+    am.save(&other, &meta(Version::Tame)).unwrap();
+    std::fs::copy(&other, &path).unwrap();
+    let err = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(matches!(err, tame_am::AmError::HalfWritten { .. }), "{err}");
+    assert!(err.to_string().contains("half-written"), "{err}");
 }
 
 #[test]
@@ -254,7 +278,13 @@ fn save_then_load_is_exact() {
     }
 
     let loaded = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(loaded.meta.as_ref(), Some(&meta(Version::Tame)));
+    let saved_meta = loaded.meta.clone().unwrap();
+    assert!(saved_meta.tensors_sha256.is_some());
+    let unhashed = tame_am::CheckpointMeta {
+        tensors_sha256: None,
+        ..saved_meta
+    };
+    assert_eq!(unhashed, meta(Version::Tame));
     assert_eq!((loaded.epoch, loaded.global_step), (Some(3), Some(1234)));
     let (before, after) = (am.state_dict().unwrap(), loaded.am.state_dict().unwrap());
     assert_eq!(before.len(), after.len());

@@ -5,7 +5,7 @@
 //! crash, a full disk or Ctrl-C leaves the previous file (or none), never a partial one.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use tempfile::TempPath;
 
@@ -25,7 +25,10 @@ pub fn temp_beside(path: &Path) -> io::Result<TempPath> {
         .unwrap_or_default();
     let prefix = format!(".{name}.");
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
+    builder
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .rand_bytes(RANDOM_LEN);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -47,6 +50,39 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()?;
     persist(tmp, path)
 }
+
+/// Removes the temporaries that writes into `dir` killed before their rename left behind
+/// (named as [`temp_beside`] names them), and returns their paths. Only for a folder that no
+/// other process is writing to at the time.
+pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if is_temporary_name(&name.to_string_lossy()) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// `.<target>.<random>.tmp`, the random part as tempfile makes it.
+fn is_temporary_name(name: &str) -> bool {
+    let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    inner.rsplit_once('.').is_some_and(|(target, random)| {
+        !target.is_empty()
+            && random.len() == RANDOM_LEN
+            && random.chars().all(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// Characters of a temporary's random part: tempfile's default, set explicitly so that
+/// [`remove_leftovers`] recognises what [`temp_beside`] makes.
+const RANDOM_LEN: usize = 6;
 
 #[cfg(test)]
 mod tests {
@@ -89,6 +125,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = write(&dir.path().join("no/such/out.png"), b"x").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn leftovers_of_killed_writes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch_1.safetensors");
+        write(&path, b"whole").unwrap();
+        // A kill between writing and renaming leaves the temporary: forget it as a kill would.
+        let tmp = temp_beside(&path).unwrap();
+        let left = tmp.to_path_buf();
+        tmp.keep().unwrap();
+        for other in [".hidden", "notes.tmp", ".x.toolong1.tmp", "epoch_1.json"] {
+            std::fs::write(dir.path().join(other), b"keep").unwrap();
+        }
+        assert_eq!(remove_leftovers(dir.path()).unwrap(), [left]);
+        assert_eq!(
+            names_in(dir.path()),
+            [
+                ".hidden",
+                ".x.toolong1.tmp",
+                "epoch_1.json",
+                "epoch_1.safetensors",
+                "notes.tmp"
+            ]
+        );
     }
 
     #[cfg(unix)]

@@ -36,6 +36,25 @@ pub enum WeightsSpec {
     Synthetic,
 }
 
+impl WeightsSpec {
+    /// What tells these weights apart from others across runs: `sha256:<hex>` of a file's
+    /// content (wherever it lies), `hub:<owner>/<repo>`, or `synthetic`.
+    pub fn identity(&self) -> std::result::Result<String, WeightsError> {
+        Ok(match self {
+            WeightsSpec::File(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(WeightsError::io(format!("cannot open {}", path.display())))?;
+                let digest =
+                    cache::copy_hashing(&mut std::io::BufReader::new(file), &mut std::io::sink())
+                        .map_err(WeightsError::io(format!("cannot read {}", path.display())))?;
+                format!("sha256:{digest}")
+            }
+            WeightsSpec::Hub(repo) => format!("hub:{repo}"),
+            WeightsSpec::Synthetic => "synthetic".into(),
+        })
+    }
+}
+
 impl FromStr for WeightsSpec {
     type Err = BackboneError;
 
@@ -232,6 +251,24 @@ impl SimpleBackend for NamedTensors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A weights file is known by its content, not its path.
+    #[test]
+    fn a_weights_file_is_identified_by_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            WeightsSpec::File(path).identity().unwrap()
+        };
+        let a = file("a.pth", b"weights");
+        assert_eq!(a, file("moved.pth", b"weights"));
+        assert_ne!(a, file("b.pth", b"other weights"));
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64, "{a}");
+        let missing = WeightsSpec::File(dir.path().join("none.pth")).identity();
+        assert!(missing.unwrap_err().to_string().contains("none.pth"));
+        assert_eq!(WeightsSpec::Synthetic.identity().unwrap(), "synthetic");
+    }
 
     /// A backbone file's NaN, infinite or integer weights are refused naming the file and
     /// the tensor, whatever type the model asks for.

@@ -8,12 +8,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 use tame_am::{AmConfig, AttentionMechanism, CheckpointMeta, Version};
 use tame_backbones::{Backbone, BackboneKind};
 use tame_data::{Augmentation, ImageList, Loader, LoaderConfig};
 use tame_train::{
-    find_latest_checkpoint, read_checkpoint, BackboneMode, StepObserver, StepRecord, StopReason,
-    TrainConfig, Trainer,
+    find_latest_checkpoint, read_checkpoint, BackboneMode, RunInputs, StepObserver, StepRecord,
+    StopReason, TrainConfig, Trainer,
 };
 
 use crate::common::{parse_layers, write_atomically, ModelArgs};
@@ -209,7 +210,25 @@ impl SetupArgs {
                 BackboneModeArg::Eval => BackboneMode::Eval,
             },
             precision: self.model.precision,
+            inputs: RunInputs::default(),
         }
+    }
+
+    /// What the run reads, for `--resume` to check: the list's and a weights file's SHA-256
+    /// (the weights file is read once more for it), the order and the augmentation.
+    pub fn run_inputs(&self) -> Result<RunInputs> {
+        let list = std::fs::read(&self.train_list)
+            .with_context(|| format!("cannot read {}", self.train_list.display()))?;
+        let weights = match &self.model.weights {
+            Some(spec) => spec.identity()?,
+            None => "default".into(),
+        };
+        Ok(RunInputs {
+            train_list_sha256: Some(format!("{:x}", Sha256::digest(&list))),
+            shuffle: Some(!self.no_shuffle),
+            augmentation: Some(self.augmentation().to_string()),
+            weights: Some(weights),
+        })
     }
 
     /// The sidecar fields that describe the mechanism.
@@ -222,6 +241,7 @@ impl SetupArgs {
             epoch: 0,
             global_step: 0,
             config: serde_json::Value::Null,
+            tensors_sha256: None,
         }
     }
 }
@@ -238,11 +258,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         PathBuf::from("snapshots").join(format!("{}_{}", kind.name(), args.setup.version))
     });
     let setup = args.setup.open(true)?;
-    let config = args.setup.train_config(&setup, epochs, max_lr);
+    let config = TrainConfig {
+        inputs: args.setup.run_inputs()?,
+        ..args.setup.train_config(&setup, epochs, max_lr)
+    };
     let resume_from = resume_from(args.resume.as_ref(), &snapshot_dir)?;
     let mut trainer = start(&args.setup, &setup, &config, resume_from.as_deref())?;
     std::fs::create_dir_all(&snapshot_dir)
         .with_context(|| format!("cannot create {}", snapshot_dir.display()))?;
+    let leftovers = tame_atomic::remove_leftovers(&snapshot_dir)
+        .with_context(|| format!("cannot clean {}", snapshot_dir.display()))?;
+    if !leftovers.is_empty() {
+        eprintln!(
+            "removed {} temporary files an interrupted write left in {}",
+            leftovers.len(),
+            snapshot_dir.display()
+        );
+    }
     record_run(&snapshot_dir, &args, &config, resume_from.as_deref())?;
 
     let stop = StopSignals::watch()?;
@@ -273,25 +305,30 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint `--resume` names (the newest in the snapshot folder when none is given);
-/// without `--resume`, a folder that already holds checkpoints is an error.
+/// The checkpoint `--resume` names (the newest complete one in the snapshot folder when
+/// none is given); without `--resume`, a folder that already holds checkpoints is an error.
 fn resume_from(resume: Option<&Option<PathBuf>>, snapshot_dir: &Path) -> Result<Option<PathBuf>> {
-    match resume {
-        None => {
-            if let Some(existing) = find_latest_checkpoint(snapshot_dir)? {
-                bail!(
-                    "{} already holds checkpoints ({}); continue with --resume or choose \
-                     another --snapshot-dir",
-                    snapshot_dir.display(),
-                    existing.display()
-                );
-            }
-            Ok(None)
-        }
-        Some(Some(path)) => Ok(Some(path.clone())),
-        Some(None) => Ok(Some(find_latest_checkpoint(snapshot_dir)?.with_context(
-            || format!("--resume: no checkpoint in {}", snapshot_dir.display()),
-        )?)),
+    if matches!(resume, Some(Some(_))) {
+        return Ok(resume.cloned().flatten());
+    }
+    let scan = find_latest_checkpoint(snapshot_dir)?;
+    for (path, why) in &scan.incomplete {
+        eprintln!("passing over {}: {why}", path.display());
+    }
+    match (resume, scan.latest) {
+        (None, Some(existing)) => bail!(
+            "{} already holds checkpoints ({}); continue with --resume or choose another \
+             --snapshot-dir",
+            snapshot_dir.display(),
+            existing.display()
+        ),
+        (None, None) => Ok(None),
+        (_, latest) => Ok(Some(latest.with_context(|| {
+            format!(
+                "--resume: no complete checkpoint in {}",
+                snapshot_dir.display()
+            )
+        })?)),
     }
 }
 

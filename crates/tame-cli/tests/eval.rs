@@ -34,6 +34,7 @@ fn save_am(dir: &Path, epoch: u64, seed: u64) {
         epoch,
         global_step: epoch * 10,
         config: serde_json::Value::Null,
+        tensors_sha256: None,
     };
     am.save(dir.join(format!("epoch_{epoch}.safetensors")), &meta)
         .unwrap();

@@ -31,6 +31,7 @@ fn synthetic_am(dir: &Path, backbone: &str, taps: [&str; 3], shapes: Vec<TapShap
         epoch: 0,
         global_step: 0,
         config: serde_json::Value::Null,
+        tensors_sha256: None,
     };
     am.save(&path, &meta).unwrap();
     path

@@ -255,3 +255,77 @@ fn training_on_no_readable_image_fails_naming_the_images() {
     );
     assert!(!snap.join("epoch_1.safetensors").exists(), "{out}");
 }
+
+/// `--resume` continues the same run only: another list, order, augmentation or seed is
+/// refused with each difference named. A pair a kill left half-written is passed over for
+/// the newest complete checkpoint, and a killed write's temporary is cleaned up.
+#[test]
+fn resume_checks_the_run_and_passes_over_half_written_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = write_list(dir.path(), 2);
+    let snap = dir.path().join("snap");
+    let snap_s = snap.to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        SAMPLES,
+        "--train-list",
+        &list,
+        "--batch-size",
+        "2",
+        "--snapshot-dir",
+        &snap_s,
+        "--backbone-mode",
+        "eval",
+    ];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { [&args[..], &["--epochs", "2"], extra].concat() };
+    let (ok, out) = tame(&with(&[]));
+    assert!(ok, "{out}");
+    // What a kill between the two renames of epoch 2's pair left, when the tensors were
+    // renamed first: tensors without their sidecar.
+    std::fs::remove_file(snap.join("epoch_2.json")).unwrap();
+
+    let (ok, out) = tame(&with(&[
+        "--resume",
+        "--no-shuffle",
+        "--augment",
+        "none",
+        "--seed",
+        "3",
+    ]));
+    assert!(!ok, "{out}");
+    for difference in [
+        "shuffle: true then, false now",
+        "augmentation: \"reference\" then, \"none\" now",
+        "seed: 0 then, 3 now",
+    ] {
+        assert!(out.contains(difference), "{difference}: {out}");
+    }
+    std::fs::write(&list, "coffee.jpg 967\nastronaut.jpg 834\n").unwrap();
+    let (ok, out) = tame(&with(&["--resume"]));
+    assert!(!ok && out.contains("train_list_sha256"), "{out}");
+    write_list(dir.path(), 2);
+
+    // What a kill mid-write leaves: a temporary beside its target.
+    let leftover = snap.join(".epoch_2.safetensors.a1B2c3.tmp");
+    std::fs::write(&leftover, b"half").unwrap();
+    let (ok, out) = tame(&with(&["--resume"]));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("passing over") && out.contains("epoch_2.safetensors"),
+        "{out}"
+    );
+    assert!(
+        out.contains("resuming from") && out.contains("epoch_1.safetensors"),
+        "{out}"
+    );
+    assert!(!leftover.exists(), "{out}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snap.join("epoch_2.json")).unwrap()).unwrap();
+    assert_eq!(meta["global_step"], 2);
+}

@@ -43,9 +43,9 @@ pub struct TrainCheckpoint {
     pub meta: CheckpointMeta,
 }
 
-/// Writes a checkpoint at `path` (`.safetensors`) and its sidecar, each through a
-/// temporary file and a rename. The tensors are written first; the sidecar repeats their
-/// position, so a pair left half-written by a crash is detected when read.
+/// Writes a checkpoint at `path` (`.safetensors`) and its sidecar as one commit
+/// ([`tame_am::write_checkpoint_pair`]): a pair left half-written by a crash is detected
+/// when read, and [`find_latest_checkpoint`] passes over it.
 pub fn write_checkpoint(
     path: &Path,
     am: &AttentionMechanism,
@@ -59,18 +59,13 @@ pub fn write_checkpoint(
     }
     let position = [state.epoch, state.batches_done, state.global_step].map(|v| v as i64);
     tensors.insert(POSITION.into(), Tensor::new(&position, &Device::Cpu)?);
-    tame_am::write_safetensors(path, &tensors)?;
-
-    let mut meta = meta.clone();
-    meta.epoch = state.epoch;
-    meta.global_step = state.global_step;
-    meta.config = serde_json::to_value(state).map_err(|e| bad(path, e.to_string()))?;
-    let json = sidecar_path(path);
-    let text = serde_json::to_string_pretty(&meta).map_err(|e| bad(path, e.to_string()))?;
-    tame_atomic::write(&json, text.as_bytes()).map_err(|source| TrainError::Io {
-        path: json.clone(),
-        source,
-    })
+    let meta = CheckpointMeta {
+        epoch: state.epoch,
+        global_step: state.global_step,
+        config: serde_json::to_value(state).map_err(|e| bad(path, e.to_string()))?,
+        ..meta.clone()
+    };
+    Ok(tame_am::write_checkpoint_pair(path, &tensors, &meta)?)
 }
 
 /// Reads a checkpoint written by [`write_checkpoint`] for the mechanism `config`.
@@ -98,6 +93,7 @@ pub fn read_checkpoint(
         ));
     }
     let meta = CheckpointMeta::read(path).map_err(|e| bad(path, e.to_string()))?;
+    meta.check_tensors(&bytes, path)?;
     let state: TrainState = serde_json::from_value(meta.config.clone()).map_err(|e| {
         bad(
             path,
@@ -155,12 +151,23 @@ pub fn read_checkpoint(
     })
 }
 
-/// The checkpoint in `dir` with the most optimizer steps (`epoch_<k>.safetensors` or
-/// `interrupted.safetensors`), `None` when there is none. At equal steps the epoch one wins.
-pub fn find_latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>, TrainError> {
+/// What [`find_latest_checkpoint`] found in a folder.
+#[derive(Debug, Default)]
+pub struct CheckpointScan {
+    /// The complete checkpoint with the most optimizer steps.
+    pub latest: Option<PathBuf>,
+    /// Checkpoints a crash or a kill left incomplete, with why; they are passed over.
+    pub incomplete: Vec<(PathBuf, String)>,
+}
+
+/// The complete checkpoint in `dir` with the most optimizer steps (`epoch_<k>.safetensors`
+/// or `interrupted.safetensors`; at equal steps the epoch one wins). A checkpoint without
+/// its sidecar, or whose sidecar was written for other tensors, is incomplete: listed, not
+/// chosen.
+pub fn find_latest_checkpoint(dir: &Path) -> Result<CheckpointScan, TrainError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CheckpointScan::default()),
         Err(source) => {
             return Err(TrainError::Io {
                 path: dir.to_path_buf(),
@@ -168,7 +175,8 @@ pub fn find_latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>, TrainError>
             })
         }
     };
-    let mut best: Option<((u64, bool), PathBuf)> = None;
+    let mut scan = CheckpointScan::default();
+    let mut best: Option<(u64, bool)> = None;
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(stem) = path
@@ -184,13 +192,30 @@ pub fn find_latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>, TrainError>
         if !is_epoch && stem != "interrupted" {
             continue;
         }
-        let meta = CheckpointMeta::read(&path).map_err(|e| bad(&path, e.to_string()))?;
+        let meta = match complete_pair(&path) {
+            Ok(meta) => meta,
+            Err(why) => {
+                scan.incomplete.push((path, why));
+                continue;
+            }
+        };
         let key = (meta.global_step, is_epoch);
-        if best.as_ref().is_none_or(|(k, _)| key > *k) {
-            best = Some((key, path));
+        if best.is_none_or(|k| key > k) {
+            best = Some(key);
+            scan.latest = Some(path);
         }
     }
-    Ok(best.map(|(_, p)| p))
+    scan.incomplete.sort();
+    Ok(scan)
+}
+
+/// The sidecar of `path` when the pair is complete, otherwise why not.
+fn complete_pair(path: &Path) -> Result<CheckpointMeta, String> {
+    let meta = CheckpointMeta::read(path).map_err(|e| e.to_string())?;
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    meta.check_tensors(&bytes, path)
+        .map_err(|e| e.to_string())?;
+    Ok(meta)
 }
 
 fn bad(path: &Path, reason: String) -> TrainError {

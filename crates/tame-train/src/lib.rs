@@ -18,8 +18,8 @@ mod sgd;
 mod trainer;
 
 pub use checkpoint::{
-    find_latest_checkpoint, read_checkpoint, write_checkpoint, TrainCheckpoint, TrainState,
-    OPTIMIZER_PREFIX,
+    find_latest_checkpoint, read_checkpoint, write_checkpoint, CheckpointScan, TrainCheckpoint,
+    TrainState, OPTIMIZER_PREFIX,
 };
 pub use error::TrainError;
 pub use lr_finder::{
@@ -29,5 +29,6 @@ pub use plot::{plot_lr_curves, AxisRanges};
 pub use schedule::OneCycle;
 pub use sgd::{ParamGroup, Sgd};
 pub use trainer::{
-    BackboneMode, StepObserver, StepRecord, StopReason, TrainConfig, TrainOutcome, Trainer,
+    BackboneMode, RunInputs, StepObserver, StepRecord, StopReason, TrainConfig, TrainOutcome,
+    Trainer,
 };

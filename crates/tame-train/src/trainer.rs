@@ -66,6 +66,45 @@ pub struct TrainConfig {
     /// any case); runs recorded before it existed ran in f32.
     #[serde(default)]
     pub precision: Precision,
+    /// What the run reads.
+    #[serde(flatten)]
+    pub inputs: RunInputs,
+}
+
+/// What a run reads besides its settings, recorded so that a resumption can check that it
+/// reads the same. `None` is not known: not said by the caller, or not recorded by the run
+/// that wrote the checkpoint; it is not compared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInputs {
+    /// SHA-256 of the training list's bytes.
+    #[serde(default)]
+    pub train_list_sha256: Option<String>,
+    /// Whether the order is shuffled each epoch.
+    #[serde(default)]
+    pub shuffle: Option<bool>,
+    /// The training augmentation's name.
+    #[serde(default)]
+    pub augmentation: Option<String>,
+    /// The backbone weights' identity (a file's SHA-256, a hub repository, `synthetic`).
+    #[serde(default)]
+    pub weights: Option<String>,
+}
+
+/// Each setting in which `now` differs from `saved`, as `name: <saved> then, <now> now`;
+/// settings either does not know (`null`) are passed over.
+fn differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (saved, now) = (as_map(saved), as_map(now));
+    now.iter()
+        .filter(|(_, value)| !value.is_null())
+        .filter_map(|(name, value)| {
+            let before = saved.get(name).filter(|v| !v.is_null())?;
+            (before != value).then(|| format!("{name}: {before} then, {value} now"))
+        })
+        .collect()
 }
 
 impl TrainConfig {
@@ -243,11 +282,11 @@ impl<'a> Trainer<'a> {
         };
         let saved: TrainConfig = serde_json::from_value(checkpoint.state.run.clone())
             .map_err(|e| bad(format!("unreadable run settings ({e})")))?;
-        if saved != config {
+        let differences = differences(&saved, &config);
+        if !differences.is_empty() {
             return Err(bad(format!(
-                "it was written by a run with other settings:\n  saved: {}\n  now:   {}",
-                serde_json::to_string(&saved).unwrap_or_default(),
-                serde_json::to_string(&config).unwrap_or_default()
+                "it was written by a run with other settings: {}",
+                differences.join("; ")
             )));
         }
         let expected = checkpoint.state.epoch * steps_per_epoch + checkpoint.state.batches_done;

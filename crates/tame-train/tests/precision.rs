@@ -178,7 +178,7 @@ fn lower_precisions_leave_the_mechanism_and_optimizer_in_f32_and_are_recorded() 
         let refused = Trainer::resume(net.as_ref(), checkpoint.unwrap(), other, 4, &path);
         let message = refused.err().expect("refused").to_string();
         assert!(
-            message.contains(&format!("\"precision\":\"{precision}\"")),
+            message.contains(&format!("precision: \"{precision}\" then, \"f32\" now")),
             "{message}"
         );
     }

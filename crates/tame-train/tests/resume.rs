@@ -91,7 +91,10 @@ fn interrupted_and_resumed_runs_end_bit_identical() {
     let split = tempfile::tempdir().unwrap();
     let reason = run(backbone.as_ref(), split.path(), None, Some(3));
     assert_eq!(reason, StopReason::Interrupted);
-    let latest = find_latest_checkpoint(split.path()).unwrap().unwrap();
+    let latest = find_latest_checkpoint(split.path())
+        .unwrap()
+        .latest
+        .unwrap();
     assert_eq!(latest, split.path().join("interrupted.safetensors"));
     run(backbone.as_ref(), split.path(), Some(&latest), None);
     assert_eq!(

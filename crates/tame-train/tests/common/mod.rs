@@ -9,7 +9,7 @@ use tame_backbones::synthetic::synthetic_values;
 use tame_backbones::weights::{load_backbone, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind, Precision};
 use tame_data::{ImageList, Loader, LoaderConfig};
-use tame_train::{BackboneMode, TrainConfig};
+use tame_train::{BackboneMode, RunInputs, TrainConfig};
 
 /// The committed free-licence photos (`tests/photos/`).
 pub const SAMPLE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/photos");
@@ -136,6 +136,7 @@ pub fn config(
         per_sample_masks: false,
         backbone_mode: mode,
         precision: Precision::F32,
+        inputs: RunInputs::default(),
     }
 }
 
@@ -149,6 +150,7 @@ pub fn meta(kind: BackboneKind) -> CheckpointMeta {
         epoch: 0,
         global_step: 0,
         config: serde_json::Value::Null,
+        tensors_sha256: None,
     }
 }
 
