@@ -13,6 +13,12 @@ pub enum BackboneError {
         valid: String,
     },
 
+    #[error(
+        "tap `{name}` gives {shape:?}, not a feature map (batch, channels, height, width): \
+         the attention mechanism reads convolutional taps (`tame inspect` lists them)"
+    )]
+    NotAFeatureMap { name: String, shape: Vec<usize> },
+
     #[error("{path}: {message}")]
     WeightsFile { path: PathBuf, message: String },
 

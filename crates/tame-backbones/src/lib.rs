@@ -127,9 +127,13 @@ pub trait Backbone: Send + Sync {
         let out = self.forward(&image, &self.tap_request(taps, false)?, Mode::Eval)?;
         out.taps
             .iter()
-            .map(|t| {
-                let (_, c, h, w) = t.dims4()?;
-                Ok([c, h, w])
+            .zip(taps)
+            .map(|(t, name)| match *t.dims() {
+                [_, c, h, w] => Ok([c, h, w]),
+                _ => Err(BackboneError::NotAFeatureMap {
+                    name: name.clone(),
+                    shape: t.dims().to_vec(),
+                }),
             })
             .collect()
     }

@@ -106,3 +106,30 @@ fn files_that_are_not_regular_files_are_refused_as_such() {
         assert!(stderr.contains(expected), "{flag} {path}: {stderr}");
     }
 }
+
+/// A tap that is not a feature map (the classifier's `fc`) is named in one line, with no
+/// backtrace even when `RUST_BACKTRACE` is set (it was a rank error from candle with one).
+#[test]
+fn a_tap_that_is_not_a_feature_map_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("train.txt");
+    std::fs::write(&list, "coffee.jpg 967\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tame"))
+        .args(["train", "--model", "resnet50", "--weights", "synthetic"])
+        .args(["--layers", "layer4,fc", "--img-dir"])
+        .arg(support::samples())
+        .arg("--train-list")
+        .arg(&list)
+        .arg("--snapshot-dir")
+        .arg(dir.path().join("snap"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("tap `fc` gives [1, 1000], not a feature map"),
+        "{stderr}"
+    );
+}
