@@ -150,7 +150,16 @@ pub fn check_writable(file: &Path) -> Result<()> {
     }
     tame_atomic::temp_beside(file)
         .map(drop)
-        .with_context(|| format!("cannot write {}", file.display()))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", file.display(), os_cause(&e)))
+}
+
+/// The operating system's words for `e`, without the temporary file's name that tempfile
+/// adds (the user named another path).
+fn os_cause(e: &std::io::Error) -> String {
+    e.raw_os_error().map_or_else(
+        || e.to_string(),
+        |code| std::io::Error::from_raw_os_error(code).to_string(),
+    )
 }
 
 /// Whether folder `dir` can be made and written later, without making it now (a run that
@@ -174,7 +183,16 @@ pub fn check_dir_can_be_made(dir: &Path) -> Result<()> {
             existing.display()
         );
     }
-    check_writable(&existing.join("probe"))
+    tame_atomic::temp_beside(&existing.join("probe"))
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create {}: {} takes no new file ({})",
+                dir.display(),
+                existing.display(),
+                os_cause(&e)
+            )
+        })
 }
 
 /// [`check_writable`] for the files a command writes into folder `dir`.
