@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// The file could not be read.
     #[error("cannot read the file: {0}")]
     Io(#[from] std::io::Error),
+    /// The path names a folder, device or pipe: only regular files are read.
+    #[error("not a regular file")]
+    NotAFile,
     /// The file is neither a zip archive nor a legacy PyTorch pickle.
     #[error("not a PyTorch checkpoint: {0}")]
     BadMagic(String),

@@ -56,7 +56,7 @@ pub fn read_tensors(
     key: Option<&str>,
 ) -> Result<Vec<(String, Tensor)>, PthError> {
     let path = path.as_ref();
-    let data = std::fs::read(path).map_err(|e| PthError::new(path, e.into()))?;
+    let data = read_file(path).map_err(|e| PthError::new(path, e))?;
     load_tensors(&data, key).map_err(|e| PthError::new(path, e))
 }
 
@@ -101,7 +101,7 @@ pub enum Scalar {
 /// the tensors as [`read_tensors`] finds them with no key, plus the top-level scalars.
 pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint, PthError> {
     let path = path.as_ref();
-    let data = std::fs::read(path).map_err(|e| PthError::new(path, e.into()))?;
+    let data = read_file(path).map_err(|e| PthError::new(path, e))?;
     load_checkpoint(&data).map_err(|e| PthError::new(path, e))
 }
 
@@ -115,6 +115,15 @@ pub fn strip_prefix(tensors: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String
             None => (name, t),
         })
         .collect()
+}
+
+/// The whole file, which must be a regular file: a device such as /dev/zero would be read
+/// without end, a pipe would block.
+fn read_file(path: &Path) -> Result<Vec<u8>, ErrorKind> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(ErrorKind::NotAFile);
+    }
+    Ok(std::fs::read(path)?)
 }
 
 fn load_tensors(data: &[u8], key: Option<&str>) -> Result<Vec<(String, Tensor)>, ErrorKind> {
