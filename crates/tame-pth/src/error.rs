@@ -65,6 +65,9 @@ pub enum ErrorKind {
     /// The zip container is corrupt.
     #[error("bad zip archive: {0}")]
     Zip(#[from] zip::result::ZipError),
+    /// Decoding a pickle reached one of its limits (e.g. "memo exceeds 1048576 entries").
+    #[error("pickle {0}")]
+    PickleLimit(String),
     /// The requested key is not in the top-level dict.
     #[error("key {key:?} not found; keys present: {}", list(keys))]
     KeyNotFound {
