@@ -65,6 +65,20 @@ pub enum ErrorKind {
     /// The zip container is corrupt.
     #[error("bad zip archive: {0}")]
     Zip(#[from] zip::result::ZipError),
+    /// A zip entry declares more data than this reader accepts for it.
+    #[error(
+        "zip entry {name} declares {}, more than the {} allowed",
+        size(*declared),
+        size(*limit)
+    )]
+    EntryTooLarge {
+        /// The entry's name.
+        name: String,
+        /// Its declared uncompressed size, in bytes.
+        declared: u64,
+        /// The most accepted, in bytes.
+        limit: u64,
+    },
     /// Decoding a pickle reached one of its limits (e.g. "memo exceeds 1048576 entries").
     #[error("pickle {0}")]
     PickleLimit(String),
@@ -103,10 +117,39 @@ pub enum ErrorKind {
     Candle(#[from] candle_core::Error),
 }
 
+/// A byte count for messages: "512 bytes", "64.0 MiB".
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "none".to_string()
     } else {
         items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes_read_as_bytes_or_binary_units() {
+        assert_eq!(size(0), "0 bytes");
+        assert_eq!(size(1023), "1023 bytes");
+        assert_eq!(size(64 << 20), "64.0 MiB");
+        assert_eq!(size(3 << 29), "1.5 GiB");
+        assert_eq!(size(u64::MAX), "16384.0 PiB");
     }
 }

@@ -229,6 +229,20 @@ fn refused(path: &Path, expected: &str) -> PthError {
     err
 }
 
+#[test]
+fn deflate_bomb_as_data_pkl_is_refused_by_its_declared_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 GiB of NONE opcodes in 1 MB: decoded, each would be a value on the stack.
+    let bytes = zip(&[Entry::bomb("archive/data.pkl", b"", b'N', 1024)], &[]);
+    assert!(bytes.len() < 2 << 20);
+    let path = file(dir.path(), "bomb.pth", &bytes);
+    let err = refused(
+        &path,
+        "zip entry archive/data.pkl declares 1.0 GiB, more than the 64.0 MiB allowed",
+    );
+    assert!(matches!(err.kind(), ErrorKind::EntryTooLarge { .. }));
+}
+
 /// A zip checkpoint whose data.pkl is a NONE then `mib` MiB of `op`, deflated.
 fn flood(dir: &Path, op: u8, mib: u32) -> PathBuf {
     let bytes = zip(&[Entry::bomb("archive/data.pkl", b"N", op, mib)], &[]);
