@@ -82,6 +82,27 @@ pub enum ErrorKind {
     /// Decoding a pickle reached one of its limits (e.g. "memo exceeds 1048576 entries").
     #[error("pickle {0}")]
     PickleLimit(String),
+    /// The storages read and the tensors built would take far more memory than the file's
+    /// size explains: at most 8 times its size plus 64 MiB.
+    #[error(
+        "{what} brings the data read to {}, more than the {} allowed for a file of {} \
+         ({} times its size plus {})",
+        size(*total),
+        size(*limit),
+        size(*file),
+        crate::budget::RATIO,
+        size(crate::budget::SLACK)
+    )]
+    TooMuchData {
+        /// The storage or tensor that went over: "storage KEY" or "tensor NAME".
+        what: String,
+        /// The bytes it would bring the total to.
+        total: u64,
+        /// The most allowed, in bytes.
+        limit: u64,
+        /// The file's size, in bytes.
+        file: u64,
+    },
     /// The requested key is not in the top-level dict.
     #[error("key {key:?} not found; keys present: {}", list(keys))]
     KeyNotFound {

@@ -27,6 +27,7 @@
 //! # Ok::<(), tame_pth::PthError>(())
 //! ```
 
+mod budget;
 mod error;
 mod legacy;
 mod pickle;
@@ -35,12 +36,14 @@ mod source;
 mod tensor;
 mod zipped;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Tensor;
 
 pub use error::{ErrorKind, PthError};
 
+use budget::DataBudget;
 use source::Source;
 
 /// Reads every tensor of a state dict, in the file's order.
@@ -129,7 +132,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ErrorKind> {
 fn load_tensors(data: &[u8], key: Option<&str>) -> Result<Vec<(String, Tensor)>, ErrorKind> {
     let mut source = Source::open(data)?;
     let specs = select::state_dict(source.root(), key)?;
-    materialize(&mut source, specs)
+    materialize(&mut source, specs, data.len())
 }
 
 fn load_checkpoint(data: &[u8]) -> Result<Checkpoint, ErrorKind> {
@@ -141,7 +144,7 @@ fn load_checkpoint(data: &[u8]) -> Result<Checkpoint, ErrorKind> {
         .filter_map(|(k, v)| Some((k.to_string(), scalar(v)?)))
         .collect();
     Ok(Checkpoint {
-        tensors: materialize(&mut source, specs)?,
+        tensors: materialize(&mut source, specs, data.len())?,
         scalars,
     })
 }
@@ -157,17 +160,40 @@ fn scalar(v: &pickle::Value) -> Option<Scalar> {
     }
 }
 
+/// Builds the tensors, each storage read once however many tensors share it, and all
+/// within the [`DataBudget`] of a file of `file_len` bytes.
 fn materialize(
     source: &mut Source<'_>,
     specs: Vec<(String, tensor::TensorSpec)>,
+    file_len: usize,
 ) -> Result<Vec<(String, Tensor)>, ErrorKind> {
-    specs
-        .into_iter()
-        .map(|(name, spec)| {
-            let bytes = source.storage(&spec.storage)?;
-            Ok((name, spec.materialize(&bytes)?))
-        })
-        .collect()
+    let mut budget = DataBudget::new(file_len);
+    // Per storage: the most bytes one of its tensors needs, and the last tensor using it.
+    let mut plan: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (i, (_, spec)) in specs.iter().enumerate() {
+        let need = spec.storage.byte_len()?;
+        let (most, last) = plan.entry(&spec.storage.key).or_insert((need, i));
+        (*most, *last) = (need.max(*most), i);
+    }
+    // Storages read and still needed by a later tensor.
+    let mut kept = HashMap::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, (name, spec)) in specs.iter().enumerate() {
+        budget.charge(|| format!("tensor {name}"), spec.byte_len()? as u64)?;
+        let key = spec.storage.key.as_str();
+        let own = spec.storage.byte_len()?;
+        let (need, last) = plan.get(key).copied().unwrap_or((own, i));
+        let bytes = match kept.remove(key) {
+            Some(bytes) => bytes,
+            None => source.storage(key, need, &mut budget)?,
+        };
+        let tensor = spec.materialize(bytes.get(..own).unwrap_or(&bytes))?;
+        if last > i {
+            kept.insert(key, bytes);
+        }
+        out.push((name.clone(), tensor));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 
 use std::borrow::Cow;
 
+use crate::budget::DataBudget;
 use crate::error::ErrorKind;
 use crate::legacy::{self, Legacy};
 use crate::pickle::Value;
-use crate::tensor::StorageRef;
 use crate::zipped::{self, Zipped};
 
 /// An opened checkpoint: its unpickled object and its storages.
@@ -34,17 +34,21 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// The raw bytes of a storage.
-    pub(crate) fn storage(&mut self, storage: &StorageRef) -> Result<Cow<'a, [u8]>, ErrorKind> {
+    /// The raw bytes of storage `key`: at least its first `len` bytes unless it is shorter,
+    /// counted in `budget` where they must be read out of the file.
+    pub(crate) fn storage(
+        &mut self,
+        key: &str,
+        len: usize,
+        budget: &mut DataBudget,
+    ) -> Result<Cow<'a, [u8]>, ErrorKind> {
         match self {
             Self::Legacy(l) => l
                 .storages
-                .get(&storage.key)
+                .get(key)
                 .map(|b| Cow::Borrowed(*b))
-                .ok_or_else(|| {
-                    ErrorKind::Malformed(format!("storage {} has no data", storage.key))
-                }),
-            Self::Zip(z) => z.storage(storage).map(Cow::Owned),
+                .ok_or_else(|| ErrorKind::Malformed(format!("storage {key} has no data"))),
+            Self::Zip(z) => z.storage(key, len, budget).map(Cow::Owned),
         }
     }
 }

@@ -78,6 +78,13 @@ pub(crate) struct StorageRef {
 }
 
 impl StorageRef {
+    /// The storage's size in bytes, as declared.
+    pub(crate) fn byte_len(&self) -> Result<usize, ErrorKind> {
+        self.numel
+            .checked_mul(self.kind.elem_size())
+            .ok_or_else(|| malformed(&self.key, "storage size overflows"))
+    }
+
     pub(crate) fn from_pid(pid: &Value) -> Result<Self, ErrorKind> {
         let bad = || ErrorKind::Malformed(format!("bad storage id: {}", pid.describe()));
         let items = pid.as_tuple().ok_or_else(bad)?;
@@ -192,6 +199,20 @@ impl TensorSpec {
         })
     }
 
+    /// The tensor's size in bytes once built.
+    pub(crate) fn byte_len(&self) -> Result<usize, ErrorKind> {
+        self.numel()?
+            .checked_mul(self.storage.kind.dtype().size_in_bytes())
+            .ok_or_else(|| malformed(&self.storage.key, "shape overflows"))
+    }
+
+    fn numel(&self) -> Result<usize, ErrorKind> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| malformed(&self.storage.key, "shape overflows"))
+    }
+
     /// Builds the tensor from its storage's raw little-endian bytes.
     pub(crate) fn materialize(&self, storage: &[u8]) -> Result<Tensor, ErrorKind> {
         let kind = self.storage.kind;
@@ -217,11 +238,7 @@ impl TensorSpec {
     fn gather(&self, storage: &[u8]) -> Result<Vec<u8>, ErrorKind> {
         let size = self.storage.kind.elem_size();
         let available = storage.len() / size;
-        let numel = self
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| malformed(&self.storage.key, "shape overflows"))?;
+        let numel = self.numel()?;
         if numel == 0 {
             return Ok(Vec::new());
         }

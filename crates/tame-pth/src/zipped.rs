@@ -6,9 +6,9 @@ use std::io::{Cursor, Read};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
+use crate::budget::DataBudget;
 use crate::error::ErrorKind;
 use crate::pickle::{self, Value};
-use crate::tensor::StorageRef;
 
 /// Deflate expands data at most about 1032-fold: a larger claimed size is corrupt.
 const MAX_DEFLATE_RATIO: u64 = 1032;
@@ -58,13 +58,15 @@ pub(crate) fn parse(data: &[u8]) -> Result<Zipped<'_>, ErrorKind> {
 }
 
 impl Zipped<'_> {
-    /// The raw bytes of one storage.
-    pub(crate) fn storage(&mut self, storage: &StorageRef) -> Result<Vec<u8>, ErrorKind> {
-        let len = storage
-            .numel
-            .checked_mul(storage.kind.elem_size())
-            .ok_or_else(|| ErrorKind::Malformed(format!("storage {} is too large", storage.key)))?;
-        let name = format!("{}data/{}", self.prefix, storage.key);
+    /// The first `len` bytes of storage `key`, counted in `budget` before they are read.
+    pub(crate) fn storage(
+        &mut self,
+        key: &str,
+        len: usize,
+        budget: &mut DataBudget,
+    ) -> Result<Vec<u8>, ErrorKind> {
+        budget.charge(|| format!("storage {key}"), len as u64)?;
+        let name = format!("{}data/{key}", self.prefix);
         read_entry(&mut self.archive, &name, Want::Prefix(len as u64))
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tame_pth::{read_checkpoint, ErrorKind, PthError};
+use tame_pth::{read_checkpoint, read_tensors, ErrorKind, PthError};
 
 /// A pickle written opcode by opcode (protocol 2).
 struct Pickle(Vec<u8>);
@@ -75,6 +75,16 @@ impl Pickle {
         self.op(b".");
         std::mem::take(&mut self.0)
     }
+}
+
+/// The pickle of `{'w': tensor}` with `tensor` one float tensor of storage `0`.
+fn one_tensor(numel: usize, shape: &[usize], stride: &[usize]) -> Vec<u8> {
+    Pickle::new()
+        .op(b"}")
+        .str("w")
+        .tensor("0", numel, shape, stride)
+        .op(b"s")
+        .stop()
 }
 
 /// One zip entry: its name, method (0 stored, 8 deflated), bytes as stored, and the
@@ -170,6 +180,32 @@ fn zip_checkpoint(pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
     zip(&entries, &[])
 }
 
+/// A legacy checkpoint: magic, protocol, sys info, `pickle`, the storage keys, the storages.
+fn legacy_checkpoint(pickle: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.");
+    out.extend_from_slice(b"\x80\x02M\xe9\x03.");
+    out.extend(
+        Pickle::new()
+            .op(b"}")
+            .str("little_endian")
+            .op(b"\x88s")
+            .stop(),
+    );
+    out.extend_from_slice(pickle);
+    let mut keys = Pickle::new();
+    keys.op(b"]");
+    for (key, _) in storages {
+        keys.str(key).op(b"a");
+    }
+    out.extend(keys.stop());
+    for (_, data) in storages {
+        out.extend_from_slice(&(data.len() as i64 / 4).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
 /// A raw deflate stream of `head` then `mib` MiB of `byte`, about a thousandth of that
 /// size: after the first, every compressed MiB only refers back to copies of `byte`, so
 /// it can repeat.
@@ -241,6 +277,118 @@ fn deflate_bomb_as_data_pkl_is_refused_by_its_declared_size() {
         "zip entry archive/data.pkl declares 1.0 GiB, more than the 64.0 MiB allowed",
     );
     assert!(matches!(err.kind(), ErrorKind::EntryTooLarge { .. }));
+}
+
+#[test]
+fn deflate_bomb_as_storage_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    // One tensor of 2 GiB of zeros, deflated to about 2 MB.
+    let numel = 1 << 29;
+    let pickle = one_tensor(numel, &[numel], &[1]);
+    let entries = [
+        Entry::stored("archive/data.pkl", &pickle),
+        Entry::bomb("archive/data/0", b"", 0, 2048),
+    ];
+    let path = file(dir.path(), "bomb.pth", &zip(&entries, &[]));
+    let err = refused(
+        &path,
+        "tensor w brings the data read to 2.0 GiB, more than the",
+    );
+    assert!(matches!(err.kind(), ErrorKind::TooMuchData { .. }));
+}
+
+#[test]
+fn zip_entries_sharing_their_data_cannot_multiply_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 600 storage names in the central directory, all pointing at one 1 MiB entry, each
+    // read by two tensors (so each would be kept for the second): 600 MiB from 1 MiB.
+    let numel = 1 << 18;
+    let mut p = Pickle::new();
+    p.op(b"}");
+    for round in 0..2 {
+        for i in 0..600 {
+            p.str(&format!("w{round}.{i}"))
+                .tensor(&i.to_string(), numel, &[1], &[1])
+                .op(b"s");
+        }
+    }
+    let data = vec![0u8; numel * 4];
+    let entries = [
+        Entry::stored("archive/data.pkl", &p.stop()),
+        Entry::stored("archive/data/0", &data),
+    ];
+    let names: Vec<String> = (1..600).map(|i| format!("archive/data/{i}")).collect();
+    let aliases: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+    let path = file(dir.path(), "aliased.pth", &zip(&entries, &aliases));
+    let err = refused(&path, "brings the data read to");
+    assert!(matches!(err.kind(), ErrorKind::TooMuchData { .. }));
+}
+
+#[test]
+fn tensors_sharing_one_storage_cannot_multiply_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4096 names for one tensor of a 1 MiB storage, then one stride-0 tensor that repeats
+    // its storage 64 times: 4 GiB and 64 MiB of tensors from a 1 MiB file.
+    let numel = 1 << 18;
+    let storage = vec![0u8; numel * 4];
+    let mut shared = Pickle::new();
+    shared
+        .op(b"}")
+        .str("w0")
+        .tensor("0", numel, &[numel], &[1])
+        .put(0)
+        .op(b"s");
+    for i in 1..4096 {
+        shared.str(&format!("w{i}")).get(0).op(b"s");
+    }
+    let shared = shared.stop();
+    let repeated = one_tensor(numel, &[64, numel], &[0, 1]);
+    for (name, bytes) in [
+        (
+            "shared.zip.pth",
+            zip_checkpoint(&shared, &[("0", &storage)]),
+        ),
+        (
+            "shared.legacy.pth",
+            legacy_checkpoint(&shared, &[("0", &storage)]),
+        ),
+    ] {
+        let path = file(dir.path(), name, &bytes);
+        let err = refused(&path, "brings the data read to");
+        assert!(matches!(err.kind(), ErrorKind::TooMuchData { .. }), "{err}");
+    }
+    // 64 MiB from 1 MiB is within the allowance (stride-0 tensors exist).
+    let path = file(
+        dir.path(),
+        "repeated.zip.pth",
+        &zip_checkpoint(&repeated, &[("0", &storage)]),
+    );
+    assert_eq!(read_tensors(&path, None).unwrap()[0].1.dims(), [64, numel]);
+}
+
+#[test]
+fn many_views_of_one_storage_read_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20000 one-element views of a 16 MiB storage: read once, not once per view (320 GB).
+    let numel = 1 << 22;
+    let mut p = Pickle::new();
+    p.op(b"}")
+        .str("w0")
+        .tensor("0", numel, &[1], &[1])
+        .put(0)
+        .op(b"s");
+    for i in 1..20_000 {
+        p.str(&format!("w{i}")).get(0).op(b"s");
+    }
+    let storage = vec![0u8; numel * 4];
+    let path = file(
+        dir.path(),
+        "views.pth",
+        &zip_checkpoint(&p.stop(), &[("0", &storage)]),
+    );
+    let started = Instant::now();
+    assert_eq!(read_tensors(&path, None).unwrap().len(), 20_000);
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 /// A zip checkpoint whose data.pkl is a NONE then `mib` MiB of `op`, deflated.
