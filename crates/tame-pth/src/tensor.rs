@@ -8,6 +8,9 @@ use crate::pickle::Value;
 /// A tensor may repeat its storage's elements (stride 0) at most this many times over;
 /// beyond that a tiny corrupt file could ask for an enormous allocation.
 const MAX_EXPANSION: usize = 64;
+/// Real tensors have a handful of dimensions; copying a strided tensor costs time per
+/// element and dimension, so thousands of size-1 dimensions would make it crawl.
+const MAX_DIMS: usize = 64;
 
 /// The element type of a typed PyTorch storage (`torch.FloatStorage` etc.).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +193,15 @@ impl TensorSpec {
         let stride = to_dims(stride).ok_or_else(bad)?;
         if shape.len() != stride.len() {
             return Err(bad());
+        }
+        if shape.len() > MAX_DIMS {
+            return Err(malformed(
+                &storage.key,
+                &format!(
+                    "tensor with {} dimensions, more than {MAX_DIMS}",
+                    shape.len()
+                ),
+            ));
         }
         Ok(Self {
             storage,

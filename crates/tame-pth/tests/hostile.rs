@@ -470,6 +470,29 @@ fn shared_pickle_objects_count_at_each_use() {
     refused(&path, "pickle expands to more than 4194304 objects");
 }
 
+#[test]
+fn tensor_rank_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    // A strided tensor of 1M elements with 100000 extra dimensions of size 1: copying it
+    // would step through every dimension for every element (1e11 steps).
+    let numel = 1 << 20;
+    let mut shape = vec![numel / 2];
+    shape.extend(std::iter::repeat_n(1, 100_000));
+    let mut stride = vec![2];
+    stride.extend(std::iter::repeat_n(1, 100_000));
+    let pickle = one_tensor(numel, &shape, &stride);
+    let storage = vec![0u8; numel * 4];
+    let path = file(
+        dir.path(),
+        "rank.pth",
+        &zip_checkpoint(&pickle, &[("0", &storage)]),
+    );
+    refused(
+        &path,
+        "storage 0: tensor with 100001 dimensions, more than 64",
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn only_regular_files_are_read() {
