@@ -1,5 +1,6 @@
 //! Error types. Every public error names the file it came from.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// An error while reading a PyTorch checkpoint: the file and what went wrong.
@@ -153,17 +154,28 @@ fn size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Names for a one-line message: the first 20, each cut short, then how many more.
 fn list(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".to_string()
-    } else {
-        items.join(", ")
+    const SHOWN: usize = 20;
+    let shown: Vec<_> = items.iter().take(SHOWN).map(|s| short(s)).collect();
+    match items.len() {
+        0 => "none".to_string(),
+        n if n <= SHOWN => shown.join(", "),
+        n => format!("{}, and {} more", shown.join(", "), n - SHOWN),
+    }
+}
+
+/// `s` cut to its first 60 characters, for a one-line message.
+pub(crate) fn short(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(60) {
+        None => Cow::Borrowed(s),
+        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::size;
+    use super::{list, short, size};
 
     #[test]
     fn sizes_read_as_bytes_or_binary_units() {
@@ -172,5 +184,16 @@ mod tests {
         assert_eq!(size(64 << 20), "64.0 MiB");
         assert_eq!(size(3 << 29), "1.5 GiB");
         assert_eq!(size(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn long_names_and_lists_are_cut_short() {
+        assert_eq!(short("conv1.weight"), "conv1.weight");
+        let long = "é".repeat(100);
+        assert_eq!(short(&long), format!("{}…", "é".repeat(60)));
+        let names: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+        assert_eq!(list(&names[..2]), "0, 1");
+        assert!(list(&names).ends_with(", 18, 19, and 5 more"));
+        assert_eq!(list(&[]), "none");
     }
 }

@@ -179,7 +179,10 @@ fn materialize(
     let mut kept = HashMap::new();
     let mut out = Vec::with_capacity(specs.len());
     for (i, (name, spec)) in specs.iter().enumerate() {
-        budget.charge(|| format!("tensor {name}"), spec.byte_len()? as u64)?;
+        budget.charge(
+            || format!("tensor {}", error::short(name)),
+            spec.byte_len()? as u64,
+        )?;
         let key = spec.storage.key.as_str();
         let own = spec.storage.byte_len()?;
         let (need, last) = plan.get(key).copied().unwrap_or((own, i));

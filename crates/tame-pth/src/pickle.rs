@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 
 /// Deepest nesting accepted; real checkpoints stay far below it.
 const MAX_DEPTH: u16 = 200;
@@ -202,14 +202,14 @@ impl Value {
             Value::Int(i) => format!("the int {i}"),
             Value::BigInt(_) => "a big int".into(),
             Value::Float(f) => format!("the float {f}"),
-            Value::Str(s) => format!("the string {s:?}"),
+            Value::Str(s) => format!("the string {:?}", short(s)),
             Value::Bytes(n) => format!("{n} bytes"),
-            Value::Global(g) => format!("the global {}.{}", g.module, g.name),
+            Value::Global(g) => format!("the global {}.{}", short(&g.module), short(&g.name)),
             Value::Tuple(_) => "a tuple".into(),
             Value::List(_) => "a list".into(),
             Value::Dict(_) => "a dict".into(),
             Value::Call(n) => match pair(n).and_then(|(c, _)| c.as_global()) {
-                Some(g) => format!("a call to {}.{}", g.module, g.name),
+                Some(g) => format!("a call to {}.{}", short(&g.module), short(&g.name)),
                 None => "a call".into(),
             },
             Value::Build(_) => "an object with state".into(),

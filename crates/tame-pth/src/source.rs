@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use crate::budget::DataBudget;
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 use crate::legacy::{self, Legacy};
 use crate::pickle::Value;
 use crate::zipped::{self, Zipped};
@@ -47,7 +47,7 @@ impl<'a> Source<'a> {
                 .storages
                 .get(key)
                 .map(|b| Cow::Borrowed(*b))
-                .ok_or_else(|| ErrorKind::Malformed(format!("storage {key} has no data"))),
+                .ok_or_else(|| ErrorKind::Malformed(format!("storage {} has no data", short(key)))),
             Self::Zip(z) => z.storage(key, len, budget).map(Cow::Owned),
         }
     }

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 use crate::pickle::Value;
 
 /// A tensor may repeat its storage's elements (stride 0) at most this many times over;
@@ -103,7 +103,11 @@ impl StorageRef {
         let kind = StorageKind::from_name(&class.name)
             .filter(|_| class.module == "torch")
             .ok_or_else(|| {
-                ErrorKind::UnsupportedStorage(format!("{}.{}", class.module, class.name))
+                ErrorKind::UnsupportedStorage(format!(
+                    "{}.{}",
+                    short(&class.module),
+                    short(&class.name)
+                ))
             })?;
         let key = key.as_str().ok_or_else(bad)?.to_string();
         let numel = to_usize(numel).ok_or_else(bad)?;
@@ -310,7 +314,7 @@ fn is_rebuild_v2(v: &Value) -> bool {
 }
 
 fn malformed(key: &str, msg: &str) -> ErrorKind {
-    ErrorKind::Malformed(format!("storage {key}: {msg}"))
+    ErrorKind::Malformed(format!("storage {}: {msg}", short(key)))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
 use crate::budget::DataBudget;
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 use crate::pickle::{self, Value};
 
 /// Deflate expands data at most about 1032-fold: a larger claimed size is corrupt.
@@ -65,7 +65,7 @@ impl Zipped<'_> {
         len: usize,
         budget: &mut DataBudget,
     ) -> Result<Vec<u8>, ErrorKind> {
-        budget.charge(|| format!("storage {key}"), len as u64)?;
+        budget.charge(|| format!("storage {}", short(key)), len as u64)?;
         let name = format!("{}data/{key}", self.prefix);
         read_entry(&mut self.archive, &name, Want::Prefix(len as u64))
     }
@@ -96,7 +96,10 @@ fn read_entry(
 ) -> Result<Vec<u8>, ErrorKind> {
     let entry = match archive.by_name(name) {
         Err(ZipError::FileNotFound) => {
-            return Err(ErrorKind::Malformed(format!("missing zip entry {name}")))
+            return Err(ErrorKind::Malformed(format!(
+                "missing zip entry {}",
+                short(name)
+            )))
         }
         entry => entry?,
     };
@@ -104,7 +107,7 @@ fn read_entry(
     let want = match want {
         Want::Whole(limit) if declared > limit => {
             return Err(ErrorKind::EntryTooLarge {
-                name: name.to_string(),
+                name: short(name).into_owned(),
                 declared,
                 limit,
             })
@@ -118,7 +121,8 @@ fn read_entry(
     };
     if want > declared || want > bound {
         return Err(ErrorKind::Malformed(format!(
-            "zip entry {name} holds {declared} bytes, {want} needed"
+            "zip entry {} holds {declared} bytes, {want} needed",
+            short(name)
         )));
     }
     let mut buf = Vec::new();

@@ -471,6 +471,24 @@ fn shared_pickle_objects_count_at_each_use() {
 }
 
 #[test]
+fn messages_stay_on_one_short_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // 50000 keys, one of them 1 MiB long, and no tensor: the error lists the keys.
+    let mut p = Pickle::new();
+    p.op(b"}(").str(&"k".repeat(1 << 20)).op(b"N");
+    for i in 0..50_000 {
+        p.str(&format!("key{i}")).op(b"N");
+        if i % 1000 == 999 {
+            p.op(b"u(");
+        }
+    }
+    p.op(b"u");
+    let path = file(dir.path(), "keys.pth", &zip_checkpoint(&p.stop(), &[]));
+    let err = refused(&path, "and 49981 more; entries holding tensors: none");
+    assert!(err.to_string().len() < 1000, "{err}");
+}
+
+#[test]
 fn tensor_rank_is_capped() {
     let dir = tempfile::tempdir().unwrap();
     // A strided tensor of 1M elements with 100000 extra dimensions of size 1: copying it
