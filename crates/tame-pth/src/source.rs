@@ -20,6 +20,10 @@ impl<'a> Source<'a> {
         match data {
             [b'P', b'K', 3, 4, ..] => Ok(Self::Zip(zipped::parse(data)?)),
             [0x80, ..] => Ok(Self::Legacy(legacy::parse(data)?)),
+            // The little-endian length of a JSON header, then its `{`.
+            [_, _, _, _, _, _, _, _, b'{', ..] => Err(ErrorKind::BadMagic(
+                "it looks like a safetensors file".into(),
+            )),
             _ => Err(ErrorKind::BadMagic(format!(
                 "starts with {:02x?}, neither a zip archive nor a pickle",
                 &data[..data.len().min(4)]
