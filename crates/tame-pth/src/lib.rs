@@ -17,8 +17,28 @@
 //! | Char (int8) | `I16` | widened: candle has no `I8` |
 //! | Byte, Bool | `U8` | bools are 0 or 1 |
 //!
-//! Corrupt input yields an error, never a panic: sizes read from the file are
-//! checked against the file's length before anything is allocated.
+//! # Limits
+//!
+//! Corrupt or hostile input yields one error, never a panic, and is refused before
+//! it takes much memory or time: declared sizes are checked against the file's
+//! length and these limits before anything is allocated for them, and what the
+//! pickle builds is counted as it is built. Real checkpoints (ResNet-50 or VGG-16
+//! state dicts of 100-550 MB, TAME training checkpoints) stay far inside them.
+//!
+//! - Only regular files are read ([`ErrorKind::NotAFile`]).
+//! - In a zip archive, `data.pkl` may declare 64 MiB, or the file's size if larger
+//!   ([`ErrorKind::EntryTooLarge`]); a storage entry must hold the bytes its tensors
+//!   declare, and deflated data cannot claim more than deflate's 1032:1 ratio.
+//! - Each pickle holds at most 1,048,576 memo entries and 1,048,576 stack entries
+//!   (values and marks), and decodes to at most 4,194,304 objects, counting a shared
+//!   (memoised) object at each use and a string as one object per 16 bytes
+//!   ([`ErrorKind::PickleLimit`]). A state dict needs about 35 objects a tensor; the
+//!   bounds keep decoding one pickle within a few hundred MB at worst.
+//! - A tensor has at most 64 dimensions, lies within its storage and repeats it
+//!   (stride 0) at most 64 times over ([`ErrorKind::Malformed`]).
+//! - The storage bytes read plus the tensors built total at most 8 times the file's
+//!   size plus 64 MiB ([`ErrorKind::TooMuchData`]); a real checkpoint needs about
+//!   twice its size, as a storage shared by several tensors is read once.
 //!
 //! ```no_run
 //! let ckpt = tame_pth::read_checkpoint("tame_vgg16.pth")?;
