@@ -151,7 +151,7 @@ impl AttentionMechanism {
             AmError::State(m) => mismatch(m),
             e => e,
         };
-        if is_safetensors(&bytes) {
+        if is_safetensors(path, &bytes) {
             let meta = match sidecar_path(path).exists() {
                 true => Some(CheckpointMeta::read(path)?),
                 false => None,
@@ -188,13 +188,12 @@ impl AttentionMechanism {
             path: name.to_path_buf(),
             mismatch: m,
         };
-        let tensors =
-            candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|source| {
-                AmError::Safetensors {
-                    path: name.to_path_buf(),
-                    source,
-                }
-            })?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
+            AmError::Safetensors {
+                path: name.to_path_buf(),
+                source: candle_core::Error::msg(format!("not a readable safetensors file: {e}")),
+            }
+        })?;
         // Training checkpoints also hold optimizer state under `optimizer.`: not ours.
         let tensors: Vec<_> = tensors
             .into_iter()
@@ -309,12 +308,14 @@ fn dequantize(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, A
     Ok(out)
 }
 
-/// A safetensors file starts with the little-endian length of its JSON header, then `{`.
-fn is_safetensors(bytes: &[u8]) -> bool {
-    bytes.len() > 8 && bytes[8] == b'{' && {
-        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-        len <= (bytes.len() - 8) as u64
-    }
+/// A safetensors file is named so, or starts with the little-endian length of its JSON
+/// header, then `{`. The length is not checked: a damaged or truncated safetensors file
+/// is still reported as one, not as a broken pickle.
+fn is_safetensors(path: &Path, bytes: &[u8]) -> bool {
+    let named = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    named || bytes.get(8) == Some(&b'{')
 }
 
 fn check_meta(meta: &CheckpointMeta, config: &AmConfig) -> Result<(), Mismatch> {

@@ -487,6 +487,42 @@ fn int8_weights_without_their_scales_are_refused_naming_the_file() {
     assert!(err.contains("attn.fuser.weight.q8_scale"), "{err}");
 }
 
+/// A damaged safetensors checkpoint is reported as a safetensors file, whatever its name,
+/// and a file named `.safetensors` is read as one (both used to end in a pickle error).
+#[test]
+fn damaged_safetensors_checkpoints_are_reported_as_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(Version::Tame, &SMALL);
+    let am = AttentionMechanism::new(&config, 0, DType::F32, &Device::Cpu).unwrap();
+    let path = dir.path().join("am.safetensors");
+    am.save(&path, &meta(Version::Tame)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut huge_header = bytes.clone();
+    huge_header[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut not_json = bytes.clone();
+    not_json[8] = b'[';
+    for (name, damaged) in [
+        ("cut.safetensors", &bytes[..40]),
+        ("cut.pth", &bytes[..40]),
+        ("header.pth", &huge_header[..]),
+        ("json.safetensors", &not_json[..]),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, damaged).unwrap();
+        let err = AttentionMechanism::load(&path, &config, DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}: not a readable safetensors file: ",
+                path.display()
+            )),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn checkpoints_that_do_not_fit_are_refused_with_the_file_and_the_difference() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 use crate::pickle::{self, Value};
 use crate::tensor::{StorageKind, StorageRef};
 
@@ -55,12 +55,16 @@ pub(crate) fn parse(data: &[u8]) -> Result<Legacy<'_>, ErrorKind> {
             .as_str()
             .ok_or_else(|| ErrorKind::Malformed("non-string storage key".into()))?;
         let (kind, numel) = kinds.get(key).copied().ok_or_else(|| {
-            ErrorKind::Malformed(format!("storage {key} has data but no tensor uses it"))
+            ErrorKind::Malformed(format!(
+                "storage {} has data but no tensor uses it",
+                short(key)
+            ))
         })?;
         let bytes = storage_data(data, &mut pos, kind.elem_size())?;
         if bytes.len() / kind.elem_size() != numel {
             return Err(ErrorKind::Malformed(format!(
-                "storage {key} holds {} elements, its id says {numel}",
+                "storage {} holds {} elements, its id says {numel}",
+                short(key),
                 bytes.len() / kind.elem_size()
             )));
         }
@@ -94,7 +98,7 @@ fn storage_kinds(pids: &[Value]) -> Result<HashMap<String, (StorageKind, usize)>
         if *kinds.entry(storage.key.clone()).or_insert(entry) != entry {
             return Err(ErrorKind::Malformed(format!(
                 "storage {} is declared twice differently",
-                storage.key
+                short(&storage.key)
             )));
         }
     }

@@ -17,8 +17,28 @@
 //! | Char (int8) | `I16` | widened: candle has no `I8` |
 //! | Byte, Bool | `U8` | bools are 0 or 1 |
 //!
-//! Corrupt input yields an error, never a panic: sizes read from the file are
-//! checked against the file's length before anything is allocated.
+//! # Limits
+//!
+//! Corrupt or hostile input yields one error, never a panic, and is refused before
+//! it takes much memory or time: declared sizes are checked against the file's
+//! length and these limits before anything is allocated for them, and what the
+//! pickle builds is counted as it is built. Real checkpoints (ResNet-50 or VGG-16
+//! state dicts of 100-550 MB, TAME training checkpoints) stay far inside them.
+//!
+//! - Only regular files are read ([`ErrorKind::NotAFile`]).
+//! - In a zip archive, `data.pkl` may declare 64 MiB, or the file's size if larger
+//!   ([`ErrorKind::EntryTooLarge`]); a storage entry must hold the bytes its tensors
+//!   declare, and deflated data cannot claim more than deflate's 1032:1 ratio.
+//! - Each pickle holds at most 1,048,576 memo entries and 1,048,576 stack entries
+//!   (values and marks), and decodes to at most 4,194,304 objects, counting a shared
+//!   (memoised) object at each use and a string as one object per 16 bytes
+//!   ([`ErrorKind::PickleLimit`]). A state dict needs about 35 objects a tensor; the
+//!   bounds keep decoding one pickle within a few hundred MB at worst.
+//! - A tensor has at most 64 dimensions, lies within its storage and repeats it
+//!   (stride 0) at most 64 times over ([`ErrorKind::Malformed`]).
+//! - The storage bytes read plus the tensors built total at most 8 times the file's
+//!   size plus 64 MiB ([`ErrorKind::TooMuchData`]); a real checkpoint needs about
+//!   twice its size, as a storage shared by several tensors is read once.
 //!
 //! ```no_run
 //! let ckpt = tame_pth::read_checkpoint("tame_vgg16.pth")?;
@@ -27,6 +47,7 @@
 //! # Ok::<(), tame_pth::PthError>(())
 //! ```
 
+mod budget;
 mod error;
 mod legacy;
 mod pickle;
@@ -35,12 +56,14 @@ mod source;
 mod tensor;
 mod zipped;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Tensor;
 
 pub use error::{ErrorKind, PthError};
 
+use budget::DataBudget;
 use source::Source;
 
 /// Reads every tensor of a state dict, in the file's order.
@@ -56,7 +79,7 @@ pub fn read_tensors(
     key: Option<&str>,
 ) -> Result<Vec<(String, Tensor)>, PthError> {
     let path = path.as_ref();
-    let data = std::fs::read(path).map_err(|e| PthError::new(path, e.into()))?;
+    let data = read_file(path).map_err(|e| PthError::new(path, e))?;
     load_tensors(&data, key).map_err(|e| PthError::new(path, e))
 }
 
@@ -101,7 +124,7 @@ pub enum Scalar {
 /// the tensors as [`read_tensors`] finds them with no key, plus the top-level scalars.
 pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint, PthError> {
     let path = path.as_ref();
-    let data = std::fs::read(path).map_err(|e| PthError::new(path, e.into()))?;
+    let data = read_file(path).map_err(|e| PthError::new(path, e))?;
     load_checkpoint(&data).map_err(|e| PthError::new(path, e))
 }
 
@@ -117,10 +140,19 @@ pub fn strip_prefix(tensors: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String
         .collect()
 }
 
+/// The whole file, which must be a regular file: a device such as /dev/zero would be read
+/// without end, a pipe would block.
+fn read_file(path: &Path) -> Result<Vec<u8>, ErrorKind> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(ErrorKind::NotAFile);
+    }
+    Ok(std::fs::read(path)?)
+}
+
 fn load_tensors(data: &[u8], key: Option<&str>) -> Result<Vec<(String, Tensor)>, ErrorKind> {
     let mut source = Source::open(data)?;
     let specs = select::state_dict(source.root(), key)?;
-    materialize(&mut source, specs)
+    materialize(&mut source, specs, data.len())
 }
 
 fn load_checkpoint(data: &[u8]) -> Result<Checkpoint, ErrorKind> {
@@ -132,7 +164,7 @@ fn load_checkpoint(data: &[u8]) -> Result<Checkpoint, ErrorKind> {
         .filter_map(|(k, v)| Some((k.to_string(), scalar(v)?)))
         .collect();
     Ok(Checkpoint {
-        tensors: materialize(&mut source, specs)?,
+        tensors: materialize(&mut source, specs, data.len())?,
         scalars,
     })
 }
@@ -148,17 +180,43 @@ fn scalar(v: &pickle::Value) -> Option<Scalar> {
     }
 }
 
+/// Builds the tensors, each storage read once however many tensors share it, and all
+/// within the [`DataBudget`] of a file of `file_len` bytes.
 fn materialize(
     source: &mut Source<'_>,
     specs: Vec<(String, tensor::TensorSpec)>,
+    file_len: usize,
 ) -> Result<Vec<(String, Tensor)>, ErrorKind> {
-    specs
-        .into_iter()
-        .map(|(name, spec)| {
-            let bytes = source.storage(&spec.storage)?;
-            Ok((name, spec.materialize(&bytes)?))
-        })
-        .collect()
+    let mut budget = DataBudget::new(file_len);
+    // Per storage: the most bytes one of its tensors needs, and the last tensor using it.
+    let mut plan: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (i, (_, spec)) in specs.iter().enumerate() {
+        let need = spec.storage.byte_len()?;
+        let (most, last) = plan.entry(&spec.storage.key).or_insert((need, i));
+        (*most, *last) = (need.max(*most), i);
+    }
+    // Storages read and still needed by a later tensor.
+    let mut kept = HashMap::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, (name, spec)) in specs.iter().enumerate() {
+        budget.charge(
+            || format!("tensor {}", error::short(name)),
+            spec.byte_len()? as u64,
+        )?;
+        let key = spec.storage.key.as_str();
+        let own = spec.storage.byte_len()?;
+        let (need, last) = plan.get(key).copied().unwrap_or((own, i));
+        let bytes = match kept.remove(key) {
+            Some(bytes) => bytes,
+            None => source.storage(key, need, &mut budget)?,
+        };
+        let tensor = spec.materialize(bytes.get(..own).unwrap_or(&bytes))?;
+        if last > i {
+            kept.insert(key, bytes);
+        }
+        out.push((name.clone(), tensor));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -2,17 +2,28 @@
 //!
 //! Calls (`REDUCE`, `NEWOBJ`) and `BUILD` are recorded as data; only
 //! `collections.OrderedDict` is interpreted, because state dicts are made of it.
-//! Every length is checked against the bytes left, nesting is capped, and the
-//! copying that snapshot memo semantics can cause is budgeted, so corrupt input
-//! ends in an error rather than a panic, a huge allocation or a long loop.
+//! Every length is checked against the bytes left, nesting, the stack and the memo
+//! are capped, and the objects decoded are counted (a shared object at each use), so
+//! corrupt input ends in an error rather than a panic, a huge allocation or a long loop.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 
 /// Deepest nesting accepted; real checkpoints stay far below it.
 const MAX_DEPTH: u16 = 200;
+/// Values and marks on the stack at once: real pickles keep at most a few thousand
+/// (protocol 2 appends and sets items in batches of 1000).
+const MAX_STACK: usize = 1 << 20;
+/// Memo entries: about ten per tensor in a state dict.
+const MAX_MEMO: usize = 1 << 20;
+/// Objects decoded, counting a shared object each time it is used (so that a tree built
+/// by reusing memoised parts, walked or copied later, stays this small) and a string as
+/// one object per [`STRING_BYTES_PER_OBJECT`] bytes. A state dict takes about 35 a
+/// tensor (ResNet-50: about 11000); each object costs at most about 100 bytes of memory.
+const MAX_OBJECTS: u64 = 1 << 22;
+const STRING_BYTES_PER_OBJECT: usize = 16;
 
 /// A pickled value.
 #[derive(Clone, Debug)]
@@ -53,13 +64,20 @@ pub(crate) struct Node(Rc<NodeData>);
 #[derive(Clone, Debug)]
 struct NodeData {
     depth: u16,
+    /// This node and everything below it, as counted against [`MAX_OBJECTS`].
+    weight: u64,
     items: Vec<Value>,
 }
 
 impl Node {
     fn new(items: Vec<Value>) -> Result<Self, ErrorKind> {
         let depth = child_depth(items.iter())?;
-        Ok(Self(Rc::new(NodeData { depth, items })))
+        let weight = weight(&items).saturating_add(1);
+        Ok(Self(Rc::new(NodeData {
+            depth,
+            weight,
+            items,
+        })))
     }
 
     pub(crate) fn items(&self) -> &[Value] {
@@ -69,14 +87,21 @@ impl Node {
     /// Appends in place, copying first if the memo shares this node.
     fn extend(&mut self, values: Vec<Value>, budget: &mut Budget) -> Result<(), ErrorKind> {
         if Rc::strong_count(&self.0) > 1 {
-            budget.spend(self.0.items.len())?;
+            budget.spend(self.0.items.len() as u64)?;
         }
         let depth = child_depth(values.iter())?;
         let data = Rc::make_mut(&mut self.0);
         data.depth = data.depth.max(depth);
+        data.weight = data.weight.saturating_add(weight(&values));
         data.items.extend(values);
         Ok(())
     }
+}
+
+fn weight(items: &[Value]) -> u64 {
+    items
+        .iter()
+        .fold(0, |sum: u64, v| sum.saturating_add(v.weight()))
 }
 
 fn child_depth<'a>(items: impl Iterator<Item = &'a Value>) -> Result<u16, ErrorKind> {
@@ -90,16 +115,31 @@ fn child_depth<'a>(items: impl Iterator<Item = &'a Value>) -> Result<u16, ErrorK
 }
 
 impl Value {
-    fn depth(&self) -> u16 {
+    fn node(&self) -> Option<&Node> {
         match self {
             Value::Tuple(n)
             | Value::List(n)
             | Value::Dict(n)
             | Value::Call(n)
             | Value::Build(n)
-            | Value::PersId(n) => n.0.depth,
-            _ => 0,
+            | Value::PersId(n) => Some(n),
+            _ => None,
         }
+    }
+
+    fn depth(&self) -> u16 {
+        self.node().map_or(0, |n| n.0.depth)
+    }
+
+    /// The objects this value counts as: see [`MAX_OBJECTS`].
+    fn weight(&self) -> u64 {
+        let bytes = match self {
+            Value::Str(s) => s.len(),
+            Value::BigInt(b) => b.len(),
+            Value::Global(g) => g.module.len() + g.name.len(),
+            _ => return self.node().map_or(1, |n| n.0.weight),
+        };
+        1 + (bytes / STRING_BYTES_PER_OBJECT) as u64
     }
 
     pub(crate) fn as_str(&self) -> Option<&str> {
@@ -162,14 +202,14 @@ impl Value {
             Value::Int(i) => format!("the int {i}"),
             Value::BigInt(_) => "a big int".into(),
             Value::Float(f) => format!("the float {f}"),
-            Value::Str(s) => format!("the string {s:?}"),
+            Value::Str(s) => format!("the string {:?}", short(s)),
             Value::Bytes(n) => format!("{n} bytes"),
-            Value::Global(g) => format!("the global {}.{}", g.module, g.name),
+            Value::Global(g) => format!("the global {}.{}", short(&g.module), short(&g.name)),
             Value::Tuple(_) => "a tuple".into(),
             Value::List(_) => "a list".into(),
             Value::Dict(_) => "a dict".into(),
             Value::Call(n) => match pair(n).and_then(|(c, _)| c.as_global()) {
-                Some(g) => format!("a call to {}.{}", g.module, g.name),
+                Some(g) => format!("a call to {}.{}", short(&g.module), short(&g.name)),
                 None => "a call".into(),
             },
             Value::Build(_) => "an object with state".into(),
@@ -185,15 +225,15 @@ fn pair(n: &Node) -> Option<(&Value, &Value)> {
     }
 }
 
-/// A bound on the items copied when a shared (memoised) list or dict is mutated.
-struct Budget(usize);
+/// The objects still allowed: see [`MAX_OBJECTS`]. Copying a shared list or dict to
+/// change it counts each item copied.
+struct Budget(u64);
 
 impl Budget {
-    fn spend(&mut self, n: usize) -> Result<(), ErrorKind> {
-        self.0 = self
-            .0
-            .checked_sub(n)
-            .ok_or_else(|| ErrorKind::Malformed("pickle copies too much memoised data".into()))?;
+    fn spend(&mut self, n: u64) -> Result<(), ErrorKind> {
+        self.0 = self.0.checked_sub(n).ok_or_else(|| {
+            ErrorKind::PickleLimit(format!("expands to more than {MAX_OBJECTS} objects"))
+        })?;
         Ok(())
     }
 }
@@ -214,7 +254,7 @@ pub(crate) fn load(data: &[u8], pos: &mut usize) -> Result<Loaded, ErrorKind> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        budget: Budget(data.len().saturating_mul(16).saturating_add(1 << 20)),
+        budget: Budget(MAX_OBJECTS),
         persistent_ids: Vec::new(),
     };
     let value = m.run()?;
@@ -344,10 +384,39 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(mark))
     }
 
+    /// Pushes a value new to the pickle, counting it alone: the parts of a compound one
+    /// were counted when they were pushed.
+    fn push(&mut self, v: Value) -> Result<(), ErrorKind> {
+        let cost = if v.node().is_some() { 1 } else { v.weight() };
+        self.push_counted(v, cost)
+    }
+
+    /// Pushes one more use of a value, counting it whole: whatever walks the result
+    /// meets it once more.
+    fn push_shared(&mut self, v: Value) -> Result<(), ErrorKind> {
+        let cost = v.weight();
+        self.push_counted(v, cost)
+    }
+
+    fn push_counted(&mut self, v: Value, cost: u64) -> Result<(), ErrorKind> {
+        self.check_stack()?;
+        self.budget.spend(cost)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn check_stack(&self) -> Result<(), ErrorKind> {
+        if self.stack.len() + self.marks.len() >= MAX_STACK {
+            return Err(ErrorKind::PickleLimit(format!(
+                "stack exceeds {MAX_STACK} entries"
+            )));
+        }
+        Ok(())
+    }
+
     fn push_node(&mut self, make: fn(Node) -> Value, items: Vec<Value>) -> Result<(), ErrorKind> {
         let node = Node::new(items)?;
-        self.stack.push(make(node));
-        Ok(())
+        self.push(make(node))
     }
 
     fn memo_get(&mut self, id: u32) -> Result<(), ErrorKind> {
@@ -356,11 +425,15 @@ impl<'a> Machine<'a> {
             .get(&id)
             .ok_or_else(|| malformed("memo key missing"))?
             .clone();
-        self.stack.push(value);
-        Ok(())
+        self.push_shared(value)
     }
 
     fn memo_put(&mut self, id: u32) -> Result<(), ErrorKind> {
+        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&id) {
+            return Err(ErrorKind::PickleLimit(format!(
+                "memo exceeds {MAX_MEMO} entries"
+            )));
+        }
         let value = self.top()?.clone();
         self.memo.insert(id, value);
         Ok(())
@@ -410,7 +483,10 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.array::<8>()?; // FRAME: only a buffering hint
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    self.check_stack()?;
+                    self.marks.push(self.stack.len());
+                }
                 b'0' => {
                     // POP: an empty frame pops its mark, as in CPython.
                     if self.marks.last() == Some(&self.stack.len()) {
@@ -424,61 +500,61 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     let v = self.top()?.clone(); // DUP
-                    self.stack.push(v);
+                    self.push_shared(v)?;
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.array()?);
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.array()?);
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 0x8a => {
                     let n = self.len::<1>()?;
                     let v = self.long(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8b => {
                     let n = self.len::<4>()?;
                     let v = self.long(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.array()?);
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
                 b'X' => {
                     let n = self.len::<4>()?;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8c => {
                     let n = self.len::<1>()?;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8d => {
                     let n = self.len::<8>()?;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'T' => {
                     let n = self.len::<4>()?;
                     let v = self.py2_string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'U' => {
                     let n = self.len::<1>()?;
                     let v = self.py2_string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'B' | b'C' | 0x8e => {
                     let n = match op {
@@ -487,7 +563,7 @@ impl<'a> Machine<'a> {
                         _ => self.len::<8>()?,
                     };
                     self.take(n)?;
-                    self.stack.push(Value::Bytes(n));
+                    self.push(Value::Bytes(n))?;
                 }
                 b')' => self.push_node(Value::Tuple, Vec::new())?,
                 b't' => {
@@ -536,8 +612,7 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack
-                        .push(Value::Global(Rc::new(Global { module, name })));
+                    self.push(Value::Global(Rc::new(Global { module, name })))?;
                 }
                 0x93 => {
                     // STACK_GLOBAL
@@ -545,10 +620,10 @@ impl<'a> Machine<'a> {
                     let module = self.pop()?;
                     match (module.as_str(), name.as_str()) {
                         (Some(module), Some(name)) => {
-                            self.stack.push(Value::Global(Rc::new(Global {
+                            self.push(Value::Global(Rc::new(Global {
                                 module: module.into(),
                                 name: name.into(),
-                            })))
+                            })))?
                         }
                         _ => return Err(malformed("STACK_GLOBAL without strings")),
                     }
@@ -570,6 +645,8 @@ impl<'a> Machine<'a> {
                 }
                 b'Q' => {
                     let id = self.pop()?;
+                    // A second use of the id: each is turned into a storage reference.
+                    self.budget.spend(id.weight())?;
                     self.persistent_ids.push(id.clone());
                     self.push_node(Value::PersId, vec![id])?;
                 }

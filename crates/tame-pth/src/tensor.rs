@@ -2,12 +2,15 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::ErrorKind;
+use crate::error::{short, ErrorKind};
 use crate::pickle::Value;
 
 /// A tensor may repeat its storage's elements (stride 0) at most this many times over;
 /// beyond that a tiny corrupt file could ask for an enormous allocation.
 const MAX_EXPANSION: usize = 64;
+/// Real tensors have a handful of dimensions; copying a strided tensor costs time per
+/// element and dimension, so thousands of size-1 dimensions would make it crawl.
+const MAX_DIMS: usize = 64;
 
 /// The element type of a typed PyTorch storage (`torch.FloatStorage` etc.).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,13 @@ pub(crate) struct StorageRef {
 }
 
 impl StorageRef {
+    /// The storage's size in bytes, as declared.
+    pub(crate) fn byte_len(&self) -> Result<usize, ErrorKind> {
+        self.numel
+            .checked_mul(self.kind.elem_size())
+            .ok_or_else(|| malformed(&self.key, "storage size overflows"))
+    }
+
     pub(crate) fn from_pid(pid: &Value) -> Result<Self, ErrorKind> {
         let bad = || ErrorKind::Malformed(format!("bad storage id: {}", pid.describe()));
         let items = pid.as_tuple().ok_or_else(bad)?;
@@ -93,7 +103,11 @@ impl StorageRef {
         let kind = StorageKind::from_name(&class.name)
             .filter(|_| class.module == "torch")
             .ok_or_else(|| {
-                ErrorKind::UnsupportedStorage(format!("{}.{}", class.module, class.name))
+                ErrorKind::UnsupportedStorage(format!(
+                    "{}.{}",
+                    short(&class.module),
+                    short(&class.name)
+                ))
             })?;
         let key = key.as_str().ok_or_else(bad)?.to_string();
         let numel = to_usize(numel).ok_or_else(bad)?;
@@ -184,12 +198,35 @@ impl TensorSpec {
         if shape.len() != stride.len() {
             return Err(bad());
         }
+        if shape.len() > MAX_DIMS {
+            return Err(malformed(
+                &storage.key,
+                &format!(
+                    "tensor with {} dimensions, more than {MAX_DIMS}",
+                    shape.len()
+                ),
+            ));
+        }
         Ok(Self {
             storage,
             offset,
             shape,
             stride,
         })
+    }
+
+    /// The tensor's size in bytes once built.
+    pub(crate) fn byte_len(&self) -> Result<usize, ErrorKind> {
+        self.numel()?
+            .checked_mul(self.storage.kind.dtype().size_in_bytes())
+            .ok_or_else(|| malformed(&self.storage.key, "shape overflows"))
+    }
+
+    fn numel(&self) -> Result<usize, ErrorKind> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| malformed(&self.storage.key, "shape overflows"))
     }
 
     /// Builds the tensor from its storage's raw little-endian bytes.
@@ -217,11 +254,7 @@ impl TensorSpec {
     fn gather(&self, storage: &[u8]) -> Result<Vec<u8>, ErrorKind> {
         let size = self.storage.kind.elem_size();
         let available = storage.len() / size;
-        let numel = self
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| malformed(&self.storage.key, "shape overflows"))?;
+        let numel = self.numel()?;
         if numel == 0 {
             return Ok(Vec::new());
         }
@@ -281,7 +314,7 @@ fn is_rebuild_v2(v: &Value) -> bool {
 }
 
 fn malformed(key: &str, msg: &str) -> ErrorKind {
-    ErrorKind::Malformed(format!("storage {key}: {msg}"))
+    ErrorKind::Malformed(format!("storage {}: {msg}", short(key)))
 }
 
 #[cfg(test)]

@@ -234,6 +234,15 @@ fn damaged_files_name_their_path() {
         "{err}"
     );
 
+    // A safetensors file under a PyTorch name: its header length, then `{`.
+    let safetensors = dir.path().join("safetensors.pth");
+    std::fs::write(&safetensors, b"\x02\0\0\0\0\0\0\0{}").unwrap();
+    let err = error(read_tensors(&safetensors, None));
+    assert!(
+        matches!(err.kind(), ErrorKind::BadMagic(m) if m == "it looks like a safetensors file"),
+        "{err}"
+    );
+
     // A pickle that is not the legacy magic number.
     let plain = dir.path().join("plain.pth");
     std::fs::write(&plain, b"\x80\x02K\x07.").unwrap();
