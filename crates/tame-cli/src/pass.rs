@@ -108,8 +108,8 @@ fn per_image_row(epoch: u64, entry: &ListEntry, s: &ImageScores) -> Vec<String> 
     .collect()
 }
 
-/// Reads a list and checks that every image exists, so that a missing one is reported (with
-/// its list line) before any work.
+/// Reads a list and checks that every image is a regular file, so that a missing one is
+/// reported (with its list line) before any work.
 pub fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
     let list = ImageList::read(path)?;
     if list.is_empty() {
@@ -117,9 +117,17 @@ pub fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
     }
     for entry in list.entries() {
         let image = entry.resolve(val_dir);
-        if !image.is_file() {
+        if !image.exists() {
             bail!(
                 "{}:{}: image {} not found",
+                path.display(),
+                entry.line,
+                image.display()
+            );
+        }
+        if !image.is_file() {
+            bail!(
+                "{}:{}: {}: not a regular file",
                 path.display(),
                 entry.line,
                 image.display()

@@ -7,7 +7,7 @@ use image::{DynamicImage, ImageReader, RgbImage};
 
 use crate::error::DecodeError;
 
-/// Decodes an image file to 8-bit RGB.
+/// Decodes an image file to 8-bit RGB; only a regular file is read.
 ///
 /// The format is guessed from the content, not the extension (ILSVRC has PNG files named
 /// `.JPEG`). Conversion follows Pillow's `convert("RGB")`: alpha is dropped (not blended),
@@ -20,6 +20,12 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
         path: path.to_path_buf(),
         source,
     };
+    // A FIFO would block and a device such as /dev/zero would be read without end.
+    if !std::fs::metadata(path).map_err(read)?.is_file() {
+        return Err(DecodeError::NotRegularFile {
+            path: path.to_path_buf(),
+        });
+    }
     let file = std::fs::File::open(path).map_err(read)?;
     let reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()

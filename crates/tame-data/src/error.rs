@@ -6,6 +6,12 @@ use std::path::PathBuf;
 /// Why one image file could not be turned into RGB pixels.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The path is a folder, a device or a FIFO, which are not read.
+    #[error("{path}: not a regular file")]
+    NotRegularFile {
+        /// The path given as an image.
+        path: PathBuf,
+    },
     /// The file could not be opened or read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -27,6 +33,12 @@ pub enum DecodeError {
 /// Errors of list parsing and of loading the images a list names.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// The list path is a folder, a device or a FIFO, which are not read.
+    #[error("{list}: not a regular file")]
+    ListNotRegularFile {
+        /// The path given as a list.
+        list: PathBuf,
+    },
     /// The list file could not be read.
     #[error("cannot read list file {list}: {source}")]
     ListRead {

@@ -32,15 +32,22 @@ pub struct ImageList {
 impl ImageList {
     /// Reads and parses a list file.
     ///
-    /// Blank lines are ignored; a malformed line or a label outside `0..NUM_CLASSES` is an
+    /// Only a regular file is read. Blank lines are ignored; a malformed line or a label outside `0..NUM_CLASSES` is an
     /// error naming the file and the line. Image files are not checked here (that happens
     /// when they are loaded, and the error still names this file and line).
     pub fn read(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| DataError::ListRead {
+        let read = |source| DataError::ListRead {
             list: path.to_path_buf(),
             source,
-        })?;
+        };
+        // A FIFO would block and a device such as /dev/zero would be read without end.
+        if !fs::metadata(path).map_err(read)?.is_file() {
+            return Err(DataError::ListNotRegularFile {
+                list: path.to_path_buf(),
+            });
+        }
+        let text = fs::read_to_string(path).map_err(read)?;
         Self::parse(&text, path)
     }
 
@@ -205,6 +212,23 @@ mod tests {
             err.to_string(),
             "lists/train.txt:2: label 1000 is outside 0..999"
         );
+    }
+
+    /// A folder or a device is no list: /dev/zero would be read until memory ran out.
+    #[test]
+    fn a_list_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = vec![dir.path().to_path_buf()];
+        if cfg!(unix) {
+            paths.push(PathBuf::from("/dev/null"));
+        }
+        for path in paths {
+            let err = ImageList::read(&path).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{}: not a regular file", path.display())
+            );
+        }
     }
 
     #[test]

@@ -79,6 +79,23 @@ fn missing_file_is_a_read_error_naming_it() {
     assert!(err.to_string().contains("no-such-image.jpg"), "{err}");
 }
 
+/// A folder or a device is no image (a FIFO or /dev/zero would be read without end).
+#[test]
+fn images_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = vec![dir.path().to_path_buf()];
+    if cfg!(unix) {
+        paths.push(PathBuf::from("/dev/zero"));
+    }
+    for path in paths {
+        let err = load_rgb(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: not a regular file", path.display())
+        );
+    }
+}
+
 #[test]
 fn garbage_and_truncated_files_are_decode_errors() {
     let dir = tempfile::tempdir().unwrap();

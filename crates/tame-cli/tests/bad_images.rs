@@ -1,0 +1,87 @@
+//! Bad lists and images given to `tame`: each refused with one line naming the file (and
+//! the list line), or, in the long runs, skipped, named and counted.
+
+mod support;
+
+use std::path::Path;
+
+use support::{tame, Run};
+
+/// The first line of stderr that starts with `error:` (and checks that there is one).
+fn error_line(run: &Run) -> &str {
+    assert!(!run.ok, "{}", run.stderr);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    errors[0]
+}
+
+/// `tame compare` with Grad-CAM only on `list`, images under `val_dir`, and `extra` arguments.
+fn compare(val_dir: &Path, list: &Path, out: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "compare",
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--methods",
+        "gradcam",
+        "--grid-images",
+        "1",
+        "--batch-size",
+        "2",
+        "--val-dir",
+        val_dir.to_str().unwrap(),
+        "--test-list",
+        list.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tame(&args)
+}
+
+/// Folders and devices given as lists or listed as images are refused before anything is
+/// read from them (a FIFO or /dev/zero would be read without end).
+#[cfg(unix)]
+#[test]
+fn lists_and_images_must_be_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("table.md");
+    for list in [Path::new("/dev/null"), dir.path()] {
+        let run = compare(dir.path(), list, &out, &[]);
+        assert!(
+            error_line(&run).ends_with(&format!("{}: not a regular file", list.display())),
+            "{}",
+            run.stderr
+        );
+    }
+    let run = tame(&[
+        "train",
+        "--weights",
+        "synthetic",
+        "--img-dir",
+        dir.path().to_str().unwrap(),
+        "--train-list",
+        "/dev/null",
+    ]);
+    assert!(
+        error_line(&run).ends_with("/dev/null: not a regular file"),
+        "{}",
+        run.stderr
+    );
+
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.jpg")).unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "\nzero.jpg 3\n").unwrap();
+    let run = compare(dir.path(), &list, &out, &[]);
+    let expected = format!(
+        "{}:2: {}: not a regular file",
+        list.display(),
+        dir.path().join("zero.jpg").display()
+    );
+    assert!(error_line(&run).ends_with(&expected), "{}", run.stderr);
+}
