@@ -85,3 +85,44 @@ fn lists_and_images_must_be_regular_files() {
     );
     assert!(error_line(&run).ends_with(&expected), "{}", run.stderr);
 }
+
+/// A small JPEG made here, and the same cut in half.
+fn jpegs() -> (Vec<u8>, Vec<u8>) {
+    let image = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 90]));
+    let mut whole = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut whole)
+        .encode_image(&image)
+        .unwrap();
+    let half = whole[..whole.len() / 2].to_vec();
+    (whole, half)
+}
+
+/// `tame explain` of a truncated JPEG is an error naming it (it explained a half-grey
+/// image before).
+#[test]
+fn explaining_a_truncated_jpeg_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("cut.jpg");
+    std::fs::write(&image, jpegs().1).unwrap();
+    let out = dir.path().join("maps");
+    let run = tame(&[
+        "explain",
+        image.to_str().unwrap(),
+        "--model",
+        "resnet50",
+        "--weights",
+        "synthetic",
+        "--method",
+        "gradcam",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        error_line(&run),
+        format!(
+            "error: cannot decode {}: the file is truncated",
+            image.display()
+        )
+    );
+    assert!(!out.exists(), "{}", run.stderr);
+}

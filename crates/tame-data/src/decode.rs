@@ -1,9 +1,10 @@
 //! Image files to 8-bit RGB, the way Pillow's `Image.open(path).convert("RGB")` does it.
 
-use std::io::{BufReader, Cursor};
+use std::fs;
+use std::io::{self, Cursor};
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, ImageError, ImageFormat, ImageReader, ImageResult, RgbImage};
 
 use crate::error::DecodeError;
 
@@ -14,6 +15,12 @@ use crate::error::DecodeError;
 /// grey is replicated, CMYK JPEGs are converted as Pillow converts Adobe (inverted) CMYK,
 /// within one level, and EXIF orientation is ignored. JPEG pixels may differ from
 /// libjpeg-turbo's by a few levels (chroma upsampling and colour conversion rounding).
+///
+/// A truncated file is [`DecodeError::Truncated`], as Pillow (13.0) refuses it: a JPEG cut
+/// anywhere before its end-of-image marker (the marker alone included), which the decoder
+/// underneath would fill with grey, and a PNG cut inside its image data. Bytes after a
+/// JPEG's end-of-image marker are ignored, as Pillow ignores them. Unlike Pillow, a PNG
+/// that lacks only its final (empty) IEND chunk is refused too.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
     let path = path.as_ref();
     let read = |source| DecodeError::Read {
@@ -21,28 +28,76 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
         source,
     };
     // A FIFO would block and a device such as /dev/zero would be read without end.
-    if !std::fs::metadata(path).map_err(read)?.is_file() {
+    if !fs::metadata(path).map_err(read)?.is_file() {
         return Err(DecodeError::NotRegularFile {
             path: path.to_path_buf(),
         });
     }
-    let file = std::fs::File::open(path).map_err(read)?;
-    let reader = ImageReader::new(BufReader::new(file))
-        .with_guessed_format()
-        .map_err(read)?;
-    let image = reader.decode().map_err(|source| DecodeError::Decode {
-        path: path.to_path_buf(),
-        source,
+    let bytes = fs::read(path).map_err(read)?;
+    let image = decode(&bytes).map_err(|source| match source {
+        ImageError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated {
+                path: path.to_path_buf(),
+            }
+        }
+        source => DecodeError::Decode {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     Ok(to_rgb(image))
 }
 
-/// Decodes an in-memory image (any supported format) to 8-bit RGB, as [`load_rgb`] does.
-pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, image::ImageError> {
-    let image = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()?
-        .decode()?;
-    Ok(to_rgb(image))
+/// Decodes an in-memory image (any supported format) to 8-bit RGB, as [`load_rgb`] does; a
+/// truncated image is an I/O error of kind `UnexpectedEof`.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    decode(bytes).map(to_rgb)
+}
+
+fn decode(bytes: &[u8]) -> ImageResult<DynamicImage> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    // The image crate turns zune-jpeg's strict mode off, so a cut JPEG would decode.
+    if reader.format() == Some(ImageFormat::Jpeg) && !reaches_jpeg_end(bytes) {
+        return Err(ImageError::IoError(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the JPEG data ends before its end-of-image marker",
+        )));
+    }
+    reader.decode()
+}
+
+/// Whether JPEG data (starting with its SOI marker) reaches an end-of-image marker.
+///
+/// Marker segments are skipped by their length, so the markers of an embedded thumbnail do
+/// not count; in entropy-coded data a 0xFF byte is followed only by a stuffed 0x00 or a
+/// restart marker, so the first other marker there ends the scan. Stray bytes before a
+/// marker are skipped, as libjpeg skips them.
+fn reaches_jpeg_end(data: &[u8]) -> bool {
+    let mut i = 2;
+    loop {
+        while data.get(i).is_some_and(|&b| b != 0xFF) {
+            i += 1;
+        }
+        // 0xFF may repeat before a marker as fill.
+        while data.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = data.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            // No segment follows: a stuffed byte, TEM, restart markers, SOI.
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            _ => {
+                let Some(&[high, low]) = data.get(i..i + 2) else {
+                    return false;
+                };
+                i += usize::from(u16::from_be_bytes([high, low]));
+            }
+        }
+    }
 }
 
 /// Pillow's `convert("RGB")` on what Pillow would have opened.

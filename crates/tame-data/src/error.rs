@@ -20,6 +20,13 @@ pub enum DecodeError {
         /// The underlying I/O error.
         source: io::Error,
     },
+    /// The file ends before the image does (a JPEG without its end-of-image marker, a PNG
+    /// cut short).
+    #[error("cannot decode {path}: the file is truncated")]
+    Truncated {
+        /// The image file.
+        path: PathBuf,
+    },
     /// The bytes are not a decodable image of a supported format.
     #[error("cannot decode {path}: {source}")]
     Decode {
