@@ -9,7 +9,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use tame_backbones::weights::{self, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind, Precision};
-use tame_data::{to_chw_f32, Preprocessing, RgbImage};
+use tame_data::{to_chw_f32, Preprocessing, RgbImage, DEFAULT_MAX_IMAGE_SIDE};
 
 /// `--model`, `--weights`, `--device`.
 #[derive(Args, Clone, Debug)]
@@ -66,6 +66,21 @@ impl ModelArgs {
             p = self.precision
         )
     }
+}
+
+/// `--max-image-side`, for every command that reads images.
+#[derive(Args, Clone, Debug)]
+pub struct ImageArgs {
+    /// Refuse images wider or taller than this many pixels, from their header, before
+    /// decoding them (a 388 KB PNG can declare 20000x20000 pixels: 1.6 GB decoded).
+    #[arg(
+        long,
+        env = "TAME_MAX_IMAGE_SIDE",
+        value_name = "PIXELS",
+        default_value_t = DEFAULT_MAX_IMAGE_SIDE,
+        value_parser = at_least_one::<u32>
+    )]
+    pub max_image_side: u32,
 }
 
 /// A CSV table built in memory and written whole once the work is done (fields are quoted

@@ -9,10 +9,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, D};
 use clap::Args;
 use tame_backbones::{Backbone, Mode};
-use tame_data::{load_rgb, ImageList, RgbImage};
+use tame_data::{load_rgb_within, ImageList, RgbImage};
 use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
-use crate::common::{check_writable, crops_tensor, write_atomically, CsvTable, ModelArgs};
+use crate::common::{
+    check_writable, crops_tensor, write_atomically, CsvTable, ImageArgs, ModelArgs,
+};
 use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::pass::{read_list, Pass};
@@ -64,6 +66,9 @@ pub struct CompareArgs {
 
     #[command(flatten)]
     method_args: MethodArgs,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
 }
 
 /// One method's row.
@@ -92,6 +97,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
+        max_image_side: args.image_args.max_image_side,
     };
     let rows = score(&pass, &explainers, &list, &eval_config(&args))?;
     let (header, lines) = table(&rows, &args.metrics)?;
@@ -110,7 +116,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let grid = if grid_paths.is_empty() {
         None
     } else {
-        Some(grid(&grid_paths, &explainers, backbone.as_ref(), &device)?)
+        Some(grid(
+            &grid_paths,
+            &explainers,
+            backbone.as_ref(),
+            &device,
+            pass.max_image_side,
+        )?)
     };
     let csv_path = args.out.with_extension("csv");
     write_atomically(&args.out, markdown.as_bytes())?;
@@ -203,11 +215,12 @@ fn grid(
     explainers: &[(Method, Box<dyn Explainer + '_>)],
     backbone: &dyn Backbone,
     device: &Device,
+    max_side: u32,
 ) -> Result<RgbImage> {
     let preprocessing = backbone.preprocessing();
     let mut rows = Vec::new();
     for path in paths {
-        let (crop, _) = preprocessing.apply(&load_rgb(path)?);
+        let (crop, _) = preprocessing.apply(&load_rgb_within(path, max_side)?);
         let image = crops_tensor(std::slice::from_ref(&crop), preprocessing, device)?;
         let mut class = None;
         let mut row = vec![crop.clone()];

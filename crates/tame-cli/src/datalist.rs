@@ -13,7 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_backbones::{Backbone, Mode};
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 
-use crate::common::{batch_tensor, check_writable, find_images, write_atomically, ModelArgs};
+use crate::common::{
+    batch_tensor, check_writable, find_images, write_atomically, ImageArgs, ModelArgs,
+};
 
 #[derive(Args)]
 pub struct DatalistArgs {
@@ -39,6 +41,9 @@ pub struct DatalistArgs {
     /// Threads decoding images (default: one per core).
     #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
     workers: Option<usize>,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
 }
 
 /// How often the list written so far is saved, so that `--resume` loses little after a kill.
@@ -109,6 +114,7 @@ fn label(
     let mut config = LoaderConfig {
         preprocessing,
         strict: false,
+        max_image_side: args.image_args.max_image_side,
         ..LoaderConfig::evaluation(args.batch_size)
     };
     if let Some(workers) = args.workers {

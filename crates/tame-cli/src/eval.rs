@@ -11,7 +11,7 @@ use tame_backbones::Backbone;
 use tame_data::ImageList;
 use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, RoadReport, TameExplainer};
 
-use crate::common::{check_writable, write_atomically, CsvTable, ModelArgs};
+use crate::common::{check_writable, write_atomically, CsvTable, ImageArgs, ModelArgs};
 use crate::mechanism::MechanismSource;
 use crate::pass::{read_list, Pass};
 
@@ -91,6 +91,9 @@ pub struct EvalArgs {
     /// Steps of the insertion and deletion curves.
     #[arg(long, default_value_t = 16)]
     insdel_steps: usize,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
 }
 
 /// One checkpoint to evaluate.
@@ -130,6 +133,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
+        max_image_side: args.image_args.max_image_side,
     };
 
     let mut outputs = Vec::new();

@@ -18,6 +18,7 @@ pub struct Pass<'a> {
     pub val_dir: &'a Path,
     pub batch_size: usize,
     pub device: &'a Device,
+    pub max_image_side: u32,
 }
 
 impl Pass<'_> {
@@ -55,6 +56,7 @@ impl Pass<'_> {
         let preprocessing = self.backbone.preprocessing();
         let loader_config = LoaderConfig {
             preprocessing,
+            max_image_side: self.max_image_side,
             ..LoaderConfig::evaluation(self.batch_size)
         };
         let loader = Loader::new(list.clone(), self.val_dir, loader_config)?;

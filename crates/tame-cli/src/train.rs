@@ -17,7 +17,7 @@ use tame_train::{
     StopReason, TrainConfig, Trainer,
 };
 
-use crate::common::{parse_layers, write_atomically, ModelArgs};
+use crate::common::{parse_layers, write_atomically, ImageArgs, ModelArgs};
 use crate::stop::StopSignals;
 
 /// `--mask-loss`.
@@ -108,6 +108,9 @@ pub struct SetupArgs {
     /// How the backbone runs while training.
     #[arg(long, value_enum, default_value = "reference")]
     pub backbone_mode: BackboneModeArg,
+
+    #[command(flatten)]
+    pub image_args: ImageArgs,
 }
 
 #[derive(Args)]
@@ -160,6 +163,7 @@ impl SetupArgs {
         let mut config = LoaderConfig {
             augmentation: self.augmentation(),
             preprocessing: backbone.preprocessing(),
+            max_image_side: self.image_args.max_image_side,
             ..LoaderConfig::training(batch_size, self.seed)
         };
         config.shuffle = shuffle_default && !self.no_shuffle;

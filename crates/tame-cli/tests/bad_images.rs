@@ -126,3 +126,56 @@ fn explaining_a_truncated_jpeg_is_an_error_naming_it() {
     );
     assert!(!out.exists(), "{}", run.stderr);
 }
+
+/// Images over `--max-image-side` (or `$TAME_MAX_IMAGE_SIDE`) pixels on a side are refused
+/// before they are decoded: by `explain` as an error, by the long runs as a bad image.
+#[test]
+fn images_over_the_side_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("tall.png");
+    image::GrayImage::new(30, 120).save(&image).unwrap();
+    let explain = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "explain",
+            image.to_str().unwrap(),
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--method",
+            "gradcam",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        support::tame_with_env(&args, env)
+    };
+    let refusal = format!(
+        "error: cannot decode {}: 30x120 pixels, more than the 100 per side allowed",
+        image.display()
+    );
+    assert_eq!(
+        error_line(&explain(&[], &[("TAME_MAX_IMAGE_SIDE", "100")])),
+        refusal
+    );
+    assert_eq!(
+        error_line(&explain(&["--max-image-side", "100"], &[])),
+        refusal
+    );
+    let run = explain(&["--max-image-side", "0"], &[]);
+    assert!(error_line(&run).contains("at least 1"), "{}", run.stderr);
+    let run = explain(&[], &[("TAME_MAX_IMAGE_SIDE", "120")]);
+    assert!(run.ok, "{}", run.stderr);
+
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "tall.png 1\n").unwrap();
+    let out = dir.path().join("table.md");
+    let run = compare(dir.path(), &list, &out, &["--max-image-side", "100"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr
+            .contains(&format!("{}:1: {}", list.display(), &refusal[7..])),
+        "{}",
+        run.stderr
+    );
+}

@@ -4,9 +4,13 @@ use std::fs;
 use std::io::{self, Cursor};
 use std::path::Path;
 
-use image::{DynamicImage, ImageError, ImageFormat, ImageReader, ImageResult, RgbImage};
+use image::{DynamicImage, ImageError, ImageFormat, ImageReader, ImageResult, Limits, RgbImage};
 
 use crate::error::DecodeError;
+
+/// The largest width or height [`load_rgb`] decodes: a 388 KB PNG can declare 20000x20000
+/// pixels, 1.6 GB once decoded.
+pub const DEFAULT_MAX_IMAGE_SIDE: u32 = 16384;
 
 /// Decodes an image file to 8-bit RGB; only a regular file is read.
 ///
@@ -21,7 +25,16 @@ use crate::error::DecodeError;
 /// underneath would fill with grey, and a PNG cut inside its image data. Bytes after a
 /// JPEG's end-of-image marker are ignored, as Pillow ignores them. Unlike Pillow, a PNG
 /// that lacks only its final (empty) IEND chunk is refused too.
+///
+/// Images wider or taller than [`DEFAULT_MAX_IMAGE_SIDE`] are refused before their pixels
+/// are allocated (see [`load_rgb_within`]).
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
+    load_rgb_within(path, DEFAULT_MAX_IMAGE_SIDE)
+}
+
+/// [`load_rgb`] with another limit on the width and height: a larger image is
+/// [`DecodeError::TooLarge`], refused from its header before its pixels are allocated.
+pub fn load_rgb_within(path: impl AsRef<Path>, max_side: u32) -> Result<RgbImage, DecodeError> {
     let path = path.as_ref();
     let read = |source| DecodeError::Read {
         path: path.to_path_buf(),
@@ -34,7 +47,19 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
         });
     }
     let bytes = fs::read(path).map_err(read)?;
-    let image = decode(&bytes).map_err(|source| match source {
+    let image = decode(&bytes, max_side).map_err(|source| match source {
+        ImageError::Limits(_) => match dimensions(&bytes) {
+            Some((width, height)) if width.max(height) > max_side => DecodeError::TooLarge {
+                path: path.to_path_buf(),
+                width,
+                height,
+                max_side,
+            },
+            _ => DecodeError::Decode {
+                path: path.to_path_buf(),
+                source,
+            },
+        },
         ImageError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             DecodeError::Truncated {
                 path: path.to_path_buf(),
@@ -49,13 +74,20 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, DecodeError> {
 }
 
 /// Decodes an in-memory image (any supported format) to 8-bit RGB, as [`load_rgb`] does; a
-/// truncated image is an I/O error of kind `UnexpectedEof`.
+/// truncated image is an I/O error of kind `UnexpectedEof`, one too large a limits error.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    decode(bytes).map(to_rgb)
+    decode(bytes, DEFAULT_MAX_IMAGE_SIDE).map(to_rgb)
 }
 
-fn decode(bytes: &[u8]) -> ImageResult<DynamicImage> {
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+fn decode(bytes: &[u8], max_side: u32) -> ImageResult<DynamicImage> {
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
+    // What the largest image within the sides takes (16-bit RGBA): the default of 512 MiB
+    // would refuse some of them, saying only that memory ran short.
+    limits.max_alloc = Some(u64::from(max_side).pow(2).saturating_mul(8));
+    reader.limits(limits);
     // The image crate turns zune-jpeg's strict mode off, so a cut JPEG would decode.
     if reader.format() == Some(ImageFormat::Jpeg) && !reaches_jpeg_end(bytes) {
         return Err(ImageError::IoError(io::Error::new(
@@ -64,6 +96,15 @@ fn decode(bytes: &[u8]) -> ImageResult<DynamicImage> {
         )));
     }
     reader.decode()
+}
+
+/// The width and height an image's header declares.
+fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// Whether JPEG data (starting with its SOI marker) reaches an end-of-image marker.

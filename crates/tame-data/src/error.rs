@@ -27,6 +27,20 @@ pub enum DecodeError {
         /// The image file.
         path: PathBuf,
     },
+    /// The image is wider or taller than allowed; it was not decoded.
+    #[error(
+        "cannot decode {path}: {width}x{height} pixels, more than the {max_side} per side allowed"
+    )]
+    TooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// Its width in pixels.
+        width: u32,
+        /// Its height in pixels.
+        height: u32,
+        /// The largest width or height allowed.
+        max_side: u32,
+    },
     /// The bytes are not a decodable image of a supported format.
     #[error("cannot decode {path}: {source}")]
     Decode {

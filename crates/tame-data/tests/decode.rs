@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tame_data::{decode_rgb, load_rgb, DecodeError};
+use tame_data::{decode_rgb, load_rgb, load_rgb_within, DecodeError, DEFAULT_MAX_IMAGE_SIDE};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
@@ -191,4 +191,34 @@ fn truncated_jpegs_are_refused_as_pillow_refuses_them() {
             }
         }
     }
+}
+
+/// A grey PNG of `width` x `height` pixels (made here: a few hundred bytes).
+fn grey_png(dir: &std::path::Path, width: u32, height: u32) -> PathBuf {
+    let path = dir.join(format!("{width}x{height}.png"));
+    image::GrayImage::new(width, height).save(&path).unwrap();
+    path
+}
+
+/// A small file may declare a huge image (a 388 KB PNG of 20000x20000 pixels took 1.6 GB):
+/// a side over the limit is refused before the pixels are allocated.
+#[test]
+fn images_over_the_side_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let refusal = |path: &std::path::Path, max_side: u32| match load_rgb_within(path, max_side) {
+        Ok(_) => panic!("{} was decoded within {max_side}", path.display()),
+        Err(err) => err.to_string(),
+    };
+    let wide = grey_png(dir.path(), 20_000, 1);
+    assert_eq!(
+        refusal(&wide, DEFAULT_MAX_IMAGE_SIDE),
+        format!(
+            "cannot decode {}: 20000x1 pixels, more than the 16384 per side allowed",
+            wide.display()
+        )
+    );
+    assert!(matches!(load_rgb(&wide), Err(DecodeError::TooLarge { .. })));
+    let tall = grey_png(dir.path(), 3, 101);
+    assert!(refusal(&tall, 100).ends_with(": 3x101 pixels, more than the 100 per side allowed"));
+    assert_eq!(load_rgb_within(&tall, 101).unwrap().dimensions(), (3, 101));
 }
