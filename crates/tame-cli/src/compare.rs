@@ -67,6 +67,10 @@ pub struct CompareArgs {
     #[command(flatten)]
     method_args: MethodArgs,
 
+    /// Read list paths that leave --val-dir (absolute paths, `..`), which are refused otherwise.
+    #[arg(long)]
+    allow_outside: bool,
+
     #[command(flatten)]
     image_args: ImageArgs,
 }
@@ -80,7 +84,7 @@ struct Row {
 
 pub fn run(args: CompareArgs) -> Result<()> {
     check_writable(&args.out)?;
-    let list = read_list(&args.test_list, &args.val_dir)?;
+    let list = read_list(&args.test_list, &args.val_dir, args.allow_outside)?;
     let (backbone, device) = args.model.load()?;
     let methods = &args.methods.0;
     let mechanism = args.mechanism.load_if(

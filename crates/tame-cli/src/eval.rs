@@ -92,6 +92,10 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 16)]
     insdel_steps: usize,
 
+    /// Read list paths that leave --val-dir (absolute paths, `..`), which are refused otherwise.
+    #[arg(long)]
+    allow_outside: bool,
+
     #[command(flatten)]
     image_args: ImageArgs,
 }
@@ -107,9 +111,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         check_writable(out)?;
     }
     let files = checkpoint_files(&args.am, args.start_epoch, args.end_epoch)?;
-    let test = read_list(&args.test_list, &args.val_dir)?;
+    let test = read_list(&args.test_list, &args.val_dir, args.allow_outside)?;
     let select = match &args.select_on {
-        Some(path) => Some(read_list(path, &args.val_dir)?),
+        Some(path) => Some(read_list(path, &args.val_dir, args.allow_outside)?),
         None => None,
     };
     let (backbone, device) = args.model.load()?;

@@ -10,7 +10,7 @@ use tame_backbones::Backbone;
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 use tame_metrics::{EvalConfig, Evaluator, Explainer, ImageScores, Report, Totals};
 
-use crate::common::{batch_tensor, CsvTable};
+use crate::common::{batch_tensor, check_inside, CsvTable};
 
 /// What every evaluation pass over a list shares.
 pub struct Pass<'a> {
@@ -110,13 +110,14 @@ fn per_image_row(epoch: u64, entry: &ListEntry, s: &ImageScores) -> Vec<String> 
     .collect()
 }
 
-/// Reads a list and checks that every image is a regular file, so that a missing one is
-/// reported (with its list line) before any work.
-pub fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
+/// Reads a list and checks that every image is a regular file inside `val_dir` (unless
+/// `allow_outside`), so that a missing one is reported (with its list line) before any work.
+pub fn read_list(path: &Path, val_dir: &Path, allow_outside: bool) -> Result<ImageList> {
     let list = ImageList::read(path)?;
     if list.is_empty() {
         bail!("{}: the list names no image", path.display());
     }
+    check_inside(&list, "--val-dir", allow_outside)?;
     for entry in list.entries() {
         let image = entry.resolve(val_dir);
         if !image.exists() {

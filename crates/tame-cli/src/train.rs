@@ -17,7 +17,7 @@ use tame_train::{
     StopReason, TrainConfig, Trainer,
 };
 
-use crate::common::{parse_layers, write_atomically, ImageArgs, ModelArgs};
+use crate::common::{check_inside, parse_layers, write_atomically, ImageArgs, ModelArgs};
 use crate::stop::StopSignals;
 
 /// `--mask-loss`.
@@ -60,6 +60,10 @@ pub struct SetupArgs {
     /// Training list: `relative/path label` per line (labels = the backbone's predictions).
     #[arg(long)]
     pub train_list: PathBuf,
+
+    /// Read list paths that leave --img-dir (absolute paths, `..`), which are refused otherwise.
+    #[arg(long)]
+    pub allow_outside: bool,
 
     /// Images per batch (default 32).
     #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
@@ -149,16 +153,17 @@ pub struct Setup {
 impl SetupArgs {
     /// Loads the backbone, measures the tap shapes and opens the list.
     pub fn open(&self, shuffle_default: bool) -> Result<Setup> {
+        let list = ImageList::read(&self.train_list)?;
+        if list.is_empty() {
+            bail!("{}: the list is empty", self.train_list.display());
+        }
+        check_inside(&list, "--img-dir", self.allow_outside)?;
         let (backbone, device) = self.model.load()?;
         let taps = match &self.layers {
             Some(l) => parse_layers(l)?,
             None => backbone.default_taps(),
         };
         let am_config = crate::mechanism::config(backbone.as_ref(), &taps, self.version, &device)?;
-        let list = ImageList::read(&self.train_list)?;
-        if list.is_empty() {
-            bail!("{}: the list is empty", self.train_list.display());
-        }
         let batch_size = self.batch_size.unwrap_or(32);
         let mut config = LoaderConfig {
             augmentation: self.augmentation(),

@@ -179,3 +179,48 @@ fn images_over_the_side_limit_are_refused() {
         run.stderr
     );
 }
+
+/// List paths that leave the image folder (`..`, absolute paths) are refused, naming the
+/// list and line, unless `--allow-outside` is given.
+#[test]
+fn list_paths_outside_the_image_folder_need_allow_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let photo = dir.path().join("outside.jpg");
+    std::fs::write(&photo, jpegs().0).unwrap();
+    std::fs::copy(&photo, images.join("inside.jpg")).unwrap();
+    let out = dir.path().join("table.md");
+    for path in ["../outside.jpg", photo.to_str().unwrap()] {
+        let list = dir.path().join("list.txt");
+        std::fs::write(&list, format!("inside.jpg 1\n{path} 2\n")).unwrap();
+        let run = compare(&images, &list, &out, &[]);
+        assert_eq!(
+            error_line(&run),
+            format!(
+                "error: {}:2: {path} is outside --val-dir (absolute, or through ..); \
+                 --allow-outside reads it",
+                list.display()
+            )
+        );
+        let run = tame(&[
+            "train",
+            "--weights",
+            "synthetic",
+            "--img-dir",
+            images.to_str().unwrap(),
+            "--train-list",
+            list.to_str().unwrap(),
+        ]);
+        assert!(
+            error_line(&run).contains(&format!(
+                "{}:2: {path} is outside --img-dir",
+                list.display()
+            )),
+            "{}",
+            run.stderr
+        );
+        let run = compare(&images, &list, &out, &["--allow-outside"]);
+        assert!(run.ok, "{path}: {}", run.stderr);
+    }
+}

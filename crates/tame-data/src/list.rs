@@ -1,7 +1,7 @@
 //! ILSVRC-style list files: one `relative/path label` per line.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::DataError;
 
@@ -129,6 +129,14 @@ impl ListEntry {
     pub fn resolve(&self, image_dir: &Path) -> PathBuf {
         image_dir.join(&self.path)
     }
+
+    /// Whether the path stays inside the image folder: relative and without `..` (judged on
+    /// the text alone: a link inside the folder may still lead out of it).
+    pub fn stays_inside(&self) -> bool {
+        self.path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +237,17 @@ mod tests {
                 format!("{}: not a regular file", path.display())
             );
         }
+    }
+
+    #[test]
+    fn paths_that_leave_the_image_folder_are_told_apart() {
+        let list = ImageList::parse(
+            "a/b.jpg 1\n./c.jpg 1\n../d.jpg 1\na/../../e.jpg 1\n/etc/passwd 1\na/../f.jpg 1\n",
+            "l.txt",
+        )
+        .unwrap();
+        let inside: Vec<bool> = list.entries().iter().map(ListEntry::stays_inside).collect();
+        assert_eq!(inside, [true, true, false, false, false, false]);
     }
 
     #[test]
