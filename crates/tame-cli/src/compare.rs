@@ -19,6 +19,7 @@ use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::pass::{read_list, Pass};
 use crate::render::{jet_overlay, png_bytes, rows_of};
+use crate::skipped::{SkipArgs, Skipped};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -73,6 +74,9 @@ pub struct CompareArgs {
 
     #[command(flatten)]
     image_args: ImageArgs,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// One method's row.
@@ -96,17 +100,20 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let explainers = args
         .method_args
         .build_all(methods, backbone.as_ref(), mechanism.as_ref())?;
-    let pass = Pass {
+    let mut pass = Pass {
         backbone: backbone.as_ref(),
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
         max_image_side: args.image_args.max_image_side,
+        skipped: Skipped::new(true),
     };
-    let rows = score(&pass, &explainers, &list, &eval_config(&args))?;
+    let rows = score(&mut pass, &explainers, &list, &eval_config(&args))?;
     let (header, lines) = table(&rows, &args.metrics)?;
     let model = format!("{} ({})", backbone.name(), args.model.precision);
-    let markdown = markdown(&args, list.len(), &model, &header, &lines);
+    // The images the table is made of: the list's less those skipped as unreadable.
+    let images = list.len() - pass.skipped.count();
+    let markdown = markdown(&args, images, &model, &header, &lines);
     let mut csv = CsvTable::new(&header)?;
     for line in &lines {
         csv.row(line)?;
@@ -114,8 +121,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let grid_paths: Vec<PathBuf> = list
         .entries()
         .iter()
-        .take(args.grid_images)
         .map(|e| e.resolve(&args.val_dir))
+        .filter(|path| !pass.skipped.contains(path))
+        .take(args.grid_images)
         .collect();
     let grid = if grid_paths.is_empty() {
         None
@@ -136,7 +144,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(grid) = grid {
         write_grid(&args.out, &grid, &explainers)?;
     }
-    Ok(())
+    pass.skipped.finish(args.skip.skip_bad)
 }
 
 fn eval_config(args: &CompareArgs) -> EvalConfig {
@@ -150,7 +158,7 @@ fn eval_config(args: &CompareArgs) -> EvalConfig {
 
 /// Each method through the metrics, timed.
 fn score(
-    pass: &Pass,
+    pass: &mut Pass,
     explainers: &[(Method, Box<dyn Explainer + '_>)],
     list: &ImageList,
     config: &EvalConfig,

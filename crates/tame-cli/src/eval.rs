@@ -14,6 +14,7 @@ use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, RoadReport, TameExp
 use crate::common::{check_writable, write_atomically, CsvTable, ImageArgs, ModelArgs};
 use crate::mechanism::MechanismSource;
 use crate::pass::{read_list, Pass};
+use crate::skipped::{SkipArgs, Skipped};
 
 /// The header of the main CSV, as the reference writes it.
 const AD_IC_HEADER: [&str; 7] = [
@@ -98,6 +99,9 @@ pub struct EvalArgs {
 
     #[command(flatten)]
     image_args: ImageArgs,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// One checkpoint to evaluate.
@@ -132,28 +136,29 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     config.road.seed = args.seed;
     config.insdel.steps = args.insdel_steps;
-    let pass = Pass {
+    let mut pass = Pass {
         backbone: backbone.as_ref(),
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
         max_image_side: args.image_args.max_image_side,
+        skipped: Skipped::new(true),
     };
 
     let mut outputs = Vec::new();
     if let Some(list) = &select {
-        let selection = select_epoch(&pass, list, &snapshots, &taps, &config)?;
+        let selection = select_epoch(&mut pass, list, &snapshots, &taps, &config)?;
         outputs.push((sibling(&out, "selection"), selection));
     }
     outputs.extend(evaluate(
-        &args, &out, &pass, &test, &snapshots, &taps, &config,
+        &args, &out, &mut pass, &test, &snapshots, &taps, &config,
     )?);
     // Written only once everything has been computed: an error leaves no partial output.
     for (path, bytes) in &outputs {
         write_atomically(path, bytes)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    pass.skipped.finish(args.skip.skip_bad)
 }
 
 /// Every checkpoint of `files`, read before any evaluation so that one that does not fit
@@ -184,7 +189,7 @@ fn load_snapshots(
 /// AD/IC of every snapshot on the selection list (the selection CSV), printing the best
 /// epoch: the lowest AD(100%), ties to the higher IC(100%).
 fn select_epoch(
-    pass: &Pass,
+    pass: &mut Pass,
     list: &ImageList,
     snapshots: &[Snapshot],
     taps: &[String],
@@ -224,7 +229,7 @@ fn select_epoch(
 fn evaluate(
     args: &EvalArgs,
     out: &Path,
-    pass: &Pass,
+    pass: &mut Pass,
     test: &ImageList,
     snapshots: &[Snapshot],
     taps: &[String],

@@ -11,6 +11,7 @@ use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 use tame_metrics::{EvalConfig, Evaluator, Explainer, ImageScores, Report, Totals};
 
 use crate::common::{batch_tensor, check_inside, CsvTable};
+use crate::skipped::Skipped;
 
 /// What every evaluation pass over a list shares.
 pub struct Pass<'a> {
@@ -19,13 +20,15 @@ pub struct Pass<'a> {
     pub batch_size: usize,
     pub device: &'a Device,
     pub max_image_side: u32,
+    /// The images skipped so far, over every pass.
+    pub skipped: Skipped,
 }
 
 impl Pass<'_> {
     /// Evaluates `explainer`'s maps of every image of `list` (the images' `epoch` in the
     /// progress bar and per-image rows, appended when asked).
     pub fn run(
-        &self,
+        &mut self,
         explainer: &dyn Explainer,
         list: &ImageList,
         config: &EvalConfig,
@@ -44,7 +47,7 @@ impl Pass<'_> {
 
     /// [`run`](Self::run) with the progress bar's label given.
     pub fn run_with_message(
-        &self,
+        &mut self,
         explainer: &dyn Explainer,
         list: &ImageList,
         config: &EvalConfig,
@@ -57,6 +60,7 @@ impl Pass<'_> {
         let loader_config = LoaderConfig {
             preprocessing,
             max_image_side: self.max_image_side,
+            strict: false,
             ..LoaderConfig::evaluation(self.batch_size)
         };
         let loader = Loader::new(list.clone(), self.val_dir, loader_config)?;
@@ -65,6 +69,13 @@ impl Pass<'_> {
         let mut index = 0u64;
         for batch in loader.epoch(0)? {
             let batch = batch?;
+            for line in batch.skipped.iter().filter_map(|e| self.skipped.add(e)) {
+                bar.suspend(|| eprintln!("{line}"));
+            }
+            bar.inc(batch.skipped.len() as u64);
+            if batch.is_empty() {
+                continue;
+            }
             let count = batch.len();
             let images = batch_tensor(batch.images, count, preprocessing, self.device)?;
             let scores = evaluator.evaluate(&images, index)?;
@@ -78,6 +89,13 @@ impl Pass<'_> {
             bar.inc(count as u64);
         }
         bar.finish_and_clear();
+        if index == 0 {
+            bail!(
+                "{}: none of its {} images could be read",
+                list.source().display(),
+                list.len()
+            );
+        }
         Ok(totals.report_with(&config.road.fractions))
     }
 }

@@ -18,6 +18,7 @@ use tame_train::{
 };
 
 use crate::common::{check_inside, parse_layers, write_atomically, ImageArgs, ModelArgs};
+use crate::skipped::{SkipArgs, Skipped};
 use crate::stop::StopSignals;
 
 /// `--mask-loss`.
@@ -138,6 +139,9 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the snapshot folder, or from the one given.
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     resume: Option<Option<PathBuf>>,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// Everything a run needs, made from [`SetupArgs`].
@@ -297,7 +301,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
     progress.finish();
     match outcome.reason {
-        StopReason::Finished => eprintln!("done: checkpoints in {}", snapshot_dir.display()),
+        StopReason::Finished => {
+            eprintln!("done: checkpoints in {}", snapshot_dir.display());
+            progress.skipped.finish(args.skip.skip_bad)?;
+        }
         StopReason::Interrupted => {
             eprintln!(
                 "interrupted at step {}: {} saved; continue with --resume",
@@ -415,6 +422,7 @@ struct Progress {
     images: usize,
     sums: [f64; 6],
     steps: usize,
+    skipped: Skipped,
 }
 
 impl Progress {
@@ -425,6 +433,7 @@ impl Progress {
             images: 0,
             sums: [0.0; 6],
             steps: 0,
+            skipped: Skipped::new(true),
         }
     }
 
@@ -475,6 +484,8 @@ impl StepObserver for Progress {
     }
 
     fn image_skipped(&mut self, error: &tame_data::DataError) {
+        // Named every epoch that skips it, listed once at the end.
+        self.skipped.add(error);
         let line = format!("skipped: {error}");
         match &self.bar {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),

@@ -224,3 +224,131 @@ fn list_paths_outside_the_image_folder_need_allow_outside() {
         assert!(run.ok, "{path}: {}", run.stderr);
     }
 }
+
+/// Folder `images` under `dir` with `good.jpg` and a truncated `cut.jpg`, and a list of both
+/// (the truncated one on line 2).
+fn good_and_cut(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let (whole, half) = jpegs();
+    std::fs::write(images.join("good.jpg"), whole).unwrap();
+    std::fs::write(images.join("cut.jpg"), half).unwrap();
+    let list = dir.join("list.txt");
+    std::fs::write(&list, "good.jpg 1\ncut.jpg 2\n").unwrap();
+    (images, list)
+}
+
+/// Checks that a run skipped `cut` (named as it was skipped and counted at the end), and
+/// failed for it unless `skip_bad`.
+fn skipped_the_cut_image(run: &Run, cut: &str, skip_bad: bool) {
+    let named = format!("skipped: {cut}: the file is truncated");
+    assert!(run.stderr.contains(&named), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("1 unreadable image skipped:"),
+        "{}",
+        run.stderr
+    );
+    if skip_bad {
+        assert!(run.ok, "{}", run.stderr);
+    } else {
+        assert_eq!(
+            error_line(run),
+            "error: 1 unreadable image skipped (listed above); --skip-bad accepts skipped images"
+        );
+    }
+}
+
+/// `tame datalist` labels what it can read, names and counts what it skipped, and fails
+/// for it unless `--skip-bad` is given (a truncated JPEG was labelled before).
+#[test]
+fn datalist_skips_a_truncated_image_and_fails_without_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, _) = good_and_cut(dir.path());
+    let out = dir.path().join("labels.txt");
+    for skip_bad in [false, true] {
+        let mut args = vec![
+            "datalist",
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--img-dir",
+            images.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if skip_bad {
+            args.push("--skip-bad");
+        }
+        let run = tame(&args);
+        let cut = format!("cannot decode {}", images.join("cut.jpg").display());
+        skipped_the_cut_image(&run, &cut, skip_bad);
+        let labels = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(labels.lines().count(), 1, "{labels}");
+        assert!(labels.starts_with("good.jpg "), "{labels}");
+    }
+}
+
+/// `tame compare` (and so `tame eval`, which evaluates the same way) goes on past a bad
+/// image, writes its table, and fails for the image unless `--skip-bad` is given.
+#[test]
+fn compare_skips_a_truncated_image_and_fails_without_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, list) = good_and_cut(dir.path());
+    let out = dir.path().join("table.md");
+    for skip_bad in [false, true] {
+        let extra: &[&str] = if skip_bad { &["--skip-bad"] } else { &[] };
+        let run = compare(&images, &list, &out, extra);
+        let cut = format!(
+            "{}:2: cannot decode {}",
+            list.display(),
+            images.join("cut.jpg").display()
+        );
+        skipped_the_cut_image(&run, &cut, skip_bad);
+        assert!(std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("(1 images)"));
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+/// `tame train` names and counts a bad image, writes its checkpoints, and fails for the
+/// image unless `--skip-bad` is given.
+#[test]
+fn train_skips_a_truncated_image_and_fails_without_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, list) = good_and_cut(dir.path());
+    for skip_bad in [false, true] {
+        let snap = dir.path().join(format!("snap_{skip_bad}"));
+        let mut args = vec![
+            "train",
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--img-dir",
+            images.to_str().unwrap(),
+            "--train-list",
+            list.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--backbone-mode",
+            "eval",
+            "--snapshot-dir",
+            snap.to_str().unwrap(),
+        ];
+        if skip_bad {
+            args.push("--skip-bad");
+        }
+        let run = tame(&args);
+        let cut = format!(
+            "{}:2: cannot decode {}",
+            list.display(),
+            images.join("cut.jpg").display()
+        );
+        skipped_the_cut_image(&run, &cut, skip_bad);
+        assert!(snap.join("epoch_1.safetensors").is_file(), "{}", run.stderr);
+    }
+}

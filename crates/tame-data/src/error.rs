@@ -1,7 +1,7 @@
 //! The crate's error types: values naming the file (and list line) at fault.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why one image file could not be turned into RGB pixels.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,19 @@ pub enum DecodeError {
         /// The decoder's error.
         source: image::ImageError,
     },
+}
+
+impl DecodeError {
+    /// The image file at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::NotRegularFile { path }
+            | Self::Read { path, .. }
+            | Self::Truncated { path }
+            | Self::TooLarge { path, .. }
+            | Self::Decode { path, .. } => path,
+        }
+    }
 }
 
 /// Errors of list parsing and of loading the images a list names.
