@@ -9,7 +9,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use tame_backbones::weights::{self, WeightsSpec};
 use tame_backbones::{Backbone, BackboneKind, Precision};
-use tame_data::{to_chw_f32, Preprocessing, RgbImage};
+use tame_data::{to_chw_f32, ImageList, Preprocessing, RgbImage, DEFAULT_MAX_IMAGE_SIDE};
 
 /// `--model`, `--weights`, `--device`.
 #[derive(Args, Clone, Debug)]
@@ -66,6 +66,21 @@ impl ModelArgs {
             p = self.precision
         )
     }
+}
+
+/// `--max-image-side`, for every command that reads images.
+#[derive(Args, Clone, Debug)]
+pub struct ImageArgs {
+    /// Refuse images wider or taller than this many pixels, from their header, before
+    /// decoding them (a 388 KB PNG can declare 20000x20000 pixels: 1.6 GB decoded).
+    #[arg(
+        long,
+        env = "TAME_MAX_IMAGE_SIDE",
+        value_name = "PIXELS",
+        default_value_t = DEFAULT_MAX_IMAGE_SIDE,
+        value_parser = at_least_one::<u32>
+    )]
+    pub max_image_side: u32,
 }
 
 /// A CSV table built in memory and written whole once the work is done (fields are quoted
@@ -199,6 +214,23 @@ pub fn check_dir_can_be_made(dir: &Path) -> Result<()> {
 pub fn check_writable_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     check_writable(&dir.join("probe"))
+}
+
+/// Refuses a list naming a path that leaves the folder of `dir_flag` (absolute, or through
+/// `..`) unless `allow_outside`: a list must not make a run read `../../etc/passwd`.
+pub fn check_inside(list: &ImageList, dir_flag: &str, allow_outside: bool) -> Result<()> {
+    if let Some(entry) = list.entries().iter().find(|e| !e.stays_inside()) {
+        if !allow_outside {
+            bail!(
+                "{}:{}: {} is outside {dir_flag} (absolute, or through ..); --allow-outside \
+                 reads it",
+                list.source().display(),
+                entry.line,
+                entry.path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Image files (.jpg, .jpeg, .png) under `root`, recursively, relative to it, sorted.

@@ -9,14 +9,17 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, D};
 use clap::Args;
 use tame_backbones::{Backbone, Mode};
-use tame_data::{load_rgb, ImageList, RgbImage};
+use tame_data::{load_rgb_within, ImageList, RgbImage};
 use tame_metrics::{normalize_maps, EvalConfig, Explainer, MetricSet, Report};
 
-use crate::common::{check_writable, crops_tensor, write_atomically, CsvTable, ModelArgs};
+use crate::common::{
+    check_writable, crops_tensor, write_atomically, CsvTable, ImageArgs, ModelArgs,
+};
 use crate::mechanism::MechanismArgs;
 use crate::methods::{Method, MethodArgs, Methods};
 use crate::pass::{read_list, Pass};
 use crate::render::{jet_overlay, png_bytes, rows_of};
+use crate::skipped::{SkipArgs, Skipped};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -64,6 +67,16 @@ pub struct CompareArgs {
 
     #[command(flatten)]
     method_args: MethodArgs,
+
+    /// Read list paths that leave --val-dir (absolute paths, `..`), which are refused otherwise.
+    #[arg(long)]
+    allow_outside: bool,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// One method's row.
@@ -75,7 +88,7 @@ struct Row {
 
 pub fn run(args: CompareArgs) -> Result<()> {
     check_writable(&args.out)?;
-    let list = read_list(&args.test_list, &args.val_dir)?;
+    let list = read_list(&args.test_list, &args.val_dir, args.allow_outside)?;
     let (backbone, device) = args.model.load()?;
     let methods = &args.methods.0;
     let mechanism = args.mechanism.load_if(
@@ -87,16 +100,20 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let explainers = args
         .method_args
         .build_all(methods, backbone.as_ref(), mechanism.as_ref())?;
-    let pass = Pass {
+    let mut pass = Pass {
         backbone: backbone.as_ref(),
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
+        max_image_side: args.image_args.max_image_side,
+        skipped: Skipped::new(true),
     };
-    let rows = score(&pass, &explainers, &list, &eval_config(&args))?;
+    let rows = score(&mut pass, &explainers, &list, &eval_config(&args))?;
     let (header, lines) = table(&rows, &args.metrics)?;
     let model = format!("{} ({})", backbone.name(), args.model.precision);
-    let markdown = markdown(&args, list.len(), &model, &header, &lines);
+    // The images the table is made of: the list's less those skipped as unreadable.
+    let images = list.len() - pass.skipped.count();
+    let markdown = markdown(&args, images, &model, &header, &lines);
     let mut csv = CsvTable::new(&header)?;
     for line in &lines {
         csv.row(line)?;
@@ -104,13 +121,20 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let grid_paths: Vec<PathBuf> = list
         .entries()
         .iter()
-        .take(args.grid_images)
         .map(|e| e.resolve(&args.val_dir))
+        .filter(|path| !pass.skipped.contains(path))
+        .take(args.grid_images)
         .collect();
     let grid = if grid_paths.is_empty() {
         None
     } else {
-        Some(grid(&grid_paths, &explainers, backbone.as_ref(), &device)?)
+        Some(grid(
+            &grid_paths,
+            &explainers,
+            backbone.as_ref(),
+            &device,
+            pass.max_image_side,
+        )?)
     };
     let csv_path = args.out.with_extension("csv");
     write_atomically(&args.out, markdown.as_bytes())?;
@@ -120,7 +144,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(grid) = grid {
         write_grid(&args.out, &grid, &explainers)?;
     }
-    Ok(())
+    pass.skipped.finish(args.skip.skip_bad)
 }
 
 fn eval_config(args: &CompareArgs) -> EvalConfig {
@@ -134,7 +158,7 @@ fn eval_config(args: &CompareArgs) -> EvalConfig {
 
 /// Each method through the metrics, timed.
 fn score(
-    pass: &Pass,
+    pass: &mut Pass,
     explainers: &[(Method, Box<dyn Explainer + '_>)],
     list: &ImageList,
     config: &EvalConfig,
@@ -203,11 +227,12 @@ fn grid(
     explainers: &[(Method, Box<dyn Explainer + '_>)],
     backbone: &dyn Backbone,
     device: &Device,
+    max_side: u32,
 ) -> Result<RgbImage> {
     let preprocessing = backbone.preprocessing();
     let mut rows = Vec::new();
     for path in paths {
-        let (crop, _) = preprocessing.apply(&load_rgb(path)?);
+        let (crop, _) = preprocessing.apply(&load_rgb_within(path, max_side)?);
         let image = crops_tensor(std::slice::from_ref(&crop), preprocessing, device)?;
         let mut class = None;
         let mut row = vec![crop.clone()];

@@ -13,7 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_backbones::{Backbone, Mode};
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 
-use crate::common::{batch_tensor, check_writable, find_images, write_atomically, ModelArgs};
+use crate::common::{
+    batch_tensor, check_writable, find_images, write_atomically, ImageArgs, ModelArgs,
+};
+use crate::skipped::{SkipArgs, Skipped};
 
 #[derive(Args)]
 pub struct DatalistArgs {
@@ -39,6 +42,12 @@ pub struct DatalistArgs {
     /// Threads decoding images (default: one per core).
     #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
     workers: Option<usize>,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// How often the list written so far is saved, so that `--resume` loses little after a kill.
@@ -81,34 +90,29 @@ pub fn run(args: DatalistArgs) -> Result<()> {
     let skipped = label(&args, pending, backbone.as_ref(), &device, &mut text)?;
     write_atomically(&args.out, text.as_bytes())?;
     eprintln!(
-        "wrote {} ({} images labelled by {}{})",
+        "wrote {} ({} images labelled by {})",
         args.out.display(),
         text.lines().count(),
         backbone.name(),
-        if skipped > 0 {
-            format!(", {skipped} unreadable images skipped")
-        } else {
-            String::new()
-        }
     );
-    Ok(())
+    skipped.finish(args.skip.skip_bad)
 }
 
 /// Appends a `path label` line to `text` for each of `pending` (label: the backbone's top-1
-/// class), saving the list every [`SAVE_EVERY`]; returns how many unreadable images were
-/// skipped.
+/// class), saving the list every [`SAVE_EVERY`]; returns the unreadable images skipped.
 fn label(
     args: &DatalistArgs,
     pending: Vec<ListEntry>,
     backbone: &dyn Backbone,
     device: &Device,
     text: &mut String,
-) -> Result<usize> {
+) -> Result<Skipped> {
     let request = backbone.tap_request(&[], true)?;
     let preprocessing = backbone.preprocessing();
     let mut config = LoaderConfig {
         preprocessing,
         strict: false,
+        max_image_side: args.image_args.max_image_side,
         ..LoaderConfig::evaluation(args.batch_size)
     };
     if let Some(workers) = args.workers {
@@ -119,14 +123,13 @@ fn label(
         "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
     )?);
     let loader = Loader::new(list, &args.img_dir, config)?;
-    let mut skipped = 0;
+    let mut skipped = Skipped::new(false);
     let mut last_save = Instant::now();
     for batch in loader.epoch(0)? {
         let batch = batch?;
-        for problem in &batch.skipped {
-            bar.suspend(|| eprintln!("warning: skipped {problem}"));
+        for line in batch.skipped.iter().filter_map(|e| skipped.add(e)) {
+            bar.suspend(|| eprintln!("{line}"));
         }
-        skipped += batch.skipped.len();
         bar.inc((batch.len() + batch.skipped.len()) as u64);
         if batch.is_empty() {
             continue;

@@ -11,9 +11,10 @@ use tame_backbones::Backbone;
 use tame_data::ImageList;
 use tame_metrics::{EvalConfig, MetricSet, Report, RoadOrder, RoadReport, TameExplainer};
 
-use crate::common::{check_writable, write_atomically, CsvTable, ModelArgs};
+use crate::common::{check_writable, write_atomically, CsvTable, ImageArgs, ModelArgs};
 use crate::mechanism::MechanismSource;
 use crate::pass::{read_list, Pass};
+use crate::skipped::{SkipArgs, Skipped};
 
 /// The header of the main CSV, as the reference writes it.
 const AD_IC_HEADER: [&str; 7] = [
@@ -91,6 +92,16 @@ pub struct EvalArgs {
     /// Steps of the insertion and deletion curves.
     #[arg(long, default_value_t = 16)]
     insdel_steps: usize,
+
+    /// Read list paths that leave --val-dir (absolute paths, `..`), which are refused otherwise.
+    #[arg(long)]
+    allow_outside: bool,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// One checkpoint to evaluate.
@@ -104,9 +115,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         check_writable(out)?;
     }
     let files = checkpoint_files(&args.am, args.start_epoch, args.end_epoch)?;
-    let test = read_list(&args.test_list, &args.val_dir)?;
+    let test = read_list(&args.test_list, &args.val_dir, args.allow_outside)?;
     let select = match &args.select_on {
-        Some(path) => Some(read_list(path, &args.val_dir)?),
+        Some(path) => Some(read_list(path, &args.val_dir, args.allow_outside)?),
         None => None,
     };
     let (backbone, device) = args.model.load()?;
@@ -125,27 +136,29 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     config.road.seed = args.seed;
     config.insdel.steps = args.insdel_steps;
-    let pass = Pass {
+    let mut pass = Pass {
         backbone: backbone.as_ref(),
         val_dir: &args.val_dir,
         batch_size: args.batch_size,
         device: &device,
+        max_image_side: args.image_args.max_image_side,
+        skipped: Skipped::new(true),
     };
 
     let mut outputs = Vec::new();
     if let Some(list) = &select {
-        let selection = select_epoch(&pass, list, &snapshots, &taps, &config)?;
+        let selection = select_epoch(&mut pass, list, &snapshots, &taps, &config)?;
         outputs.push((sibling(&out, "selection"), selection));
     }
     outputs.extend(evaluate(
-        &args, &out, &pass, &test, &snapshots, &taps, &config,
+        &args, &out, &mut pass, &test, &snapshots, &taps, &config,
     )?);
     // Written only once everything has been computed: an error leaves no partial output.
     for (path, bytes) in &outputs {
         write_atomically(path, bytes)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    pass.skipped.finish(args.skip.skip_bad)
 }
 
 /// Every checkpoint of `files`, read before any evaluation so that one that does not fit
@@ -176,7 +189,7 @@ fn load_snapshots(
 /// AD/IC of every snapshot on the selection list (the selection CSV), printing the best
 /// epoch: the lowest AD(100%), ties to the higher IC(100%).
 fn select_epoch(
-    pass: &Pass,
+    pass: &mut Pass,
     list: &ImageList,
     snapshots: &[Snapshot],
     taps: &[String],
@@ -216,7 +229,7 @@ fn select_epoch(
 fn evaluate(
     args: &EvalArgs,
     out: &Path,
-    pass: &Pass,
+    pass: &mut Pass,
     test: &ImageList,
     snapshots: &[Snapshot],
     taps: &[String],

@@ -13,12 +13,12 @@ use serde::Serialize;
 use tame_am::Version;
 use tame_backbones::imagenet::class_name;
 use tame_backbones::{Backbone, Mode, TapRequest};
-use tame_data::{decode_rgb, load_rgb, Applied, Preprocessing, RgbImage};
+use tame_data::{decode_rgb, load_rgb_within, Applied, Preprocessing, RgbImage};
 use tame_metrics::{normalize_maps, Explainer};
 
 use crate::common::{
     check_dir_can_be_made, check_writable_dir, crops_tensor, expand_images, write_atomically,
-    ModelArgs,
+    ImageArgs, ModelArgs,
 };
 use crate::mechanism::{LoadedMechanism, MechanismArgs};
 use crate::methods::{Method, MethodArgs, Methods};
@@ -70,6 +70,9 @@ pub struct ExplainArgs {
 
     #[command(flatten)]
     method_args: MethodArgs,
+
+    #[command(flatten)]
+    image_args: ImageArgs,
 }
 
 #[derive(Serialize)]
@@ -118,7 +121,8 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     let paths = image_paths(&args.images)?;
     let (backbone, device) = args.model.load()?;
     // Every image is read before any output is written: a bad file stops the run first.
-    let inputs = read_inputs(paths, backbone.preprocessing())?;
+    let max_side = args.image_args.max_image_side;
+    let inputs = read_inputs(paths, backbone.preprocessing(), max_side)?;
     let methods = &args.method.0;
     let mechanism = args.mechanism.load_if(
         methods.contains(&Method::Tame),
@@ -194,7 +198,11 @@ fn image_paths(given: &[PathBuf]) -> Result<Option<Vec<PathBuf>>> {
 }
 
 /// Decodes each image and makes the backbone's input of it.
-fn read_inputs(paths: Option<Vec<PathBuf>>, preprocessing: Preprocessing) -> Result<Vec<Input>> {
+fn read_inputs(
+    paths: Option<Vec<PathBuf>>,
+    preprocessing: Preprocessing,
+    max_side: u32,
+) -> Result<Vec<Input>> {
     let input = |path: PathBuf, image: RgbImage| {
         let (crop, applied) = preprocessing.apply(&image);
         Input {
@@ -212,7 +220,7 @@ fn read_inputs(paths: Option<Vec<PathBuf>>, preprocessing: Preprocessing) -> Res
         Some(paths) => paths
             .into_iter()
             .map(|p| {
-                let image = load_rgb(&p)?;
+                let image = load_rgb_within(&p, max_side)?;
                 Ok(input(p, image))
             })
             .collect(),

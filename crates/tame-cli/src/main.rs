@@ -12,6 +12,7 @@ mod mechanism;
 mod methods;
 mod pass;
 mod render;
+mod skipped;
 mod stop;
 mod train;
 

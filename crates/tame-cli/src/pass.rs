@@ -10,7 +10,8 @@ use tame_backbones::Backbone;
 use tame_data::{ImageList, ListEntry, Loader, LoaderConfig};
 use tame_metrics::{EvalConfig, Evaluator, Explainer, ImageScores, Report, Totals};
 
-use crate::common::{batch_tensor, CsvTable};
+use crate::common::{batch_tensor, check_inside, CsvTable};
+use crate::skipped::Skipped;
 
 /// What every evaluation pass over a list shares.
 pub struct Pass<'a> {
@@ -18,13 +19,16 @@ pub struct Pass<'a> {
     pub val_dir: &'a Path,
     pub batch_size: usize,
     pub device: &'a Device,
+    pub max_image_side: u32,
+    /// The images skipped so far, over every pass.
+    pub skipped: Skipped,
 }
 
 impl Pass<'_> {
     /// Evaluates `explainer`'s maps of every image of `list` (the images' `epoch` in the
     /// progress bar and per-image rows, appended when asked).
     pub fn run(
-        &self,
+        &mut self,
         explainer: &dyn Explainer,
         list: &ImageList,
         config: &EvalConfig,
@@ -43,7 +47,7 @@ impl Pass<'_> {
 
     /// [`run`](Self::run) with the progress bar's label given.
     pub fn run_with_message(
-        &self,
+        &mut self,
         explainer: &dyn Explainer,
         list: &ImageList,
         config: &EvalConfig,
@@ -55,6 +59,8 @@ impl Pass<'_> {
         let preprocessing = self.backbone.preprocessing();
         let loader_config = LoaderConfig {
             preprocessing,
+            max_image_side: self.max_image_side,
+            strict: false,
             ..LoaderConfig::evaluation(self.batch_size)
         };
         let loader = Loader::new(list.clone(), self.val_dir, loader_config)?;
@@ -63,6 +69,13 @@ impl Pass<'_> {
         let mut index = 0u64;
         for batch in loader.epoch(0)? {
             let batch = batch?;
+            for line in batch.skipped.iter().filter_map(|e| self.skipped.add(e)) {
+                bar.suspend(|| eprintln!("{line}"));
+            }
+            bar.inc(batch.skipped.len() as u64);
+            if batch.is_empty() {
+                continue;
+            }
             let count = batch.len();
             let images = batch_tensor(batch.images, count, preprocessing, self.device)?;
             let scores = evaluator.evaluate(&images, index)?;
@@ -76,6 +89,13 @@ impl Pass<'_> {
             bar.inc(count as u64);
         }
         bar.finish_and_clear();
+        if index == 0 {
+            bail!(
+                "{}: none of its {} images could be read",
+                list.source().display(),
+                list.len()
+            );
+        }
         Ok(totals.report_with(&config.road.fractions))
     }
 }
@@ -108,18 +128,27 @@ fn per_image_row(epoch: u64, entry: &ListEntry, s: &ImageScores) -> Vec<String> 
     .collect()
 }
 
-/// Reads a list and checks that every image exists, so that a missing one is reported (with
-/// its list line) before any work.
-pub fn read_list(path: &Path, val_dir: &Path) -> Result<ImageList> {
+/// Reads a list and checks that every image is a regular file inside `val_dir` (unless
+/// `allow_outside`), so that a missing one is reported (with its list line) before any work.
+pub fn read_list(path: &Path, val_dir: &Path, allow_outside: bool) -> Result<ImageList> {
     let list = ImageList::read(path)?;
     if list.is_empty() {
         bail!("{}: the list names no image", path.display());
     }
+    check_inside(&list, "--val-dir", allow_outside)?;
     for entry in list.entries() {
         let image = entry.resolve(val_dir);
-        if !image.is_file() {
+        if !image.exists() {
             bail!(
                 "{}:{}: image {} not found",
+                path.display(),
+                entry.line,
+                image.display()
+            );
+        }
+        if !image.is_file() {
+            bail!(
+                "{}:{}: {}: not a regular file",
                 path.display(),
                 entry.line,
                 image.display()

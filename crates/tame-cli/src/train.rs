@@ -17,7 +17,8 @@ use tame_train::{
     StopReason, TrainConfig, Trainer,
 };
 
-use crate::common::{parse_layers, write_atomically, ModelArgs};
+use crate::common::{check_inside, parse_layers, write_atomically, ImageArgs, ModelArgs};
+use crate::skipped::{SkipArgs, Skipped};
 use crate::stop::StopSignals;
 
 /// `--mask-loss`.
@@ -60,6 +61,10 @@ pub struct SetupArgs {
     /// Training list: `relative/path label` per line (labels = the backbone's predictions).
     #[arg(long)]
     pub train_list: PathBuf,
+
+    /// Read list paths that leave --img-dir (absolute paths, `..`), which are refused otherwise.
+    #[arg(long)]
+    pub allow_outside: bool,
 
     /// Images per batch (default 32).
     #[arg(long, value_parser = crate::common::at_least_one::<usize>)]
@@ -108,6 +113,9 @@ pub struct SetupArgs {
     /// How the backbone runs while training.
     #[arg(long, value_enum, default_value = "reference")]
     pub backbone_mode: BackboneModeArg,
+
+    #[command(flatten)]
+    pub image_args: ImageArgs,
 }
 
 #[derive(Args)]
@@ -131,6 +139,9 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the snapshot folder, or from the one given.
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     resume: Option<Option<PathBuf>>,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 /// Everything a run needs, made from [`SetupArgs`].
@@ -146,20 +157,22 @@ pub struct Setup {
 impl SetupArgs {
     /// Loads the backbone, measures the tap shapes and opens the list.
     pub fn open(&self, shuffle_default: bool) -> Result<Setup> {
+        let list = ImageList::read(&self.train_list)?;
+        if list.is_empty() {
+            bail!("{}: the list is empty", self.train_list.display());
+        }
+        check_inside(&list, "--img-dir", self.allow_outside)?;
         let (backbone, device) = self.model.load()?;
         let taps = match &self.layers {
             Some(l) => parse_layers(l)?,
             None => backbone.default_taps(),
         };
         let am_config = crate::mechanism::config(backbone.as_ref(), &taps, self.version, &device)?;
-        let list = ImageList::read(&self.train_list)?;
-        if list.is_empty() {
-            bail!("{}: the list is empty", self.train_list.display());
-        }
         let batch_size = self.batch_size.unwrap_or(32);
         let mut config = LoaderConfig {
             augmentation: self.augmentation(),
             preprocessing: backbone.preprocessing(),
+            max_image_side: self.image_args.max_image_side,
             ..LoaderConfig::training(batch_size, self.seed)
         };
         config.shuffle = shuffle_default && !self.no_shuffle;
@@ -288,7 +301,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
     progress.finish();
     match outcome.reason {
-        StopReason::Finished => eprintln!("done: checkpoints in {}", snapshot_dir.display()),
+        StopReason::Finished => {
+            eprintln!("done: checkpoints in {}", snapshot_dir.display());
+            progress.skipped.finish(args.skip.skip_bad)?;
+        }
         StopReason::Interrupted => {
             eprintln!(
                 "interrupted at step {}: {} saved; continue with --resume",
@@ -406,6 +422,7 @@ struct Progress {
     images: usize,
     sums: [f64; 6],
     steps: usize,
+    skipped: Skipped,
 }
 
 impl Progress {
@@ -416,6 +433,7 @@ impl Progress {
             images: 0,
             sums: [0.0; 6],
             steps: 0,
+            skipped: Skipped::new(true),
         }
     }
 
@@ -466,6 +484,8 @@ impl StepObserver for Progress {
     }
 
     fn image_skipped(&mut self, error: &tame_data::DataError) {
+        // Named every epoch that skips it, listed once at the end.
+        self.skipped.add(error);
         let line = format!("skipped: {error}");
         match &self.bar {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),

@@ -78,6 +78,20 @@ fn make_fixtures(fix: &Path) {
     )
     .unwrap();
 
+    // A JPEG cut in half, alone and in a folder; an image wider than the default limit.
+    let coffee = std::fs::read(tame_testdata::photo("coffee.jpg")).unwrap();
+    std::fs::write(fix.join("cut.jpg"), &coffee[..coffee.len() / 2]).unwrap();
+    std::fs::create_dir(fix.join("cut")).unwrap();
+    std::fs::copy(fix.join("cut.jpg"), fix.join("cut/cut.jpg")).unwrap();
+    image::GrayImage::new(20_000, 1)
+        .save(fix.join("wide.png"))
+        .unwrap();
+    std::fs::write(
+        fix.join("outside.txt"),
+        "coffee.jpg 967\n../coffee.jpg 967\n",
+    )
+    .unwrap();
+
     // A snapshot folder holding a complete checkpoint (the demo's pair: no hash to check).
     let snap = fix.join("snap");
     std::fs::create_dir(&snap).unwrap();

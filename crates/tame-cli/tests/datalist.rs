@@ -53,16 +53,17 @@ fn labels_every_image_resumes_and_skips_unreadable_files() {
     let parsed = tame_data::ImageList::read(&list).unwrap();
     assert!(parsed.entries().iter().all(|e| e.label < 1000));
 
-    // A new image and a corrupt one: --resume keeps the listed lines, labels the new image and
-    // skips the unreadable file with a warning.
+    // A new image and a corrupt one: --resume keeps the listed lines, labels the new image,
+    // skips the unreadable file naming it, and fails for it (--skip-bad would accept it).
     std::fs::copy(samples.join("astronaut.jpg"), images.join("sub/z.jpg")).unwrap();
     std::fs::write(images.join("broken.jpg"), b"not an image").unwrap();
     let Run { ok, stderr, .. } = tame(&args(true));
-    assert!(ok, "{stderr}");
+    assert!(!ok, "{stderr}");
     assert!(
-        stderr.contains("broken.jpg") && stderr.contains("1 unreadable images skipped"),
+        stderr.contains("skipped: cannot decode") && stderr.contains("broken.jpg"),
         "{stderr}"
     );
+    assert!(stderr.contains("1 unreadable image skipped"), "{stderr}");
     let resumed = std::fs::read_to_string(&list).unwrap();
     assert!(resumed.starts_with(&text));
     assert_eq!(resumed.lines().count(), 5);

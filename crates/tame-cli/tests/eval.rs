@@ -154,3 +154,46 @@ fn malformed_list_missing_image_and_unfit_mechanism_give_clear_errors() {
     assert!(!ok && text.contains("epoch_1.safetensors"), "{text}");
     assert!(!out.exists(), "no output after an error");
 }
+
+/// A truncated image is skipped and named, the CSV still written, and the run fails for it
+/// unless `--skip-bad` is given (it was evaluated as a half-grey picture before).
+#[test]
+fn a_truncated_image_is_skipped_and_fails_the_run_without_skip_bad() {
+    let tmp = tempfile::tempdir().unwrap();
+    save_am(tmp.path(), 1, 0);
+    let photo = std::fs::read(Path::new(SAMPLES).join("coffee.jpg")).unwrap();
+    std::fs::write(tmp.path().join("coffee.jpg"), &photo).unwrap();
+    std::fs::write(tmp.path().join("cut.jpg"), &photo[..photo.len() / 2]).unwrap();
+    let list = write(&tmp.path().join("list.txt"), "coffee.jpg 967\ncut.jpg 1\n");
+    let out = tmp.path().join("eval.csv");
+    for skip_bad in [false, true] {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--val-dir",
+            tmp.path().to_str().unwrap(),
+            "--test-list",
+            &list,
+            "--am",
+            tmp.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if skip_bad {
+            args.push("--skip-bad");
+        }
+        let (ok, text) = tame(&args);
+        assert_eq!(ok, skip_bad, "{text}");
+        let skipped = format!(
+            "skipped: {list}:2: cannot decode {}: the file is truncated",
+            tmp.path().join("cut.jpg").display()
+        );
+        assert!(text.contains(&skipped), "{text}");
+        assert!(text.contains("1 unreadable image skipped"), "{text}");
+        let csv = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(csv.lines().count(), 2, "{csv}");
+    }
+}

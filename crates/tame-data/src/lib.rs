@@ -27,7 +27,7 @@ pub use augment::{
     augment, color_jitter, heavy_transform, random_resized_crop, Augmentation, COLLAGE_PROBABILITY,
     CROP_RATIO, CROP_SCALE, JITTER,
 };
-pub use decode::{decode_rgb, load_rgb};
+pub use decode::{decode_rgb, load_rgb, load_rgb_within, DEFAULT_MAX_IMAGE_SIDE};
 pub use error::{DataError, DecodeError};
 pub use image::RgbImage;
 pub use list::{ImageList, ListEntry, DEFAULT_EXTENSION, NUM_CLASSES};

@@ -1,7 +1,7 @@
 //! ILSVRC-style list files: one `relative/path label` per line.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::DataError;
 
@@ -32,15 +32,22 @@ pub struct ImageList {
 impl ImageList {
     /// Reads and parses a list file.
     ///
-    /// Blank lines are ignored; a malformed line or a label outside `0..NUM_CLASSES` is an
+    /// Only a regular file is read. Blank lines are ignored; a malformed line or a label outside `0..NUM_CLASSES` is an
     /// error naming the file and the line. Image files are not checked here (that happens
     /// when they are loaded, and the error still names this file and line).
     pub fn read(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| DataError::ListRead {
+        let read = |source| DataError::ListRead {
             list: path.to_path_buf(),
             source,
-        })?;
+        };
+        // A FIFO would block and a device such as /dev/zero would be read without end.
+        if !fs::metadata(path).map_err(read)?.is_file() {
+            return Err(DataError::ListNotRegularFile {
+                list: path.to_path_buf(),
+            });
+        }
+        let text = fs::read_to_string(path).map_err(read)?;
         Self::parse(&text, path)
     }
 
@@ -121,6 +128,14 @@ impl ListEntry {
     /// The image file of this entry under `image_dir`.
     pub fn resolve(&self, image_dir: &Path) -> PathBuf {
         image_dir.join(&self.path)
+    }
+
+    /// Whether the path stays inside the image folder: relative and without `..` (judged on
+    /// the text alone: a link inside the folder may still lead out of it).
+    pub fn stays_inside(&self) -> bool {
+        self.path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     }
 }
 
@@ -205,6 +220,34 @@ mod tests {
             err.to_string(),
             "lists/train.txt:2: label 1000 is outside 0..999"
         );
+    }
+
+    /// A folder or a device is no list: /dev/zero would be read until memory ran out.
+    #[test]
+    fn a_list_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = vec![dir.path().to_path_buf()];
+        if cfg!(unix) {
+            paths.push(PathBuf::from("/dev/null"));
+        }
+        for path in paths {
+            let err = ImageList::read(&path).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{}: not a regular file", path.display())
+            );
+        }
+    }
+
+    #[test]
+    fn paths_that_leave_the_image_folder_are_told_apart() {
+        let list = ImageList::parse(
+            "a/b.jpg 1\n./c.jpg 1\n../d.jpg 1\na/../../e.jpg 1\n/etc/passwd 1\na/../f.jpg 1\n",
+            "l.txt",
+        )
+        .unwrap();
+        let inside: Vec<bool> = list.entries().iter().map(ListEntry::stays_inside).collect();
+        assert_eq!(inside, [true, true, false, false, false, false]);
     }
 
     #[test]

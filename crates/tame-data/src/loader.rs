@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::augment::{augment, Augmentation};
-use crate::decode::load_rgb;
+use crate::decode::{load_rgb_within, DEFAULT_MAX_IMAGE_SIDE};
 use crate::error::DataError;
 use crate::list::{ImageList, ListEntry};
 use crate::transform::{to_chw_f32, Preprocessing};
@@ -37,6 +37,8 @@ pub struct LoaderConfig {
     pub preprocessing: Preprocessing,
     /// A bad image is an error that ends the epoch; otherwise it is skipped and counted.
     pub strict: bool,
+    /// Images wider or taller than this are bad images, refused before they are decoded.
+    pub max_image_side: u32,
 }
 
 impl LoaderConfig {
@@ -51,6 +53,7 @@ impl LoaderConfig {
             augmentation: Augmentation::Reference,
             preprocessing: Preprocessing::IMAGENET,
             strict: false,
+            max_image_side: DEFAULT_MAX_IMAGE_SIDE,
         }
     }
 
@@ -65,6 +68,7 @@ impl LoaderConfig {
             augmentation: Augmentation::None,
             preprocessing: Preprocessing::IMAGENET,
             strict: true,
+            max_image_side: DEFAULT_MAX_IMAGE_SIDE,
         }
     }
 }
@@ -236,7 +240,8 @@ impl Shared {
 
     fn decode(&self, index: usize) -> Result<RgbImage, DataError> {
         let entry = &self.list.entries()[index];
-        load_rgb(entry.resolve(&self.image_dir)).map_err(|source| DataError::Image {
+        let path = entry.resolve(&self.image_dir);
+        load_rgb_within(path, self.config.max_image_side).map_err(|source| DataError::Image {
             list: self.list.source().to_path_buf(),
             line: entry.line,
             source,

@@ -13,8 +13,15 @@ pub struct Run {
 
 /// Runs the `tame` binary with `args`.
 pub fn tame<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    tame_with_env(args, &[])
+}
+
+/// Runs the `tame` binary with `args` and the environment variables `env` set.
+#[allow(dead_code)] // not every test binary sets variables
+pub fn tame_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_tame"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("the tame binary runs");
     Run {

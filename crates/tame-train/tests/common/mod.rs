@@ -114,6 +114,7 @@ pub fn list_loader(
         },
         preprocessing: tame_data::Preprocessing::IMAGENET,
         strict: true,
+        max_image_side: tame_data::DEFAULT_MAX_IMAGE_SIDE,
     };
     Loader::new(list, dir, config).unwrap()
 }
