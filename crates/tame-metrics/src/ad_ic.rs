@@ -1,9 +1,9 @@
 //! Average Drop and Increase in Confidence (TAME-SPEC section 6).
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
-use crate::classify::{classify_generated, Classify};
-use crate::keep::keep_fraction;
+use crate::classify::{classify_batch, classify_generated, Classify};
+use crate::keep::{keep_fraction, keep_fraction_on_device};
 use crate::{MetricsError, Result};
 
 /// The fractions of pixels kept: 100 %, 50 % and 15 %, in the CSV's order.
@@ -76,6 +76,47 @@ pub fn ad_ic_scores(
     Ok(scores)
 }
 
+/// [`ad_ic_scores`] with the images (n, 3, H, W) and their normalised maps (n, H, W) where
+/// they are: the masks and masked images are made on their device (the same values, bit
+/// for bit), and only the logits come back, one chunk at a time.
+pub fn ad_ic_scores_on_device(
+    classify: &Classify,
+    images: &Tensor,
+    maps: &Tensor,
+    classes: &[u32],
+    y: &[f64],
+    chunk: usize,
+) -> Result<Vec<AdIcScores>> {
+    let (n, c, h, w) = images.dims4()?;
+    if maps.dims() != [n, h, w] || classes.len() != n || y.len() != n {
+        return Err(MetricsError::BadInput(format!(
+            "maps {:?}, {} classes and {} confidences for images {:?}",
+            maps.dims(),
+            classes.len(),
+            y.len(),
+            images.dims()
+        )));
+    }
+    let levels = KEEP_LEVELS.len();
+    let masks = KEEP_LEVELS
+        .iter()
+        .map(|&keep| keep_fraction_on_device(maps, keep))
+        .collect::<Result<Vec<_>>>()?;
+    // Image-major, as on the host: an image's masked versions are classified together.
+    let masked = images
+        .unsqueeze(1)?
+        .broadcast_mul(&Tensor::stack(&masks, 1)?.unsqueeze(2)?)?
+        .reshape((n * levels, c, h, w))?;
+    let outcomes = classify_batch(classify, &masked, chunk.max(levels), |i| {
+        classes[i / levels]
+    })?;
+    let mut scores: Vec<AdIcScores> = y.iter().map(|&y| AdIcScores { y, o: [0.0; 3] }).collect();
+    for (i, o) in outcomes.iter().enumerate() {
+        scores[i / levels].o[i % levels] = o.prob;
+    }
+    Ok(scores)
+}
+
 /// Checks that `pixels` and `maps` hold `n` images of `dims` and `n` maps of their size.
 pub(crate) fn check_batch(pixels: &[f32], dims: [usize; 3], maps: &[f32], n: usize) -> Result<()> {
     let len: usize = dims.iter().product();
@@ -141,6 +182,37 @@ pub struct AdIcReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device path scores what the host path scores, exactly (the same masked images),
+    /// with maps holding ties at the thresholds.
+    #[test]
+    fn device_and_host_paths_score_alike() {
+        let (n, h, w) = (3, 12, 10);
+        let cpu = Device::Cpu;
+        let images = Tensor::rand(0f32, 1f32, (n, 3, h, w), &cpu).unwrap();
+        let levels: Vec<f32> = (0..n * h * w).map(|i| ((i * 7) % 5) as f32 / 4.0).collect();
+        let maps = Tensor::from_vec(levels, (n, h, w), &cpu).unwrap();
+        let weights = Tensor::rand(-1f32, 1f32, (3 * h * w, 10), &cpu).unwrap();
+        let classify = |x: &Tensor| -> Result<Tensor> { Ok(x.flatten_from(1)?.matmul(&weights)?) };
+        let classes = [1, 4, 9];
+        let y = [0.3, 0.5, 0.7];
+        let device = ad_ic_scores_on_device(&classify, &images, &maps, &classes, &y, 4).unwrap();
+        let pixels = images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let host_maps = maps.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let host = ad_ic_scores(
+            &classify,
+            &pixels,
+            [3, h, w],
+            &host_maps,
+            &classes,
+            &y,
+            4,
+            &cpu,
+        )
+        .unwrap();
+        assert_eq!(device, host);
+        assert!(host.iter().all(|s| s.o.iter().all(|&o| o > 0.0)));
+    }
 
     #[test]
     fn averages_drops_and_counts_increases() {

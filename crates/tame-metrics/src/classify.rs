@@ -80,11 +80,41 @@ pub(crate) fn classify_generated(
             .enumerate()
             .for_each(|(j, image)| fill(start + j, image));
         let images = tame_ops::host::upload(pixels, (n, dims[0], dims[1], dims[2]), device)?;
-        for (j, row) in logit_rows(&classify(&images)?, n)?.iter().enumerate() {
-            out.push(outcome(row, class_of(start + j))?);
-        }
+        out.extend(outcomes(classify, &images, |j| class_of(start + j))?);
     }
     Ok(out)
+}
+
+/// Classifies `images` (n, 3, H, W) already on their device, `chunk` at a time, and returns
+/// the outcome for class `class_of(i)` of each.
+pub(crate) fn classify_batch(
+    classify: &Classify,
+    images: &Tensor,
+    chunk: usize,
+    class_of: impl Fn(usize) -> u32,
+) -> Result<Vec<Outcome>> {
+    let count = images.dim(0)?;
+    let chunk = chunk.max(1);
+    let mut out = Vec::with_capacity(count);
+    for start in (0..count).step_by(chunk) {
+        let part = images.narrow(0, start, chunk.min(count - start))?;
+        out.extend(outcomes(classify, &part, |j| class_of(start + j))?);
+    }
+    Ok(out)
+}
+
+/// The outcome for class `class_of(j)` of each of `images`.
+fn outcomes(
+    classify: &Classify,
+    images: &Tensor,
+    class_of: impl Fn(usize) -> u32,
+) -> Result<Vec<Outcome>> {
+    let n = images.dim(0)?;
+    logit_rows(&classify(images)?, n)?
+        .iter()
+        .enumerate()
+        .map(|(j, row)| outcome(row, class_of(j)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use std::str::FromStr;
 
 use candle_core::Tensor;
 use tame_backbones::{Backbone, Mode, TapRequest};
+use tame_ops::Kernels;
 
-use crate::ad_ic::{ad_ic_scores, AdIcReport, AdIcScores, AdIcTotals};
+use crate::ad_ic::{ad_ic_scores, ad_ic_scores_on_device, AdIcReport, AdIcScores, AdIcTotals};
 use crate::classify::{logit_rows, outcome, Classify};
 use crate::explainer::{normalize_maps, Explainer};
 use crate::insdel::{insertion_deletion, InsDelConfig, InsDelReport, InsDelScores, InsDelTotals};
@@ -138,16 +139,13 @@ impl<'a> Evaluator<'a> {
                 raw.dims()
             )));
         }
-        // The masked images are made on the host from the maps and the pixels.
-        let maps = tame_ops::host::download::<f32>(&normalize_maps(&raw, h, w)?)?;
+        let maps = normalize_maps(&raw, h, w)?;
         // A NaN map would score as a result (AD 0 looks perfect).
-        if maps.iter().any(|v| !v.is_finite()) {
+        if !tame_ops::all_finite(&maps)? {
             return Err(MetricsError::BadInput(
                 "the explanation maps hold NaN or infinite values".into(),
             ));
         }
-        let pixels = tame_ops::host::download::<f32>(images)?;
-        let dims = [c, h, w];
         let chunk = if self.config.chunk == 0 {
             b
         } else {
@@ -163,12 +161,28 @@ impl<'a> Evaluator<'a> {
         };
         let classify: &Classify = &classify;
         let cfg = &self.config;
-        let ad_ic = match cfg.metrics.ad_ic {
-            true => Some(ad_ic_scores(
-                classify, &pixels, dims, &maps, &classes, &y, chunk, device,
-            )?),
-            false => None,
+        // Off the native CPU path, AD/IC's masks are made where the images are; the other
+        // metrics make theirs on the host, from one copy of the maps and pixels.
+        let on_device = Kernels::for_tensor(images) == Kernels::Portable;
+        let on_host = (cfg.metrics.ad_ic && !on_device) || cfg.metrics.road || cfg.metrics.insdel;
+        let (host_maps, pixels) = match on_host {
+            true => (
+                tame_ops::host::download::<f32>(&maps)?,
+                tame_ops::host::download::<f32>(images)?,
+            ),
+            false => (Vec::new(), Vec::new()),
         };
+        let dims = [c, h, w];
+        let ad_ic = match (cfg.metrics.ad_ic, on_device) {
+            (false, _) => None,
+            (true, true) => Some(ad_ic_scores_on_device(
+                classify, images, &maps, &classes, &y, chunk,
+            )?),
+            (true, false) => Some(ad_ic_scores(
+                classify, &pixels, dims, &host_maps, &classes, &y, chunk, device,
+            )?),
+        };
+        let maps = host_maps;
         let road = match cfg.metrics.road {
             true => Some(road_scores(
                 classify,

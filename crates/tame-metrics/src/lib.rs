@@ -37,7 +37,9 @@ mod insdel;
 mod keep;
 mod road;
 
-pub use ad_ic::{ad_ic_scores, AdIcReport, AdIcScores, AdIcTotals, KEEP_LEVELS};
+pub use ad_ic::{
+    ad_ic_scores, ad_ic_scores_on_device, AdIcReport, AdIcScores, AdIcTotals, KEEP_LEVELS,
+};
 pub use classify::Classify;
 pub use error::{MetricsError, Result};
 pub use evaluate::{EvalConfig, Evaluator, ImageScores, MetricSet, Report, Totals};
@@ -47,5 +49,5 @@ pub use insdel::{
     gaussian_blur, insertion_deletion, insertion_deletion_with, InsDelConfig, InsDelReport,
     InsDelScores, InsDelTotals, Substrates,
 };
-pub use keep::keep_fraction;
+pub use keep::{keep_fraction, keep_fraction_on_device};
 pub use road::{road_scores, RoadConfig, RoadOrder, RoadPoint, RoadReport, RoadScores, RoadTotals};
