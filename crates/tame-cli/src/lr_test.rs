@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tame_train::{lr_range_test, plot_lr_curves, suggest_max_lr, LrCurve, LrTestConfig, Trainer};
 
 use crate::common::{check_writable_dir, write_atomically};
+use crate::skipped::{SkipArgs, Skipped};
 use crate::stop::StopSignals;
 use crate::train::SetupArgs;
 
@@ -19,6 +20,9 @@ pub struct LrTestArgs {
     /// Folder for `<model>_<version>_<batch>.json` and `.png`.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 #[derive(Args)]
@@ -66,6 +70,12 @@ pub fn run(args: LrTestArgs) -> Result<()> {
         stop.flag(),
     )?;
     bar.finish();
+    let mut skipped = Skipped::new(true);
+    for error in &outcome.skipped {
+        if let Some(line) = skipped.add(error) {
+            eprintln!("{line}");
+        }
+    }
     let curve = outcome.curve;
     match outcome.non_finite {
         Some(e) if curve.lrs.is_empty() => bail!("{e}"),
@@ -78,7 +88,7 @@ pub fn run(args: LrTestArgs) -> Result<()> {
         eprintln!("interrupted: the curve so far is written");
         return Err(stop.exit());
     }
-    Ok(())
+    skipped.finish(args.skip.skip_bad)
 }
 
 /// Writes the curve as JSON and PNG and prints the suggested maximum learning rate.

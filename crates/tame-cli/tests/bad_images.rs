@@ -352,3 +352,43 @@ fn train_skips_a_truncated_image_and_fails_without_skip_bad() {
         assert!(snap.join("epoch_1.safetensors").is_file(), "{}", run.stderr);
     }
 }
+
+/// `tame lr-test` names and counts a bad image, writes its curve, and fails for the image
+/// unless `--skip-bad` is given (it skipped it silently before).
+#[test]
+fn lr_test_skips_a_truncated_image_and_fails_without_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, list) = good_and_cut(dir.path());
+    for skip_bad in [false, true] {
+        let out = dir.path().join(format!("lr_{skip_bad}"));
+        let mut args = vec![
+            "lr-test",
+            "--model",
+            "resnet50",
+            "--weights",
+            "synthetic",
+            "--img-dir",
+            images.to_str().unwrap(),
+            "--train-list",
+            list.to_str().unwrap(),
+            "--batch-size",
+            "1",
+            "--no-shuffle",
+            "--backbone-mode",
+            "eval",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ];
+        if skip_bad {
+            args.push("--skip-bad");
+        }
+        let run = tame(&args);
+        let cut = format!(
+            "{}:2: cannot decode {}",
+            list.display(),
+            images.join("cut.jpg").display()
+        );
+        skipped_the_cut_image(&run, &cut, skip_bad);
+        assert!(out.join("resnet50_TAME_1.json").is_file(), "{}", run.stderr);
+    }
+}

@@ -73,6 +73,8 @@ pub struct LrTestOutcome {
     /// [`TrainError::RangeTestNonFinite`], naming the batch and its learning rate, when a
     /// non-finite loss ended the test; `curve` holds the points before it.
     pub non_finite: Option<TrainError>,
+    /// The images skipped as unreadable, in order.
+    pub skipped: Vec<tame_data::DataError>,
 }
 
 /// Runs the range test with `trainer`'s mechanism, optimizer groups and loss over one pass
@@ -99,13 +101,15 @@ pub fn lr_range_test(
     let param = trainer.am().parameters()[0].1.clone();
     let mut curve = LrCurve::default();
     let mut non_finite = None;
+    let mut skipped = Vec::new();
     let (mut lr, mut avg, mut best) = (config.start_lr, 0.0f64, 0.0f64);
     let mut k = 0i32;
     for (index, batch) in loader.epoch(1)?.enumerate() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let batch = batch?;
+        let mut batch = batch?;
+        skipped.append(&mut batch.skipped);
         if batch.is_empty() {
             continue;
         }
@@ -150,7 +154,11 @@ pub fn lr_range_test(
         progress(k as usize, lr, smoothed);
         lr *= mult;
     }
-    Ok(LrTestOutcome { curve, non_finite })
+    Ok(LrTestOutcome {
+        curve,
+        non_finite,
+        skipped,
+    })
 }
 
 /// A suggested maximum learning rate: the rate at the steepest descent of the smoothed loss
