@@ -170,7 +170,7 @@ impl NamedTensors {
             "safetensors" => crate::safetensors_file::read(path, device)
                 .map_err(|e| file_error(format!("not a readable safetensors file: {e}")))?,
             "pth" | "pt" | "bin" | "ckpt" => tame_pth::read_tensors(path, None)
-                .map_err(|e| file_error(e.to_string()))?
+                .map_err(|e| file_error(e.kind().to_string()))?
                 .into_iter()
                 .map(|(n, t)| Ok((n, t.to_device(device)?)))
                 .collect::<Result<_>>()?,

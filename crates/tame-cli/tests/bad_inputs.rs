@@ -65,6 +65,15 @@ fn make_fixtures(fix: &Path) {
     let partial = std::collections::HashMap::from([("conv1.weight".to_string(), stem)]);
     candle_core::safetensors::save(&partial, fix.join("partial.safetensors")).unwrap();
     std::fs::write(fix.join("weights.txt"), "not weights").unwrap();
+    // A pickle of a million NONEs (protocol 2): each one a stack entry.
+    let flood = [&b"\x80\x02"[..], &vec![b'N'; 1_100_000], b"."].concat();
+    std::fs::write(fix.join("flood.pth"), flood).unwrap();
+    let demo_bytes = std::fs::read(format!("{DEMO}.safetensors")).unwrap();
+    std::fs::write(
+        fix.join("cut.safetensors"),
+        &demo_bytes[..demo_bytes.len() / 2],
+    )
+    .unwrap();
 
     std::fs::write(fix.join("train.txt"), "coffee.jpg 967\n").unwrap();
     std::fs::write(
